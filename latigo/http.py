@@ -1,0 +1,199 @@
+"""HTTP for latigo's adapters: pooled sessions, timeouts, bounded retries, error classes, tokens.
+
+Gordo and the Data API fail the same ways (timeouts, 429, 5xx, an expired token),
+so retrying, Retry-After, the refresh-once-on-401 rule and the translation into
+TransientError / PermanentError live here once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from latigo.errors import PermanentError, TransientError
+from latigo.secrets import register_secret
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+@dataclass
+class RetryPolicy:
+    max_retries: int = 3
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    retry_status: frozenset[int] = RETRYABLE_STATUS
+
+    def delay(self, attempt: int, retry_after: str | None = None) -> float:
+        """Seconds before retry number `attempt` (1-based): Retry-After when given, else
+        exponential backoff with full jitter (spreads a herd of executors apart)."""
+        if retry_after:
+            try:
+                return min(float(retry_after), self.max_delay)
+            except ValueError:
+                pass
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
+
+
+class HttpError(Exception):
+    """Carries the response so callers can map particular statuses to their own errors."""
+
+    def __init__(self, message: str, response: requests.Response | None = None) -> None:
+        super().__init__(message)
+        self.response = response
+
+    @property
+    def status(self) -> int | None:
+        return self.response.status_code if self.response is not None else None
+
+
+def describe_response(response: requests.Response, limit: int = 300) -> str:
+    """A one-line summary of an error answer: the JSON message when there is one, else the text."""
+    try:
+        body = response.json()
+        if isinstance(body, dict):
+            text = body.get("message") or body.get("error") or str(body)
+        else:
+            text = str(body)
+    except ValueError:
+        text = response.text
+    text = " ".join(str(text).split())
+    return text[:limit] + ("…" if len(text) > limit else "")
+
+
+class ClientCredentialsToken:
+    """An Azure AD access token from the client-credentials flow, cached until shortly before expiry."""
+
+    def __init__(
+        self,
+        session: requests.Session,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
+        scope: str,
+        timeout: float = 10.0,
+        refresh_margin: float = 120.0,
+    ) -> None:
+        register_secret(client_secret)
+        self._session, self._url, self._timeout = session, token_url, timeout
+        self._form = {"grant_type": "client_credentials", "client_id": client_id,
+                      "client_secret": client_secret, "scope": scope}
+        self._margin = refresh_margin
+        self._token: str | None = None
+        self._expires_at = 0.0
+        self._lock = threading.Lock()
+
+    def get(self, force_refresh: bool = False) -> str:
+        with self._lock:
+            if force_refresh or self._token is None or time.monotonic() >= self._expires_at - self._margin:
+                self._fetch()
+            return self._token  # type: ignore[return-value]
+
+    def _fetch(self) -> None:
+        try:
+            response = self._session.post(self._url, data=self._form, timeout=self._timeout)
+        except requests.RequestException as exc:
+            raise TransientError(f"token request to {self._url} failed: {type(exc).__name__}") from None
+        if response.status_code >= 500 or response.status_code == 429:
+            raise TransientError(f"token endpoint answered {response.status_code}")
+        if response.status_code != 200:
+            raise PermanentError(f"token endpoint refused the client credentials ({response.status_code}): "
+                                 f"{describe_response(response)}")
+        body = response.json()
+        self._token = body["access_token"]
+        register_secret(self._token)
+        self._expires_at = time.monotonic() + float(body.get("expires_in", 3600))
+
+
+class HttpClient:
+    """A pooled session that retries what is worth retrying and classifies what is not.
+
+    `request()` returns the response for 2xx and for any status in `accept`; it raises
+    TransientError after retries are exhausted, PermanentError (with the server's own
+    message) for other 4xx."""
+
+    def __init__(
+        self,
+        name: str,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        token: Callable[[bool], str] | None = None,
+        headers: dict[str, str] | None = None,
+        pool_size: int = 32,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.name, self.timeout = name, timeout
+        self.retry = retry or RetryPolicy()
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers.update(headers or {})
+        self._token = token
+        self._sleep = sleep
+        self.requests_sent = 0
+
+    def request(self, method: str, url: str, accept: Iterable[int] = (), **kwargs: Any) -> requests.Response:
+        accept = set(accept)
+        refreshed = force_refresh = False
+        attempt = 0
+        while True:
+            attempt += 1
+            response = self._send(method, url, force_refresh, attempt, dict(kwargs))
+            force_refresh = False
+            if response is None:
+                continue
+            status = response.status_code
+            if status < 300 or status in accept:
+                return response
+            if status == 401 and self._token is not None and not refreshed:
+                refreshed = force_refresh = True  # once: the cached token may have been revoked early
+                attempt -= 1
+                continue
+            if status in self.retry.retry_status:
+                if attempt <= self.retry.max_retries:
+                    delay = self.retry.delay(attempt, response.headers.get("Retry-After"))
+                    log.warning("%s %s %s answered %s; retry %d/%d in %.1fs", self.name, method, _path(url),
+                                status, attempt, self.retry.max_retries, delay)
+                    self._sleep(delay)
+                    continue
+                raise TransientError(f"{self.name}: {method} {_path(url)} answered {status} after "
+                                     f"{attempt} attempts: {describe_response(response)}")
+            raise PermanentError(f"{self.name}: {method} {_path(url)} answered {status}: {describe_response(response)}")
+
+    def _send(
+        self, method: str, url: str, refresh: bool, attempt: int, kwargs: dict[str, Any]
+    ) -> requests.Response | None:
+        headers = dict(kwargs.pop("headers", None) or {})
+        if self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token(refresh)}"
+        try:
+            self.requests_sent += 1
+            return self.session.request(method, url, headers=headers, timeout=kwargs.pop("timeout", self.timeout),
+                                        **kwargs)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            if attempt <= self.retry.max_retries:
+                delay = self.retry.delay(attempt)
+                log.warning("%s %s %s failed (%s); retry %d/%d in %.1fs", self.name, method, _path(url),
+                            type(exc).__name__, attempt, self.retry.max_retries, delay)
+                self._sleep(delay)
+                return None
+            raise TransientError(f"{self.name}: {method} {_path(url)} failed after {attempt} attempts: "
+                                 f"{type(exc).__name__}") from None
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _path(url: str) -> str:
+    """The URL without its query string (which may carry keys or tokens)."""
+    return url.split("?", 1)[0]

@@ -1,0 +1,138 @@
+"""The contracts between latigo's loops and the systems it talks to.
+
+The four provider interfaces keep the seed's method names; the loops only ever
+see these, so a new sensor store or model server is a new adapter, not a change
+to the scheduler or the executor.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from latigo.types import ModelInfo, ModelStatus, PredictionFrame, SensorFrame, Task
+
+
+class SensorInformationProvider(ABC):
+    """Which sensors (tags) exist."""
+
+    @abstractmethod
+    def get_sensor_list(self) -> list[str]:
+        """Every sensor name the source knows."""
+
+    @abstractmethod
+    def sensor_exists(self, name: str) -> bool:
+        """Whether `name` is a known sensor."""
+
+
+class SensorDataProvider(ABC):
+    """Sensor values over a time range."""
+
+    @abstractmethod
+    def get_native_range_specifier(self, start: datetime, end: datetime, parameters: Mapping[str, Any]) -> str:
+        """The source's own query for the range (InfluxQL, a URL, ...): what get_data_for_range would run.
+
+        `parameters` carries at least `sensors` (list of names) and `resolution` (timedelta)."""
+
+    @abstractmethod
+    def get_data_for_range(
+        self, start: datetime, end: datetime, sensors: Sequence[str], resolution: timedelta
+    ) -> SensorFrame:
+        """Values of `sensors` over [start, end), one row per `resolution` bucket (mean).
+
+        Sensors the source does not have are listed in `SensorFrame.missing`, never dropped silently."""
+
+
+class ModelInformationProvider(ABC):
+    """Which models exist and what they need."""
+
+    @abstractmethod
+    def get_model_list(self) -> list[str]:
+        """Names of the models that can be run now."""
+
+    @abstractmethod
+    def model_exists(self, name: str) -> bool:
+        """Whether `name` is a runnable model."""
+
+    @abstractmethod
+    def get_model_info(self, name: str) -> ModelInfo:
+        """Tags, resolution and look-back of one model; raises UnknownModelError."""
+
+
+class ModelExecutionProvider(ABC):
+    """Runs models; also manages their lifecycle where the backend allows it."""
+
+    @abstractmethod
+    def register_model(self, model_data: Mapping[str, Any]) -> None:
+        """Create (or update) a model from a Gordo-like machine description."""
+
+    @abstractmethod
+    def unregister_model(self, name: str) -> None:
+        """Remove a model."""
+
+    @abstractmethod
+    def get_model_status(self, name: str) -> ModelStatus:
+        """The model's lifecycle state with a reason when it is not ready."""
+
+    @abstractmethod
+    def execute_model(self, name: str, start: datetime, end: datetime) -> PredictionFrame:
+        """Predictions of `name` for [start, end): the provider fetches the sensor data it needs
+        (including look-back before `start`) and returns only rows inside the range.
+
+        Raises TransientError (worth a retry) or PermanentError (not)."""
+
+
+class Delivery(ABC):
+    """One message taken from a TaskQueue; exactly one of ack/nack/release ends it."""
+
+    task: Task | None
+    """The decoded task, or None when the body could not be decoded (see `error`)."""
+    body: bytes
+    error: str
+    attempt: int
+    """How many times this message has been delivered, this time included (1 = first)."""
+
+    @abstractmethod
+    def ack(self) -> None:
+        """The task is finished (results committed): never deliver it again."""
+
+    @abstractmethod
+    def nack(self, delay: float = 0.0) -> None:
+        """Deliver it again after `delay` seconds."""
+
+    def renew(self) -> None:  # noqa: B027 - optional for queues without leases
+        """Keep the claim alive while the task is still running."""
+
+
+class TaskQueue(ABC):
+    """Where the scheduler puts tasks and executors take them."""
+
+    @abstractmethod
+    def put_many(self, tasks: Iterable[Task]) -> int:
+        """Enqueue tasks in batches; returns how many were enqueued."""
+
+    @abstractmethod
+    def get(self, timeout: float) -> Delivery | None:
+        """The next task, waiting at most `timeout` seconds; None when there is none."""
+
+    def close(self) -> None:  # noqa: B027 - nothing to release by default
+        """Release connections and claims."""
+
+    def backlog(self) -> int | None:
+        """Tasks waiting, when the queue can tell cheaply."""
+        return None
+
+
+class PredictionSink(ABC):
+    """An extra destination for predictions besides the database (e.g. InfluxDB for Grafana).
+
+    Writes must be idempotent: a redelivered task writes the same points again."""
+
+    @abstractmethod
+    def write(self, frame: PredictionFrame) -> int:
+        """Write the rows; returns how many were written."""
+
+    def close(self) -> None:  # noqa: B027
+        """Flush and release resources."""

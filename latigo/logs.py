@@ -1,0 +1,85 @@
+"""Logging set-up: text or one JSON object per line, secrets masked, task context on every line.
+
+The executor binds (task_id, model, window) with `task_context(...)`; every log line
+emitted inside, by latigo or by a library, carries them, so one grep follows a task.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+from latigo.secrets import SecretFilter
+
+_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("latigo_log_context", default={})
+_STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "context"}
+
+
+@contextmanager
+def task_context(**fields: Any) -> Iterator[None]:
+    """Attach fields (task_id, model, window, ...) to every log line emitted inside the block."""
+    token = _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+class ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.context = {**_context.get(), **getattr(record, "context", {})}
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        context = getattr(record, "context", None)
+        if context:
+            fields = " ".join(f"{k}={v}" for k, v in context.items())
+            first, _, rest = text.partition("\n")
+            text = f"{first} [{fields}]" + (f"\n{rest}" if rest else "")
+        return text
+
+
+class JsonFormatter(logging.Formatter):
+    """One object per line: time, level, logger, message, context fields, extras, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(getattr(record, "context", {}))
+        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")})
+        if record.exc_info or record.exc_text:
+            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(level: str = "INFO", fmt: str = "text", stream: Any = None) -> None:
+    """Configure the root logger once per process (idempotent: replaces latigo's handler)."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(ContextFilter())
+    handler.addFilter(SecretFilter())
+    handler.set_name("latigo")
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        if existing.get_name() == "latigo":
+            root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for noisy in ("azure", "urllib3", "uamqp", "alembic.runtime.migration"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -1,0 +1,1 @@
+"""latigo's database: schema, engines, prediction storage and the task ledger."""

@@ -1,0 +1,73 @@
+"""Engines for PostgreSQL (psycopg2) and SQLite, set up for many concurrent workers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine.url import make_url
+
+from latigo.config import DatabaseSettings
+from latigo.errors import ConfigError
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def create_engine_for(settings: DatabaseSettings) -> Engine:
+    """An engine for the configured URL; SQLite gets WAL, foreign keys and a busy timeout."""
+    try:
+        url = make_url(settings.url)
+    except Exception as exc:  # sqlalchemy raises ArgumentError with the URL in it
+        raise ConfigError(f"database.url: not a database URL ({type(exc).__name__})") from None
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_engine(url)
+    if url.get_backend_name() != "postgresql":
+        raise ConfigError(f"database.url: unsupported database {url.get_backend_name()!r}; use postgresql or sqlite")
+    timeout = int(settings.connect_timeout.total_seconds())
+    return create_engine(
+        url,
+        pool_size=settings.pool_size,
+        max_overflow=settings.pool_size,
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": timeout, "application_name": "latigo"},
+    )
+
+
+def _sqlite_engine(url: Any) -> Engine:
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from pysqlite so BEGIN IMMEDIATE can be issued when asked.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        immediate = connection.get_execution_options().get("sqlite_immediate", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that takes SQLite's write lock up front (BEGIN IMMEDIATE: no deadlocking
+    lock upgrades between concurrent writers); on PostgreSQL an ordinary transaction."""
+    with engine.connect() as connection:
+        if is_sqlite(engine):
+            connection.execution_options(sqlite_immediate=True)
+        with connection.begin():
+            yield connection

@@ -1,0 +1,63 @@
+"""alembic, driven from latigo: `latigo db upgrade|downgrade|current` and the start-up schema check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Engine
+
+from latigo.errors import SchemaOutdatedError
+
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
+def script_location() -> Path:
+    """The migration scripts: packaged as latigo/migrations when installed, ./alembic in a checkout."""
+    for candidate in (_PACKAGE_DIR / "migrations", _PACKAGE_DIR.parent / "alembic"):
+        if (candidate / "env.py").exists():
+            return candidate
+    raise FileNotFoundError("latigo's migration scripts are missing from this installation")
+
+
+def _alembic_config() -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(script_location()))
+    return cfg
+
+
+def head_revision() -> str:
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def _run(engine: Engine, action, *args) -> None:
+    cfg = _alembic_config()
+    with engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        action(cfg, *args)
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    _run(engine, command.upgrade, revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    _run(engine, command.downgrade, revision)
+
+
+def ensure_schema_current(engine: Engine) -> None:
+    """Refuse to run services against a schema older (or newer) than this code expects."""
+    current, head = current_revision(engine), head_revision()
+    if current != head:
+        found = current or "empty (no latigo tables)"
+        raise SchemaOutdatedError(
+            f"database schema is {found}, this latigo needs {head}: run `latigo db upgrade` first"
+        )

@@ -1,0 +1,165 @@
+"""The SQLAlchemy schema; alembic's migrations must match it (a test checks with autogenerate)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Double,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UtcDateTime(TypeDecorator):
+    """Timestamps that are always tz-aware UTC in Python, on PostgreSQL (timestamptz) and on
+    SQLite (stored as naive UTC text, which sorts and compares correctly)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value.isoformat()} given to a UTC column")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class ModelRecord(Base):
+    """Models latigo knows of; local models also keep their fitted artifact here."""
+
+    __tablename__ = "models"
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    project: Mapped[str] = mapped_column(String(255), default="")
+    revision: Mapped[str] = mapped_column(String(64), default="")
+    tags: Mapped[list] = mapped_column(JSON, default=list)
+    target_tags: Mapped[list] = mapped_column(JSON, default=list)
+    resolution_seconds: Mapped[int] = mapped_column(Integer, default=600)
+    model_offset: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(32), default="registered")
+    status_reason: Mapped[str] = mapped_column(Text, default="")
+    spec: Mapped[dict] = mapped_column(JSON, default=dict)
+    artifact: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    last_seen: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    updated_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class ScheduleState(Base):
+    """Per model, the end of the last window enqueued: restarts resume from here."""
+
+    __tablename__ = "schedule_state"
+    model: Mapped[str] = mapped_column(String(255), primary_key=True)
+    last_window_end: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class TaskRecord(Base):
+    """The ledger: one row per task id with its state, attempts and last error."""
+
+    __tablename__ = "tasks"
+    task_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(255))
+    window_start: Mapped[datetime] = mapped_column(UtcDateTime)
+    window_end: Mapped[datetime] = mapped_column(UtcDateTime)
+    state: Mapped[str] = mapped_column(String(16))  # queued | running | done | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    executor: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    enqueued_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    duration_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    rows: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+    __table_args__ = (
+        Index(None, "state", "finished_at"),
+        Index(None, "model", "window_end"),
+    )
+
+
+class Prediction(Base):
+    """Model output in long form; the key makes a rewritten task overwrite, never duplicate."""
+
+    __tablename__ = "predictions"
+    model: Mapped[str] = mapped_column(String(255), primary_key=True)
+    output: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(255), primary_key=True)
+    ts: Mapped[datetime] = mapped_column(UtcDateTime, primary_key=True)
+    value: Mapped[float] = mapped_column(Double)
+
+
+class QueuedTask(Base):
+    """The database task queue. `available_at` doubles as the lease expiry: a claim moves it
+    into the future, so a task whose executor died becomes visible again by itself."""
+
+    __tablename__ = "task_queue"
+    task_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    body: Mapped[str] = mapped_column(Text)
+    available_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    enqueued_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    deliveries: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+    __table_args__ = (Index(None, "available_at"),)
+
+
+class EventHubOwnership(Base):
+    __tablename__ = "eventhub_ownership"
+    fully_qualified_namespace: Mapped[str] = mapped_column(String(255), primary_key=True)
+    eventhub_name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    consumer_group: Mapped[str] = mapped_column(String(255), primary_key=True)
+    partition_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(String(255), default="")
+    last_modified_time: Mapped[float] = mapped_column(Double)
+    etag: Mapped[str] = mapped_column(String(64))
+
+
+class EventHubCheckpoint(Base):
+    __tablename__ = "eventhub_checkpoints"
+    fully_qualified_namespace: Mapped[str] = mapped_column(String(255), primary_key=True)
+    eventhub_name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    consumer_group: Mapped[str] = mapped_column(String(255), primary_key=True)
+    partition_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    offset: Mapped[str] = mapped_column(String(64))
+    sequence_number: Mapped[int] = mapped_column(BigInteger)
+
+
+class DeadLetter(Base):
+    """Messages that could not be decoded, kept with their raw body for a human to look at."""
+
+    __tablename__ = "dead_letters"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(255))
+    message_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    error: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (Index(None, "source", "message_id"),)

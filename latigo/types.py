@@ -1,0 +1,198 @@
+"""Plain value types passed between latigo's loops and its providers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, NamedTuple
+
+import pandas as pd
+
+TASK_SCHEMA_VERSION = 1
+
+
+def ensure_utc(value: datetime, what: str = "timestamp") -> datetime:
+    """Return `value` in UTC; naive datetimes are refused because their zone is a guess."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what} {value.isoformat()} has no timezone; latigo needs tz-aware times")
+    return value.astimezone(timezone.utc)
+
+
+def parse_timestamp(text: str, what: str = "timestamp") -> datetime:
+    """Parse an ISO 8601 timestamp (a trailing Z is accepted) into UTC."""
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(f"{what} {text!r} is not an ISO 8601 timestamp") from exc
+    return ensure_utc(value, what)
+
+
+@dataclass(frozen=True, order=True)
+class TimeRange:
+    """A half-open interval [start, end) of tz-aware UTC instants."""
+
+    start: datetime
+    end: datetime
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "start", ensure_utc(self.start, "range start"))
+        object.__setattr__(self, "end", ensure_utc(self.end, "range end"))
+        if self.end <= self.start:
+            raise ValueError(f"empty time range: end {self.end.isoformat()} <= start {self.start.isoformat()}")
+
+    @property
+    def duration(self) -> timedelta:
+        return self.end - self.start
+
+    def extended_back(self, by: timedelta) -> TimeRange:
+        """The same range with `by` more history before it (for model look-back)."""
+        return TimeRange(self.start - by, self.end)
+
+    def __str__(self) -> str:
+        return f"[{self.start.isoformat()}, {self.end.isoformat()})"
+
+
+def make_task_id(model: str, window: TimeRange) -> str:
+    """A deterministic id for (model, window): the same window always gets the same id,
+    which is what lets the ledger and the storage deduplicate redelivered tasks."""
+    key = f"{model}\x00{window.start.isoformat()}\x00{window.end.isoformat()}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One prediction job: run `model` over `window`."""
+
+    model: str
+    window: TimeRange
+    task_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("task model name is empty")
+        expected = make_task_id(self.model, self.window)
+        if not self.task_id:
+            object.__setattr__(self, "task_id", expected)
+        elif self.task_id != expected:
+            raise ValueError(f"task id {self.task_id!r} does not match model {self.model!r} and window {self.window}")
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "schema": TASK_SCHEMA_VERSION,
+                "task_id": self.task_id,
+                "model": self.model,
+                "start": self.window.start.isoformat(),
+                "end": self.window.end.isoformat(),
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, body: str | bytes) -> Task:
+        """Decode a queued task; any malformation raises ValueError naming what is wrong."""
+        try:
+            data = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"task body is not JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"task body is a JSON {type(data).__name__}, not an object")
+        if data.get("schema") != TASK_SCHEMA_VERSION:
+            raise ValueError(f"task schema {data.get('schema')!r} is not the supported {TASK_SCHEMA_VERSION}")
+        for key in ("task_id", "model", "start", "end"):
+            if not isinstance(data.get(key), str):
+                raise ValueError(f"task field {key!r} is missing or not a string")
+        window = TimeRange(parse_timestamp(data["start"], "task start"), parse_timestamp(data["end"], "task end"))
+        return cls(model=data["model"], window=window, task_id=data["task_id"])
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What latigo needs to know about a model to feed it and to store its output."""
+
+    name: str
+    tags: tuple[str, ...]
+    target_tags: tuple[str, ...]
+    resolution: timedelta
+    project: str = ""
+    revision: str = ""
+    model_offset: int = 0
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def lookback(self) -> timedelta:
+        """History needed before a window so the model can emit its first row inside it."""
+        return self.resolution * self.model_offset
+
+
+@dataclass
+class SensorFrame:
+    """Sensor values aligned on one time grid: index = UTC timestamps, one column per tag."""
+
+    data: pd.DataFrame
+    missing: tuple[str, ...] = ()
+
+    @property
+    def is_empty(self) -> bool:
+        return self.data.empty or bool(self.data.isna().all().all())
+
+
+class PredictionRow(NamedTuple):
+    """One value of a model's output: (output group, tag, timestamp, value)."""
+
+    output: str
+    tag: str
+    ts: datetime
+    value: float
+
+
+@dataclass
+class PredictionFrame:
+    """A model's output in long form, the shape the predictions table stores."""
+
+    model: str
+    rows: list[PredictionRow] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def only_outputs(self, outputs: frozenset[str] | set[str]) -> PredictionFrame:
+        return PredictionFrame(self.model, [r for r in self.rows if r.output in outputs])
+
+    def within(self, window: TimeRange) -> PredictionFrame:
+        """Rows whose timestamp lies in the half-open window (look-back rows trimmed off)."""
+        return PredictionFrame(self.model, [r for r in self.rows if window.start <= r.ts < window.end])
+
+    @classmethod
+    def from_groups(cls, model: str, groups: dict[str, dict[str, dict[Any, Any]]]) -> PredictionFrame:
+        """Build from Gordo's output shape {group: {column: {timestamp: value}}}; NaN values are kept
+        out because a missing prediction is not a value."""
+        rows: list[PredictionRow] = []
+        for group, columns in groups.items():
+            for tag, series in columns.items():
+                for ts, value in series.items():
+                    if value is None or value != value:
+                        continue
+                    rows.append(PredictionRow(group, tag, _to_utc(ts), float(value)))
+        return cls(model, rows)
+
+
+def _to_utc(ts: Any) -> datetime:
+    if isinstance(ts, datetime):
+        return ensure_utc(ts)
+    stamp = pd.Timestamp(ts)
+    if stamp.tzinfo is None:
+        raise ValueError(f"timestamp {ts!r} has no timezone")
+    return stamp.tz_convert("UTC").to_pydatetime()
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """A provider's view of one model's lifecycle."""
+
+    name: str
+    state: str  # registered | training | ready | failed | unknown
+    reason: str = ""
+    details: dict[str, Any] = field(default_factory=dict)

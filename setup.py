@@ -1,0 +1,48 @@
+"""Packaging for latigo, the continuous-prediction client for Gordo."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = (HERE / "latigo" / "VERSION").read_text().strip()
+
+setup(
+    name="latigo",
+    version=VERSION,
+    description="Continuous prediction client for the Gordo ML system",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["latigo", "latigo.*"]),
+    package_data={"latigo": ["VERSION", "migrations/*.ini"]},
+    include_package_data=True,
+    install_requires=[
+        "azure-eventhub>=5.12,<6",
+        "sqlalchemy>=2.0,<2.1",
+        "alembic>=1.13,<2",
+        "psycopg2-binary>=2.9,<3",
+        "influxdb>=5.3,<6",
+        "requests>=2.31,<3",
+        "pyyaml>=6,<7",
+        "supervisor>=4.2,<5",
+        # Resampling, alignment and parquet decoding of sensor and Gordo data.
+        "pandas>=2.1,<4",
+        "numpy>=1.26,<3",
+        "pyarrow>=14",
+        # The local (embedded) anomaly models and the demo's chart.
+        "scikit-learn>=1.3,<2",
+        "matplotlib>=3.8,<4",
+        # /metrics in the Prometheus exposition format.
+        "prometheus-client>=0.19,<1",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8,<10",
+            "hypothesis>=6.90,<7",
+            "python-qpid-proton>=0.39,<1",
+            "ruff>=0.5",
+        ],
+    },
+    entry_points={"console_scripts": ["latigo=latigo.cli:main"]},
+)
