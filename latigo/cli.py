@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Continuous predictions from Gordo models over live sensor data.",
     )
     parser.add_argument("--version", action="version", version=f"latigo {__version__}")
-    parser.add_argument("--config", metavar="FILE", help="YAML config (default: $LATIGO_CONFIG_FILE or ./local_config.yaml)")
+    parser.add_argument(
+        "--config", metavar="FILE", help="YAML config (default: $LATIGO_CONFIG_FILE or ./local_config.yaml)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -50,6 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
     down = db_sub.add_parser("downgrade", help="migrate the schema down to REV ('base' removes everything)")
     down.add_argument("revision")
     db_sub.add_parser("current", help="print the schema revision of the database")
+
+    scheduler = sub.add_parser("scheduler", help="run the scheduler: enqueue a task per model and due window")
+    scheduler.add_argument("--once", action="store_true", help="run one scheduling cycle and exit")
+
+    executor = sub.add_parser("executor", help="run an executor: take tasks, run models, store predictions")
+    executor.add_argument("--exit-when-idle", type=float, metavar="SECONDS",
+                          help="exit 0 once nothing arrived and nothing ran for SECONDS")
+
+    backfill = sub.add_parser("backfill", help="enqueue every window of a past range")
+    backfill.add_argument("--from", dest="start", required=True, type=_timestamp, metavar="TIME",
+                          help="ISO 8601 start (with zone, or Z)")
+    backfill.add_argument("--to", dest="end", required=True, type=_timestamp, metavar="TIME",
+                          help="ISO 8601 end (exclusive)")
+    backfill.add_argument("--model", dest="models", action="append", metavar="NAME",
+                          help="only this model (repeatable; default: every model)")
+    backfill.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -80,6 +98,38 @@ def db(args: argparse.Namespace, config: Config) -> int:
     finally:
         engine.dispose()
     return 0
+
+
+def _timestamp(text: str):
+    from latigo.types import parse_timestamp
+
+    try:
+        return parse_timestamp(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+@command("scheduler")
+def scheduler(args: argparse.Namespace, config: Config) -> int:
+    from latigo.services import run_scheduler
+
+    return run_scheduler(config, once=args.once)
+
+
+@command("executor")
+def executor(args: argparse.Namespace, config: Config) -> int:
+    from latigo.services import run_executor
+
+    return run_executor(config, exit_when_idle=args.exit_when_idle)
+
+
+@command("backfill")
+def backfill(args: argparse.Namespace, config: Config) -> int:
+    from latigo.services import run_backfill
+
+    if args.end <= args.start:
+        raise ConfigError(f"backfill: --to {args.end.isoformat()} is not after --from {args.start.isoformat()}")
+    return run_backfill(config, args.start, args.end, args.models, progress=not args.no_progress)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,7 +8,7 @@ to the scheduler or the executor.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -109,9 +109,15 @@ class Delivery(ABC):
 class TaskQueue(ABC):
     """Where the scheduler puts tasks and executors take them."""
 
+    transactional: bool = False
+    """True when put_many can join the caller's database transaction (`connection`), so the
+    scheduler's state update and the enqueue commit or roll back together."""
+
     @abstractmethod
-    def put_many(self, tasks: Iterable[Task]) -> int:
-        """Enqueue tasks in batches; returns how many were enqueued."""
+    def put_many(self, tasks: Sequence[Task], connection: Any = None) -> int:
+        """Enqueue tasks (batched as the transport needs); returns how many were enqueued.
+
+        Raises TransientError when they could not all be enqueued: nothing is dropped silently."""
 
     @abstractmethod
     def get(self, timeout: float) -> Delivery | None:

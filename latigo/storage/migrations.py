@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
+from alembic import command
 from latigo.errors import SchemaOutdatedError
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent

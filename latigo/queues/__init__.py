@@ -1,0 +1,1 @@
+"""Task queues: the database queue (embedded default) and Azure Event Hub (production)."""

@@ -1,0 +1,249 @@
+"""The database task queue: the embedded default, on PostgreSQL or SQLite.
+
+A claim is a lease: claiming moves the row's `available_at` into the future, so
+a task whose executor died simply becomes visible again when the lease runs out.
+Acks, nacks and renewals only touch the row when it still carries the claimer's
+(owner, delivery count): an executor whose lease expired cannot ack someone
+else's delivery. PostgreSQL claims with FOR UPDATE SKIP LOCKED and wakes idle
+executors with LISTEN/NOTIFY; SQLite claims inside a short BEGIN IMMEDIATE.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select as selectlib
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from latigo.interfaces import Delivery, TaskQueue
+from latigo.storage.db import is_sqlite, write_transaction
+from latigo.storage.ledger import Ledger
+from latigo.storage.tables import QueuedTask, UtcDateTime
+from latigo.storage.upsert import dialect_insert
+from latigo.types import Task
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "latigo_tasks"
+_table = QueuedTask.__table__
+
+
+def default_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class DatabaseDelivery(Delivery):
+    def __init__(self, queue: DatabaseTaskQueue, task_id: str, body: str, deliveries: int) -> None:
+        self._queue, self.task_id, self.attempt = queue, task_id, deliveries
+        self.body = body.encode()
+        self.error = ""
+        self.task: Task | None = None
+        self._finished = False
+        try:
+            self.task = Task.from_json(body)
+        except ValueError as exc:
+            self.error = str(exc)
+
+    def _guard(self) -> Any:
+        return sa.and_(_table.c.task_id == self.task_id, _table.c.lease_owner == self._queue.owner,
+                       _table.c.deliveries == self.attempt)
+
+    def ack(self) -> None:
+        self._finish(sa.delete(_table).where(self._guard()))
+
+    def nack(self, delay: float = 0.0) -> None:
+        values = {"available_at": self._queue.now_plus(timedelta(seconds=delay)), "lease_owner": None}
+        self._finish(sa.update(_table).where(self._guard()).values(values))
+
+    def renew(self) -> None:
+        if not self._finished:
+            self._queue.execute(
+                sa.update(_table).where(self._guard()).values(available_at=self._queue.now_plus(self._queue.lease))
+            )
+
+    def _finish(self, statement: Any) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        if self._queue.execute(statement) == 0:
+            log.warning("task %s: lease was lost before it was settled (another executor may have it)", self.task_id)
+
+
+class DatabaseTaskQueue(TaskQueue):
+    transactional = True
+
+    @dataclass
+    class Settings:
+        lease: timedelta = timedelta(seconds=60)
+        """How long a claim lasts without renewal; the executor renews while it works."""
+        poll_interval: timedelta = timedelta(seconds=1)
+        """Fallback polling when no notification arrives (and SQLite's only wake-up)."""
+        listen: bool = True
+        """PostgreSQL: wake idle executors with LISTEN/NOTIFY."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings, components: Any) -> DatabaseTaskQueue:
+        return cls(components.engine, settings)
+
+    def __init__(self, engine: Engine, settings: Settings | None = None, owner: str | None = None) -> None:
+        self.engine = engine
+        self.settings = settings or self.Settings()
+        self.lease = self.settings.lease
+        self.owner = owner or default_owner()
+        self.ledger = Ledger(engine)
+        self._sqlite = is_sqlite(engine)
+        self._wakeup = threading.Condition()
+        self._listener: _Listener | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ clock
+    def now_plus(self, delta: timedelta) -> Any:
+        """Now + delta on the database clock (PostgreSQL), or this host's for SQLite (a single host)."""
+        if self._sqlite:
+            return sa.literal(datetime.now(timezone.utc) + delta, UtcDateTime)
+        return sa.func.now() + sa.literal(delta, sa.Interval)
+
+    def execute(self, statement: Any) -> int:
+        with write_transaction(self.engine) as connection:
+            return connection.execute(statement).rowcount
+
+    # ------------------------------------------------------------------ producing
+    def put_many(self, tasks: Sequence[Task], connection: Connection | None = None) -> int:
+        if not tasks:
+            return 0
+        if connection is None:
+            with write_transaction(self.engine) as own:
+                return self._insert(own, tasks)
+        return self._insert(connection, tasks)
+
+    def _insert(self, connection: Connection, tasks: Sequence[Task]) -> int:
+        now = datetime.now(timezone.utc)
+        rows = [{"task_id": t.task_id, "body": t.to_json(), "enqueued_at": now, "deliveries": 0,
+                 "available_at": now} for t in tasks]
+        statement = dialect_insert(connection, _table).on_conflict_do_nothing(index_elements=["task_id"])
+        connection.execute(statement, rows)
+        self.ledger.record_enqueued(connection, tasks)
+        if not self._sqlite:
+            connection.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+        return len(rows)
+
+    # ------------------------------------------------------------------ consuming
+    def get(self, timeout: float) -> DatabaseDelivery | None:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        self._ensure_listener()
+        while not self._closed:
+            delivery = self._claim()
+            if delivery is not None:
+                return delivery
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            with self._wakeup:
+                self._wakeup.wait(min(remaining, self.settings.poll_interval.total_seconds()))
+        return None
+
+    def _claim(self) -> DatabaseDelivery | None:
+        with write_transaction(self.engine) as connection:
+            row = self._claim_pg(connection) if not self._sqlite else self._claim_sqlite(connection)
+        return DatabaseDelivery(self, row.task_id, row.body, row.deliveries) if row else None
+
+    def _claim_values(self) -> dict[str, Any]:
+        return {"available_at": self.now_plus(self.lease), "lease_owner": self.owner,
+                "deliveries": _table.c.deliveries + 1}
+
+    def _claim_pg(self, connection: Connection) -> Any:
+        candidate = (
+            sa.select(_table.c.task_id).where(_table.c.available_at <= sa.func.now())
+            .order_by(_table.c.available_at).limit(1).with_for_update(skip_locked=True).scalar_subquery()
+        )
+        statement = (sa.update(_table).where(_table.c.task_id == candidate).values(self._claim_values())
+                     .returning(_table.c.task_id, _table.c.body, _table.c.deliveries))
+        return connection.execute(statement).first()
+
+    def _claim_sqlite(self, connection: Connection) -> Any:
+        now = sa.literal(datetime.now(timezone.utc), UtcDateTime)
+        task_id = connection.execute(
+            sa.select(_table.c.task_id).where(_table.c.available_at <= now).order_by(_table.c.available_at).limit(1)
+        ).scalar()
+        if task_id is None:
+            return None
+        statement = (sa.update(_table).where(_table.c.task_id == task_id).values(self._claim_values())
+                     .returning(_table.c.task_id, _table.c.body, _table.c.deliveries))
+        return connection.execute(statement).first()
+
+    def backlog(self) -> int:
+        now = sa.func.now() if not self._sqlite else sa.literal(datetime.now(timezone.utc), UtcDateTime)
+        with self.engine.connect() as connection:
+            return connection.execute(
+                sa.select(sa.func.count()).select_from(_table).where(_table.c.available_at <= now)
+            ).scalar_one()
+
+    def size(self) -> int:
+        """Every task still in the queue, leased ones included."""
+        with self.engine.connect() as connection:
+            return connection.execute(sa.select(sa.func.count()).select_from(_table)).scalar_one()
+
+    # ------------------------------------------------------------------ wake-ups
+    def _ensure_listener(self) -> None:
+        if self._sqlite or not self.settings.listen or self._listener is not None:
+            return
+        with self._wakeup:
+            if self._listener is None:
+                self._listener = _Listener(self.engine, self._wake)
+                self._listener.start()
+
+    def _wake(self) -> None:
+        with self._wakeup:
+            self._wakeup.notify_all()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake()
+        if self._listener is not None:
+            self._listener.stop()
+
+
+class _Listener(threading.Thread):
+    """LISTENs on a dedicated connection and calls `on_notify` for every notification; a lost
+    connection is re-opened (polling keeps executors working meanwhile)."""
+
+    def __init__(self, engine: Engine, on_notify: Any) -> None:
+        super().__init__(name="latigo-queue-listener", daemon=True)
+        self._engine, self._on_notify = engine, on_notify
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._listen()
+            except Exception as exc:  # the database may be restarting; polling covers the gap
+                log.warning("task notifications unavailable (%s); polling meanwhile", type(exc).__name__)
+                self._stop.wait(5)
+
+    def _listen(self) -> None:
+        raw = self._engine.raw_connection()
+        try:
+            dbapi = raw.driver_connection
+            dbapi.autocommit = True
+            with dbapi.cursor() as cursor:
+                cursor.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            while not self._stop.is_set():
+                if selectlib.select([dbapi], [], [], 1.0)[0]:
+                    dbapi.poll()
+                    if dbapi.notifies:
+                        dbapi.notifies.clear()
+                        self._on_notify()
+        finally:
+            raw.invalidate()

@@ -1,0 +1,79 @@
+"""Wiring the configured parts into the long-running services (and their signals)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+
+from latigo.config import Config
+from latigo.executor import Executor
+from latigo.factory import Components
+from latigo.scheduler import Scheduler
+from latigo.storage.migrations import ensure_schema_current
+
+log = logging.getLogger(__name__)
+
+
+def on_stop_signals(callback) -> None:
+    """SIGTERM (supervisord, Kubernetes) and SIGINT (Ctrl-C) both mean: stop gracefully."""
+
+    def handler(signum: int, _frame) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        callback()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def build_scheduler(components: Components) -> Scheduler:
+    return Scheduler(components.config.scheduler, components.model_information, components.task_queue,
+                     components.engine)
+
+
+def run_scheduler(config: Config, once: bool = False) -> int:
+    components = Components(config)
+    ensure_schema_current(components.engine)
+    scheduler = build_scheduler(components)
+    if once:
+        scheduler.run_cycle()
+        return 0
+    stop = threading.Event()
+    on_stop_signals(stop.set)
+    log.info("scheduler running: every %s from %s, delay %s", config.scheduler.interval,
+             config.scheduler.start_time, config.scheduler.delay)
+    scheduler.run(stop)
+    components.task_queue.close()
+    return 0
+
+
+def run_backfill(config: Config, start: datetime, end: datetime, models: Sequence[str] | None,
+                 progress: bool = True) -> int:
+    from tqdm import tqdm
+
+    components = Components(config)
+    ensure_schema_current(components.engine)
+    scheduler = build_scheduler(components)
+    with tqdm(unit="task", desc="backfill", disable=not progress) as bar:
+        count = scheduler.backfill(start, end, models, progress=bar.update)
+    print(f"enqueued {count} tasks for [{start.isoformat()}, {end.isoformat()})")
+    components.task_queue.close()
+    return 0
+
+
+def build_executor(components: Components) -> Executor:
+    config = components.config
+    return Executor(config.executor, components.task_queue, components.model_execution, components.engine,
+                    config.predictions.outputs, components.prediction_sinks)
+
+
+def run_executor(config: Config, exit_when_idle: float | None = None) -> int:
+    components = Components(config)
+    ensure_schema_current(components.engine)
+    executor = build_executor(components)
+    on_stop_signals(executor.stop)
+    stats = executor.run(exit_when_idle=exit_when_idle)
+    log.info("executor stopped: %s", stats)
+    return 0
