@@ -103,6 +103,7 @@ class DatabaseTaskQueue(TaskQueue):
         self._sqlite = is_sqlite(engine)
         self._wakeup = threading.Condition()
         self._listener: _Listener | None = None
+        self._notifications = 0
         self._closed = False
 
     # ------------------------------------------------------------------ clock
@@ -141,6 +142,7 @@ class DatabaseTaskQueue(TaskQueue):
         deadline = time.monotonic() + max(timeout, 0.0)
         self._ensure_listener()
         while not self._closed:
+            seen = self._notifications  # a notification after this point must not be slept through
             delivery = self._claim()
             if delivery is not None:
                 return delivery
@@ -148,7 +150,8 @@ class DatabaseTaskQueue(TaskQueue):
             if remaining <= 0:
                 return None
             with self._wakeup:
-                self._wakeup.wait(min(remaining, self.settings.poll_interval.total_seconds()))
+                if self._notifications == seen:
+                    self._wakeup.wait(min(remaining, self.settings.poll_interval.total_seconds()))
         return None
 
     def _claim(self) -> DatabaseDelivery | None:
@@ -203,6 +206,7 @@ class DatabaseTaskQueue(TaskQueue):
 
     def _wake(self) -> None:
         with self._wakeup:
+            self._notifications += 1
             self._wakeup.notify_all()
 
     def close(self) -> None:

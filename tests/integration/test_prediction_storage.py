@@ -1,0 +1,60 @@
+"""Bulk prediction upserts: exact rows, idempotent rewrites, awkward tag names survive COPY."""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+
+from latigo.storage.db import write_transaction
+from latigo.storage.predictions import write_predictions
+from latigo.storage.tables import Prediction
+from latigo.types import PredictionFrame, PredictionRow
+
+pytestmark = pytest.mark.integration
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+AWKWARD = ["plain", "tab\there", "new\nline", "back\\slash", "quote'\"", "ünïcødé", "\\N", "comma,semi;"]
+
+
+def frame(value_offset=0.0, tags=AWKWARD, steps=6):
+    rows = [PredictionRow("model-output", tag, T0 + i * timedelta(minutes=10), i + value_offset)
+            for tag in tags for i in range(steps)]
+    return PredictionFrame("model-ä", rows)
+
+
+def stored(engine):
+    with engine.connect() as c:
+        return {(r.model, r.output, r.tag, r.ts): r.value for r in c.execute(sa.select(Prediction))}
+
+
+def test_rows_land_exactly_with_their_names_and_timestamps(engine):
+    with write_transaction(engine) as c:
+        assert write_predictions(c, frame()) == len(AWKWARD) * 6
+    rows = stored(engine)
+    assert len(rows) == len(AWKWARD) * 6
+    assert {tag for (_, _, tag, _) in rows} == set(AWKWARD)
+    assert rows[("model-ä", "model-output", "tab\there", T0 + timedelta(minutes=20))] == 2.0
+    assert all(ts.tzinfo is not None for (_, _, _, ts) in rows)
+
+
+def test_rewriting_a_window_overwrites_and_never_duplicates(engine):
+    for offset in (0.0, 100.0):
+        with write_transaction(engine) as c:
+            write_predictions(c, frame(offset))
+    rows = stored(engine)
+    assert len(rows) == len(AWKWARD) * 6
+    assert rows[("model-ä", "model-output", "plain", T0)] == 100.0
+
+
+def test_a_failed_transaction_writes_nothing(engine):
+    with pytest.raises(RuntimeError), write_transaction(engine) as c:
+        write_predictions(c, frame())
+        raise RuntimeError("crash before commit")
+    assert stored(engine) == {}
+
+
+def test_extreme_values_survive(engine):
+    values = [0.0, -1.5e-300, 1.7976931348623157e308, float("inf"), float("-inf")]
+    rows = [PredictionRow("o", "t", T0 + timedelta(seconds=i), v) for i, v in enumerate(values)]
+    with write_transaction(engine) as c:
+        write_predictions(c, PredictionFrame("m", rows))
+    assert sorted(stored(engine).values()) == sorted(values)
