@@ -1,0 +1,39 @@
+"""Running latigo's real command as child processes in tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_config(path: Path, **sections: Any) -> Path:
+    path.write_text(yaml.safe_dump(sections))
+    return path
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LATIGO_")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def latigo(config: Path, *args: str, **popen: Any) -> subprocess.Popen:
+    """Start `python -m latigo --config CONFIG ARGS...` from the repository root."""
+    return subprocess.Popen([sys.executable, "-m", "latigo", "--config", str(config), *args], cwd=REPO,
+                            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def latigo_ok(config: Path, *args: str, timeout: float = 120) -> str:
+    """Run to completion; fail the test with the output when the exit code is not 0."""
+    process = latigo(config, *args)
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, f"latigo {' '.join(args)} exited {process.returncode}:\n{output[-4000:]}"
+    return output
