@@ -14,9 +14,11 @@ setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["latigo", "latigo.*"]),
-    package_data={"latigo": ["VERSION", "migrations/*.ini"]},
-    include_package_data=True,
+    # The alembic scripts (./alembic in a checkout) ship inside the package as latigo.migrations,
+    # so `latigo db upgrade` works from any installation.
+    packages=[*find_packages(include=["latigo", "latigo.*"]), "latigo.migrations", "latigo.migrations.versions"],
+    package_dir={"latigo.migrations": "alembic"},
+    package_data={"latigo": ["VERSION"], "latigo.migrations": ["script.py.mako"]},
     install_requires=[
         "azure-eventhub>=5.12,<6",
         "sqlalchemy>=2.0,<2.1",

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from latigo import __version__
 from latigo.config import Config, describe_config, load_config
@@ -68,6 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--model", dest="models", action="append", metavar="NAME",
                           help="only this model (repeatable; default: every model)")
     backfill.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    demo = sub.add_parser("demo", help="run everything locally: synthetic sensors, local models, two executors")
+    demo.add_argument("--dir", type=Path, default=Path("latigo-demo"), help="where to put it (default ./latigo-demo)")
+    demo.add_argument("--models", type=int, default=5, help="how many models to train (default 5)")
+    demo.add_argument("--hours", type=float, default=12, help="how many past hours to predict (default 12)")
+    demo.add_argument("--follow", action="store_true", help="then keep predicting live windows until Ctrl-C")
+
+    status = sub.add_parser("status", help="tasks per state, backlog, failures, last predicted windows")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    models = sub.add_parser("models", help="list the models the configured provider sees")
+    models.add_argument("--check", action="store_true",
+                        help="Gordo: which listed models lack metadata, which expected models are not built")
+    sub.add_parser("sensors", help="list the sensors the configured provider sees")
     return parser
 
 
@@ -130,6 +145,56 @@ def backfill(args: argparse.Namespace, config: Config) -> int:
     if args.end <= args.start:
         raise ConfigError(f"backfill: --to {args.end.isoformat()} is not after --from {args.start.isoformat()}")
     return run_backfill(config, args.start, args.end, args.models, progress=not args.no_progress)
+
+
+@command("demo")
+def demo(args: argparse.Namespace, config: Config) -> int:
+    from latigo.demo import run_demo
+
+    if args.models < 1 or args.hours < 1:
+        raise ConfigError("demo: --models and --hours must be at least 1")
+    run_demo(args.dir, args.models, args.hours, follow=args.follow)
+    return 0
+
+
+@command("status")
+def status(args: argparse.Namespace, config: Config) -> int:
+    from latigo.status import collect_status
+    from latigo.storage.db import create_engine_for
+    from latigo.storage.migrations import ensure_schema_current
+
+    engine = create_engine_for(config.database)
+    ensure_schema_current(engine)
+    report = collect_status(engine)
+    sys.stdout.write(report.to_json() + "\n" if args.json else report.to_text())
+    engine.dispose()
+    return 0
+
+
+@command("models")
+def models(args: argparse.Namespace, config: Config) -> int:
+    from latigo.factory import Components
+
+    provider = Components(config).model_information
+    if args.check:
+        check = getattr(provider, "check_report", None)
+        if check is None:
+            raise ConfigError(f"models --check: model_information type {config.model_information.type!r} "
+                              "has no server to check (use gordo)")
+        sys.stdout.write(check())
+        return 0
+    for name in provider.get_model_list():
+        print(name)
+    return 0
+
+
+@command("sensors")
+def sensors(args: argparse.Namespace, config: Config) -> int:
+    from latigo.factory import Components
+
+    for name in Components(config).sensor_information.get_sensor_list():
+        print(name)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

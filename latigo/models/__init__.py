@@ -1,0 +1,1 @@
+"""Model providers: Gordo (the production server), local scikit-learn models, and model catalogs."""
