@@ -16,9 +16,9 @@ import yaml
 from latigo.errors import ConfigError
 
 
-def read_catalog(path: str | Path, list_key: str, required: Sequence[str]) -> list[dict[str, Any]]:
-    """Records of a .yaml/.yml (a list, or a mapping with `list_key`) or a .csv (header row) file.
-    In YAML a plain string record means {"name": string}."""
+def read_catalog(path: str | Path, list_key: str, required: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+    """(row label, record) for each record of a .yaml/.yml (a list, or a mapping with `list_key`) or a
+    .csv (header row) file. In YAML a plain string record means {"name": string}."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"catalog {path}: file not found")
@@ -38,7 +38,7 @@ def read_catalog(path: str | Path, list_key: str, required: Sequence[str]) -> li
         if name in seen:
             raise ConfigError(f"catalog {path} {label}: {name!r} already listed at {seen[name]}")
         seen[name] = label
-    return [record for _, record in records]
+    return records
 
 
 def _csv_records(path: Path) -> list[tuple[str, dict[str, Any]]]:

@@ -27,11 +27,11 @@ class ModelCatalog(ModelInformationProvider):
 
     def __init__(self, path: str) -> None:
         self.models: dict[str, ModelInfo] = {}
-        for row, record in enumerate(read_catalog(path, "models", ["name", "tags"]), start=1):
+        for label, record in read_catalog(path, "models", ["name", "tags"]):
             try:
                 info = _model_info(record)
             except (ValueError, PermanentError) as exc:
-                raise ConfigError(f"catalog {path} row {row}: {exc}") from None
+                raise ConfigError(f"catalog {path} {label}: {exc}") from None
             self.models[info.name] = info
 
     def get_model_list(self) -> list[str]:

@@ -19,7 +19,7 @@ class SensorCatalog(SensorInformationProvider):
         return cls(settings.path)
 
     def __init__(self, path: str) -> None:
-        self.records = {str(r["name"]).strip(): r for r in read_catalog(path, "sensors", ["name"])}
+        self.records = {str(r["name"]).strip(): r for _, r in read_catalog(path, "sensors", ["name"])}
 
     def get_sensor_list(self) -> list[str]:
         return list(self.records)

@@ -26,14 +26,16 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def latigo(config: Path, *args: str, **popen: Any) -> subprocess.Popen:
-    """Start `python -m latigo --config CONFIG ARGS...` from the repository root."""
+    """Start `python -m latigo --config CONFIG ARGS...` from the repository root (stderr joins stdout
+    unless `stderr=` is given)."""
+    popen.setdefault("stderr", subprocess.STDOUT)
     return subprocess.Popen([sys.executable, "-m", "latigo", "--config", str(config), *args], cwd=REPO,
-                            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+                            env=child_env(), stdout=subprocess.PIPE, text=True, **popen)
 
 
-def latigo_ok(config: Path, *args: str, timeout: float = 120) -> str:
+def latigo_ok(config: Path, *args: str, timeout: float = 120, **popen: Any) -> str:
     """Run to completion; fail the test with the output when the exit code is not 0."""
-    process = latigo(config, *args)
+    process = latigo(config, *args, **popen)
     output, _ = process.communicate(timeout=timeout)
     assert process.returncode == 0, f"latigo {' '.join(args)} exited {process.returncode}:\n{output[-4000:]}"
     return output

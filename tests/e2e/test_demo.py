@@ -1,0 +1,70 @@
+"""`latigo demo` end to end: real processes, real models, and an anomaly the models must see."""
+
+import json
+from datetime import datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from latigo.config import DatabaseSettings
+from latigo.storage.db import create_engine_for
+from latigo.storage.tables import Prediction, TaskRecord
+from tests.support.processes import latigo_ok
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("demo")
+    config = directory / "unused.yaml"
+    config.write_text("{}\n")
+    output = latigo_ok(config, "demo", "--dir", str(directory), "--models", "2", "--hours", "3", timeout=300)
+    summary = json.loads((directory / "summary.json").read_text())
+    engine = create_engine_for(DatabaseSettings(url=f"sqlite:///{directory / 'latigo.db'}"))
+    yield directory, output, summary, engine
+    engine.dispose()
+
+
+def test_it_reports_what_it_did(demo):
+    _, output, summary, _ = demo
+    assert summary["tasks_failed"] == 0
+    assert summary["tasks_done"] >= 2 * 18  # 3 hours of 10-minute windows per model (+ the live one)
+    assert f"{summary['tasks_done']} tasks" in output and "tasks/s" in output
+
+
+def test_every_model_has_a_prediction_for_every_window(demo):
+    _, _, summary, engine = demo
+    with engine.connect() as c:
+        tasks = c.execute(sa.select(TaskRecord.model, TaskRecord.window_start, TaskRecord.state)).all()
+        predicted = set(c.execute(sa.select(Prediction.model, Prediction.ts)
+                                  .where(Prediction.output == "total-anomaly-scaled")).all())
+    assert {state for _, _, state in tasks} == {"done"}
+    for model, window_start, _ in tasks:
+        assert (model, window_start) in predicted
+    assert {m for m, _, _ in tasks} == set(summary["models"])
+
+
+def test_the_chart_is_a_png(demo):
+    directory, _, _, _ = demo
+    data = (directory / "demo.png").read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 10_000
+
+
+def test_the_injected_anomaly_scores_clearly_higher_than_normal_windows(demo):
+    _, _, summary, engine = demo
+    start, end = (datetime.fromisoformat(summary[k]) for k in ("anomaly_start", "anomaly_end"))
+    with engine.connect() as c:
+        rows = c.execute(sa.select(Prediction.ts, Prediction.value).where(
+            Prediction.model == "demo-model-0", Prediction.output == "total-anomaly-scaled")).all()
+    inside = [v for ts, v in rows if start <= ts < end]
+    outside = [v for ts, v in rows if ts < start - timedelta(minutes=10) or ts >= end + timedelta(minutes=10)]
+    assert len(inside) >= 2 and len(outside) >= 10
+    assert min(inside) > 5 * max(outside), (inside, sorted(outside)[-3:])
+    # A model over another sensor group must not see it.
+    with engine.connect() as c:
+        other = c.execute(sa.select(Prediction.ts, Prediction.value).where(
+            Prediction.model == "demo-model-1", Prediction.output == "total-anomaly-scaled")).all()
+    other_inside = [v for ts, v in other if start <= ts < end]
+    assert max(other_inside) < min(inside) / 5
