@@ -29,6 +29,9 @@ def create_engine_for(settings: DatabaseSettings) -> Engine:
     timeout = int(settings.connect_timeout.total_seconds())
     return create_engine(
         url,
+        # ON CONFLICT inserts do not qualify for insertmanyvalues: batch them (one round trip per page).
+        executemany_mode="values_plus_batch",
+        executemany_batch_page_size=1000,
         pool_size=settings.pool_size,
         max_overflow=settings.pool_size,
         pool_pre_ping=True,
