@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    sub.add_parser("check-config", help="validate and print the effective config (secrets masked)")
+    check = sub.add_parser("check-config", help="validate and print the effective config (secrets masked)")
+    check.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="as `latigo --config FILE`")
 
     db = sub.add_parser("db", help="database schema (alembic migrations)")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION")

@@ -10,14 +10,17 @@ import contextvars
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from types import MappingProxyType
 from typing import Any
 
-from latigo.secrets import SecretFilter
+from latigo.secrets import SecretFilter, mask_text
 
-_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("latigo_log_context", default={})
+_context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "latigo_log_context", default=MappingProxyType({})
+)
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "context"}
 
 
@@ -45,7 +48,7 @@ class TextFormatter(logging.Formatter):
         text = super().format(record)
         context = getattr(record, "context", None)
         if context:
-            fields = " ".join(f"{k}={v}" for k, v in context.items())
+            fields = mask_text(" ".join(f"{k}={v}" for k, v in context.items()))
             first, _, rest = text.partition("\n")
             text = f"{first} [{fields}]" + (f"\n{rest}" if rest else "")
         return text
@@ -61,11 +64,27 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        entry.update(getattr(record, "context", {}))
-        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")})
+        extras = {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")}
+        for key, value in {**getattr(record, "context", {}), **extras}.items():
+            entry.setdefault(key, _masked(value))  # the four fields above keep their meaning
         if record.exc_info or record.exc_text:
-            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+            entry["exception"] = mask_text(record.exc_text or self.formatException(record.exc_info))
+        if record.stack_info:
+            entry["stack"] = mask_text(record.stack_info)
+        return json.dumps(entry, default=lambda value: mask_text(str(value)))
+
+
+def _masked(value: Any) -> Any:
+    """Context and extra fields are data from anywhere: mask secrets in their text as well."""
+    if isinstance(value, str):
+        return mask_text(value)
+    if isinstance(value, (bool, int, float)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): _masked(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_masked(v) for v in value]
+    return mask_text(str(value))
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text", stream: Any = None) -> None:
