@@ -22,10 +22,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-from sklearn.decomposition import PCA
-from sklearn.model_selection import TimeSeriesSplit
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
 from sqlalchemy.engine import Engine
 
 from latigo.durations import parse_duration
@@ -90,7 +86,7 @@ def _resolution(value: Any) -> timedelta:
 
 @dataclass
 class FittedModel:
-    pipeline: Pipeline
+    pipeline: Any  # sklearn Pipeline (imported lazily: config validation should not pay for scikit-learn)
     tags: tuple[str, ...]
     target_tags: tuple[str, ...]
     scale: np.ndarray  # per target tag: training range, so errors compare across tags
@@ -119,6 +115,11 @@ class FittedModel:
 
 def fit_model(data: pd.DataFrame, spec: MachineSpec, folds: int = 3) -> FittedModel:
     """Fit on all rows; thresholds from the reconstruction errors of time-ordered validation folds."""
+    from sklearn.decomposition import PCA
+    from sklearn.model_selection import TimeSeriesSplit
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     frame = data[list(spec.tags)].dropna()
     if len(frame) < MIN_TRAINING_ROWS:
         raise NoDataError(f"model {spec.name}: only {len(frame)} complete training rows (need {MIN_TRAINING_ROWS})")
