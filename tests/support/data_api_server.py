@@ -1,0 +1,420 @@
+"""A local Time Series API (the "Data API") speaking the real wire format, for tests and benchmarks.
+
+Endpoints (under `base_path`): GET `?name=&facility=&limit=&continuationToken=` (find/list series),
+GET `/{id}`, GET `/{id}/data`, POST `/query/data` (at most 100 ids, per-item continuation
+tokens), POST `/data` (write), and an Azure AD style token endpoint
+`/{tenant}/oauth2/v2.0/token`. Pages are cut at `page_size` points whatever `limit` asks,
+so several pages per series are the rule. `endTime` is inclusive here, as the safest
+assumption a client can be tested against. Every request is recorded; faults (a status,
+with headers, for the next N matching requests) can be injected.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import secrets
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+BASE_PATH = "/plant/timeseries/v1.6"
+MAX_IDS_PER_QUERY = 100
+
+
+def rfc3339(moment: datetime) -> str:
+    """The API's time format: UTC, milliseconds, a Z."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
+
+
+@dataclass
+class Series:
+    name: str
+    facility: str = "TEST"
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    points: list[dict[str, Any]] = field(default_factory=list)
+    """Datapoints {time, value, status} sorted by time (time as RFC 3339 text)."""
+
+    _times: list[datetime] | None = field(default=None, repr=False, compare=False)
+
+    def times(self) -> list[datetime]:
+        if self._times is None or len(self._times) != len(self.points):
+            self._times = [_parse_time(p["time"]) for p in self.points]
+        return self._times
+
+    def metadata(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "description": f"{self.name} (test)", "step": False,
+                "unit": "", "assetId": "", "facility": self.facility, "externalId": "",
+                "changedTime": "2020-01-01T00:00:00.000Z", "createdTime": "2020-01-01T00:00:00.000Z"}
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class Fault:
+    method: str
+    path_suffix: str
+    status: int | None
+    remaining: int
+    headers: dict[str, str]
+    delay: float = 0.0
+    """Seconds to wait before answering (normally, when `status` is None)."""
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # the client gave up (a timeout test): nothing to report
+        super().handle_error(request, client_address)
+
+
+class DataApiServer:
+    """Start with `start()`, stop with `stop()`; `url` is the API base URL, `authority` the token host."""
+
+    def __init__(
+        self,
+        series: Iterable[Series] = (),
+        page_size: int = 1000,
+        tenant: str = "test-tenant",
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        subscription_key: str | None = None,
+        token_lifetime: int = 3599,
+        paging: str = "item",
+    ) -> None:
+        self.series = {s.id: s for s in series}
+        self.page_size = page_size
+        self.tenant, self.client_id, self.client_secret = tenant, client_id, client_secret
+        self.subscription_key = subscription_key
+        self.token_lifetime = token_lifetime
+        self.paging = paging  # "item": per-item continuation tokens; "top": one token for the whole answer
+        self.tokens: set[str] = set()
+        self.requests: list[Recorded] = []
+        self.faults: list[Fault] = []
+        self._cursors: dict[str, tuple[Any, ...]] = {}
+        self._lock = threading.Lock()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle
+
+    def start(self) -> DataApiServer:
+        handler = type("Handler", (_Handler,), {"api": self})
+        self._httpd = _Server(("127.0.0.1", 0), handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="data-api", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._thread.join(5)
+            self._httpd = None
+
+    def __enter__(self) -> DataApiServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def origin(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def url(self) -> str:
+        return self.origin + BASE_PATH
+
+    @property
+    def authority(self) -> str:
+        return self.origin
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.client_id is not None
+
+    # -- test controls
+
+    def add(self, series: Series) -> Series:
+        with self._lock:
+            self.series[series.id] = series
+        return series
+
+    def inject(self, method: str, path_suffix: str, status: int, times: int = 1,
+               headers: dict[str, str] | None = None) -> None:
+        """The next `times` requests whose path ends with `path_suffix` answer `status`."""
+        with self._lock:
+            self.faults.append(Fault(method, path_suffix, status, times, headers or {}))
+
+    def delay(self, method: str, path_suffix: str, seconds: float, times: int = 1) -> None:
+        """The next `times` matching requests are answered only after `seconds`."""
+        with self._lock:
+            self.faults.append(Fault(method, path_suffix, None, times, {}, seconds))
+
+    def revoke_tokens(self) -> None:
+        """Every issued token becomes invalid (as when it expires early or is revoked)."""
+        with self._lock:
+            self.tokens.clear()
+
+    def calls(self, method: str | None = None, path_suffix: str = "") -> list[Recorded]:
+        with self._lock:
+            return [r for r in self.requests
+                    if (method is None or r.method == method) and r.path.endswith(path_suffix)]
+
+    def clear_calls(self) -> None:
+        with self._lock:
+            self.requests.clear()
+
+    # -- behaviour (called by the handler)
+
+    def take_fault(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            for fault in self.faults:
+                if fault.remaining > 0 and fault.method == method and path.endswith(fault.path_suffix):
+                    fault.remaining -= 1
+                    return fault
+        return None
+
+    def new_cursor(self, state: tuple[Any, ...]) -> str:
+        token = secrets.token_urlsafe(12)
+        with self._lock:
+            self._cursors[token] = state
+        return token
+
+    def cursor(self, token: str) -> tuple[Any, ...] | None:
+        with self._lock:
+            return self._cursors.get(token)
+
+    def issue_token(self) -> str:
+        token = secrets.token_urlsafe(24)
+        with self._lock:
+            self.tokens.add(token)
+        return token
+
+    def token_valid(self, token: str) -> bool:
+        with self._lock:
+            return token in self.tokens
+
+    def page(
+        self, series: Series, start: str | None, end: str | None, offset: int, limit: int
+    ) -> tuple[list, int | None]:
+        """Points of `series` in [start, end] from `offset`, at most min(limit, page_size); next offset or None."""
+        times = series.times()
+        lo = bisect.bisect_left(times, _parse_time(start)) if start else 0
+        hi = bisect.bisect_right(times, _parse_time(end)) if end else len(times)
+        size = max(1, min(limit, self.page_size))
+        first = lo + offset
+        chunk = series.points[first : min(first + size, hi)]
+        following = offset + size if first + size < hi else None
+        return chunk, following
+
+
+class _Handler(BaseHTTPRequestHandler):
+    api: DataApiServer
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+        pass
+
+    # -- plumbing
+
+    def _body(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if self.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
+            return {k: v[0] for k, v in parse_qs(raw.decode()).items()}
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw.decode(errors="replace")
+
+    def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        self._send(status, {"statusCode": status, "message": message, "traceId": uuid.uuid4().hex}, headers)
+
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch("POST")
+
+    def _dispatch(self, method: str) -> None:
+        parts = urlsplit(self.path)
+        query = parse_qs(parts.query)
+        body = self._body()
+        headers = {k: v for k, v in self.headers.items()}
+        with self.api._lock:
+            self.api.requests.append(Recorded(method, parts.path, query, headers, body))
+        fault = self.api.take_fault(method, parts.path)
+        if fault is not None:
+            time.sleep(fault.delay)
+            if fault.status is not None:
+                return self._error(fault.status, f"injected {fault.status}", fault.headers)
+        if parts.path == f"/{self.api.tenant}/oauth2/v2.0/token" and method == "POST":
+            return self._token(body)
+        if not parts.path.startswith(BASE_PATH):
+            return self._error(404, f"no route {parts.path}")
+        key = self.api.subscription_key
+        if key is not None and headers.get("Ocp-Apim-Subscription-Key") != key:
+            return self._error(401, "Access denied due to missing or invalid subscription key.")
+        if self.api.auth_enabled:
+            auth = headers.get("Authorization", "")
+            if not auth.startswith("Bearer ") or not self.api.token_valid(auth[len("Bearer "):]):
+                return self._error(401, "Unauthorized. Access token is missing or invalid.")
+        rest = parts.path[len(BASE_PATH):].strip("/")
+        self._route(method, rest, query, body)
+
+    def _route(self, method: str, rest: str, query: dict[str, list[str]], body: Any) -> None:
+        segments = rest.split("/") if rest else []
+        if method == "GET" and not segments:
+            return self._find(query)
+        if method == "POST" and segments == ["query", "data"]:
+            return self._query_data(query, body)
+        if method == "POST" and segments == ["data"]:
+            return self._write(body)
+        if method == "GET" and len(segments) == 1:
+            series = self.api.series.get(segments[0])
+            if series is None:
+                return self._error(404, f"Timeseries with id {segments[0]} not found")
+            return self._send(200, {"data": {"items": [series.metadata()]}})
+        if method == "GET" and len(segments) == 2 and segments[1] == "data":
+            return self._series_data(segments[0], query)
+        return self._error(404, f"no route {method} /{rest}")
+
+    # -- endpoints
+
+    def _token(self, form: Any) -> None:
+        if not isinstance(form, dict) or form.get("grant_type") != "client_credentials":
+            return self._send(400, {"error": "unsupported_grant_type"})
+        if form.get("client_id") != self.api.client_id or form.get("client_secret") != self.api.client_secret:
+            return self._send(401, {"error": "invalid_client",
+                                    "error_description": "AADSTS7000215: Invalid client secret."})
+        if not form.get("scope"):
+            return self._send(400, {"error": "invalid_scope"})
+        self._send(200, {"token_type": "Bearer", "expires_in": self.api.token_lifetime,
+                         "ext_expires_in": self.api.token_lifetime, "access_token": self.api.issue_token()})
+
+    def _find(self, query: dict[str, list[str]]) -> None:
+        name = query.get("name", [None])[0]
+        facility = query.get("facility", [None])[0]
+        limit = int(query.get("limit", ["1000"])[0])
+        token = query.get("continuationToken", [None])[0]
+        offset = 0
+        if token is not None:
+            state = self.api.cursor(token)
+            if state is None:
+                return self._error(400, "Invalid continuation token")
+            offset = state[1]
+        matches = [s for s in self.api.series.values()
+                   if (name is None or s.name == name) and (facility is None or s.facility == facility)]
+        page = matches[offset : offset + limit]
+        body: dict[str, Any] = {"data": {"items": [s.metadata() for s in page]}, "count": len(page)}
+        if offset + limit < len(matches):
+            body["continuationToken"] = self.api.new_cursor(("find", offset + limit))
+        self._send(200, body)
+
+    def _series_data(self, series_id: str, query: dict[str, list[str]]) -> None:
+        series = self.api.series.get(series_id)
+        if series is None:
+            return self._error(404, f"Timeseries with id {series_id} not found")
+        token = query.get("continuationToken", [None])[0]
+        start, end = query.get("startTime", [None])[0], query.get("endTime", [None])[0]
+        limit, offset = int(query.get("limit", ["1000"])[0]), 0
+        if token:
+            state = self.api.cursor(token)
+            if state is None:
+                return self._error(400, "Invalid continuation token")
+            _, start, end, limit, offset = state
+        points, following = self.api.page(series, start, end, offset, limit)
+        body: dict[str, Any] = {"data": {"items": [{"id": series.id, "name": series.name, "unit": "",
+                                                    "datapoints": points}]}}
+        if following is not None:
+            body["continuationToken"] = self.api.new_cursor(("data", start, end, limit, following))
+        self._send(200, body)
+
+    def _query_data(self, query: dict[str, list[str]], body: Any) -> None:
+        if not isinstance(body, list) or not all(isinstance(item, dict) and item.get("id") for item in body):
+            return self._error(400, "The request body must be a list of {id, startTime, endTime, ...}")
+        if len(body) > MAX_IDS_PER_QUERY:
+            return self._error(400, f"A maximum of {MAX_IDS_PER_QUERY} items is allowed per request; got {len(body)}")
+        unknown = [item["id"] for item in body if item["id"] not in self.api.series]
+        if unknown:
+            return self._error(404, f"Timeseries with id {unknown[0]} not found")
+        top_token = query.get("continuationToken", [None])[0]
+        offsets: dict[str, int] = {}
+        if top_token is not None:
+            state = self.api.cursor(top_token)
+            if state is None:
+                return self._error(400, "Invalid continuation token")
+            offsets = dict(state[1])
+        items, following = [], {}
+        for item in body:
+            offset = offsets.get(item["id"], 0)
+            if offset is None:  # this series was finished on an earlier page
+                items.append({"id": item["id"], "datapoints": []})
+                continue
+            if item.get("continuationToken"):
+                state = self.api.cursor(item["continuationToken"])
+                if state is None:
+                    return self._error(400, "Invalid continuation token")
+                offset = state[1]
+            limit = int(item.get("limit") or 1000)
+            if not 1 <= limit <= 100000:
+                return self._error(400, f"limit must be between 1 and 100000; got {limit}")
+            series = self.api.series[item["id"]]
+            points, next_offset = self.api.page(series, item.get("startTime"), item.get("endTime"), offset, limit)
+            entry: dict[str, Any] = {"id": series.id, "name": series.name, "unit": "", "datapoints": points}
+            following[series.id] = next_offset
+            if next_offset is not None and self.api.paging == "item":
+                entry["continuationToken"] = self.api.new_cursor(("item", next_offset))
+            items.append(entry)
+        answer: dict[str, Any] = {"data": {"items": items}}
+        if self.api.paging == "top" and any(v is not None for v in following.values()):
+            answer["continuationToken"] = self.api.new_cursor(("top", following))
+        self._send(200, answer)
+
+    def _write(self, body: Any) -> None:
+        if not isinstance(body, dict) or not isinstance(body.get("items"), list):
+            return self._error(400, "The request body must be {items: [{id, datapoints}]}")
+        for item in body["items"]:
+            series = self.api.series.get(item.get("id"))
+            if series is None:
+                return self._error(404, f"Timeseries with id {item.get('id')} not found")
+            merged = {p["time"]: p for p in series.points}
+            merged.update({p["time"]: p for p in item.get("datapoints", [])})
+            series.points = sorted(merged.values(), key=lambda p: _parse_time(p["time"]))
+        self._send(200, {"statusCode": 200, "message": "Data was written", "traceId": uuid.uuid4().hex})
