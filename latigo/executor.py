@@ -24,6 +24,14 @@ from latigo.config import ExecutorSettings
 from latigo.errors import NoDataError, PermanentError, TransientError, UnknownModelError
 from latigo.interfaces import Delivery, ModelExecutionProvider, PredictionSink, TaskQueue
 from latigo.logs import task_context
+from latigo.observability import (
+    PREDICTION_ROWS,
+    PROVIDER_LATENCY,
+    QUEUE_BACKLOG,
+    TASK_DURATION,
+    TASKS_DONE,
+    TASKS_FAILED,
+)
 from latigo.storage.db import write_transaction
 from latigo.storage.ledger import DONE, Ledger, one_line
 from latigo.storage.predictions import write_predictions
@@ -95,6 +103,7 @@ class Executor:
                                     delivery.error or "undecodable message")
             log.error("undecodable message dead-lettered: %s", delivery.error)
             delivery.ack()
+            TASKS_FAILED.labels(reason="dead_letter").inc()
             return self._count(Outcome.DEAD_LETTER)
         task = delivery.task
         with task_context(task_id=task.task_id, model=task.model, window=str(task.window)):
@@ -108,28 +117,41 @@ class Executor:
             return Outcome.SKIPPED
         if known and known[1] >= self.settings.max_attempts:
             # Earlier attempts died with their executor (lease expiry redelivered it): stop the loop here.
-            return self._fail(task, delivery, f"gave up after {known[1]} attempts that never finished", None)
+            return self._fail(task, delivery, "abandoned", f"gave up after {known[1]} attempts that never finished",
+                              None)
         started = time.monotonic()
         while True:
             attempt = self.ledger.mark_running(task, self.name)
             try:
-                frame = self.execution.execute_model(task.model, task.window.start, task.window.end)
+                frame = self._execute(task)
                 rows = self._store(task, frame, started)
                 delivery.ack()
                 log.info("done: %d prediction rows in %.0f ms (attempt %d)", rows, _ms_since(started), attempt)
+                TASKS_DONE.inc()
+                PREDICTION_ROWS.inc(rows)
+                TASK_DURATION.observe(_ms_since(started) / 1000)
                 return Outcome.DONE
             except TransientError as exc:
                 if attempt >= self.settings.max_attempts:
-                    return self._fail(task, delivery, f"transient: {exc} (after {attempt} attempts)", started)
+                    return self._fail(task, delivery, "transient", f"transient: {exc} (after {attempt} attempts)",
+                                      started)
                 delay = self._backoff(attempt)
                 log.warning("attempt %d failed (%s); retrying in %.1fs", attempt, exc, delay)
                 if not self._wait_renewing(delivery, delay):
                     return self._release(task, delivery)
             except PermanentError as exc:
-                return self._fail(task, delivery, f"{failure_reason(exc)}: {exc}", started)
+                return self._fail(task, delivery, failure_reason(exc), f"{failure_reason(exc)}: {exc}", started)
             except Exception as exc:  # a bug in a provider must not kill the worker or loop the task
                 log.exception("unexpected error")
-                return self._fail(task, delivery, f"internal: {type(exc).__name__}: {exc}", started)
+                return self._fail(task, delivery, "internal", f"internal: {type(exc).__name__}: {exc}", started)
+
+    def _execute(self, task: Task) -> PredictionFrame:
+        began = time.monotonic()
+        try:
+            return self.execution.execute_model(task.model, task.window.start, task.window.end)
+        finally:
+            PROVIDER_LATENCY.labels(provider=type(self.execution).__name__, call="execute_model").observe(
+                time.monotonic() - began)
 
     def _store(self, task: Task, frame: PredictionFrame, started: float) -> int:
         frame = frame.only_outputs(self.outputs).within(task.window)
@@ -142,10 +164,12 @@ class Executor:
             self.stats.rows += rows
         return rows
 
-    def _fail(self, task: Task, delivery: Delivery, reason: str, started: float | None) -> Outcome:
+    def _fail(self, task: Task, delivery: Delivery, kind: str, reason: str, started: float | None) -> Outcome:
+        """Record a final failure (`kind` is the metric label: transient, permanent, no_data, ...)."""
         log.error("failed: %s", one_line(reason, 500))
         self.ledger.mark_failed(task, reason, int(_ms_since(started)) if started else None)
         delivery.ack()
+        TASKS_FAILED.labels(reason=kind).inc()
         return Outcome.FAILED
 
     def _release(self, task: Task, delivery: Delivery) -> Outcome:
@@ -176,7 +200,7 @@ class Executor:
         return outcome
 
     # ------------------------------------------------------------------ the pool
-    def run(self, exit_when_idle: float | None = None) -> ExecutorStats:
+    def run(self, exit_when_idle: float | None = None, on_tick: Callable[[], None] | None = None) -> ExecutorStats:
         """Work until `stopping` is set (SIGTERM) or, with `exit_when_idle`, until nothing arrived and
         nothing ran for that many seconds. In-flight tasks get `shutdown_timeout` to finish; the rest
         are released back to the queue."""
@@ -187,6 +211,8 @@ class Executor:
             thread.start()
         log.info("executor %s running %d workers", self.name, len(workers))
         while not self.stopping.wait(0.2):
+            if on_tick and all(thread.is_alive() for thread in workers):
+                on_tick()  # the heartbeat: stops when a worker thread has died
             if exit_when_idle is not None and self._idle_for() >= exit_when_idle:
                 log.info("idle for %.0fs: stopping", exit_when_idle)
                 self.stopping.set()
@@ -230,6 +256,7 @@ class Executor:
 
     def _renew_loop(self) -> None:
         while not self.stopping.wait(5.0):
+            self._report_backlog()
             with self._lock:
                 deliveries = list(self._in_flight.values())
             for delivery in deliveries:
@@ -237,6 +264,15 @@ class Executor:
                     delivery.renew()
                 except Exception as exc:
                     log.warning("lease renewal failed: %s", type(exc).__name__)
+
+    def _report_backlog(self) -> None:
+        try:
+            backlog = self.queue.backlog()
+        except Exception as exc:
+            log.warning("could not read the queue backlog: %s", type(exc).__name__)
+            return
+        if backlog is not None:
+            QUEUE_BACKLOG.set(backlog)
 
     def _idle_for(self) -> float:
         with self._lock:

@@ -5,12 +5,21 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Sequence
 from datetime import datetime
 
 from latigo.config import Config
 from latigo.executor import Executor
 from latigo.factory import Components
+from latigo.observability import (
+    LAST_SCHEDULE_TIME,
+    TASKS_SCHEDULED,
+    Health,
+    MetricsServer,
+    database_ready_check,
+    start_http_server,
+)
 from latigo.scheduler import Scheduler
 from latigo.storage.migrations import ensure_schema_current
 
@@ -28,9 +37,22 @@ def on_stop_signals(callback) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def record_cycle(count: int) -> None:
+    TASKS_SCHEDULED.inc(count)
+    LAST_SCHEDULE_TIME.set(time.time())
+
+
 def build_scheduler(components: Components) -> Scheduler:
     return Scheduler(components.config.scheduler, components.model_information, components.task_queue,
-                     components.engine)
+                     components.engine, on_cycle=record_cycle)
+
+
+def serve_health(components: Components, loop: str, max_silence: float) -> tuple[Health, MetricsServer | None]:
+    """/healthz, /readyz and /metrics for this process; the loop's beats keep /healthz green."""
+    health = Health()
+    health.beat(loop)
+    health.set_ready_check(database_ready_check(components.engine))
+    return health, start_http_server(components.config.metrics, health, max_silence)
 
 
 def run_scheduler(config: Config, once: bool = False) -> int:
@@ -42,10 +64,14 @@ def run_scheduler(config: Config, once: bool = False) -> int:
         return 0
     stop = threading.Event()
     on_stop_signals(stop.set)
+    # The loop wakes at least every check_interval; a cycle over many models may take a while longer.
+    health, server = serve_health(components, "scheduler", config.scheduler.check_interval.total_seconds() * 3 + 300)
     log.info("scheduler running: every %s from %s, delay %s", config.scheduler.interval,
              config.scheduler.start_time, config.scheduler.delay)
-    scheduler.run(stop)
+    scheduler.run(stop, on_tick=lambda: health.beat("scheduler"))
     components.task_queue.close()
+    if server:
+        server.close()
     return 0
 
 
@@ -74,6 +100,9 @@ def run_executor(config: Config, exit_when_idle: float | None = None) -> int:
     ensure_schema_current(components.engine)
     executor = build_executor(components)
     on_stop_signals(executor.stop)
-    stats = executor.run(exit_when_idle=exit_when_idle)
+    health, server = serve_health(components, "executor", 60.0)
+    stats = executor.run(exit_when_idle=exit_when_idle, on_tick=lambda: health.beat("executor"))
     log.info("executor stopped: %s", stats)
+    if server:
+        server.close()
     return 0
