@@ -4,7 +4,6 @@
 `alembic` CLI gets its URL from latigo's config (file + LATIGO_* environment)."""
 
 from alembic import context
-
 from latigo.storage.tables import Base, UtcDateTime
 
 config = context.config

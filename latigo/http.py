@@ -7,8 +7,10 @@ TransientError / PermanentError live here once.
 
 from __future__ import annotations
 
+import html
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -65,9 +67,17 @@ def describe_response(response: requests.Response, limit: int = 300) -> str:
         else:
             text = str(body)
     except ValueError:
-        text = response.text
+        text = _html_text(response.text)
     text = " ".join(str(text).split())
     return text[:limit] + ("…" if len(text) > limit else "")
+
+
+def _html_text(text: str) -> str:
+    """The message of an HTML error page (its <p> paragraphs, else its <title>); other text as is."""
+    if not text.lstrip().startswith("<"):
+        return text
+    found = re.findall(r"<p>(.*?)</p>", text, re.S) or re.findall(r"<title>(.*?)</title>", text, re.S)
+    return html.unescape(" ".join(found)) if found else text
 
 
 class ClientCredentialsToken:

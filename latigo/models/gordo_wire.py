@@ -1,0 +1,236 @@
+"""Gordo's wire formats: its resolution strings, metadata, prediction answers (JSON with bare NaN,
+or parquet) and the aligned model input latigo sends."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pandas as pd
+import requests
+
+from latigo.errors import (
+    PermanentError,
+    TransientError,
+)
+from latigo.http import describe_response
+from latigo.types import ModelInfo, PredictionFrame
+
+log = logging.getLogger(__name__)
+
+NON_NUMERIC_GROUPS = frozenset({"start", "end"})
+"""Output groups that carry the row's interval as text, not values."""
+
+
+# ---------------------------------------------------------------- parsing Gordo's values
+
+_FIXED_UNITS = {
+    "N": 1e-9, "ns": 1e-9, "U": 1e-6, "us": 1e-6, "L": 1e-3, "ms": 1e-3,
+    "S": 1.0, "s": 1.0, "sec": 1.0, "T": 60.0, "min": 60.0, "H": 3600.0, "h": 3600.0,
+    "D": 86400.0, "d": 86400.0, "W": 604800.0,
+}
+_FREQUENCY = re.compile(r"^\s*(\d+(?:\.\d+)?)?\s*([A-Za-z]+)\s*$")
+
+
+def parse_frequency(text: str) -> timedelta:
+    """A pandas frequency string as Gordo writes it ("10T", "1H", "30S", "10min") as a timedelta.
+
+    Parsed here because pandas 3 no longer reads the "T"/"H" aliases Gordo's metadata uses."""
+    match = _FREQUENCY.match(str(text))
+    if not match or match.group(2) not in _FIXED_UNITS:
+        raise ValueError(f"{text!r} is not a fixed frequency like 10T, 1H or 30S")
+    count = float(match.group(1)) if match.group(1) else 1.0
+    value = timedelta(seconds=count * _FIXED_UNITS[match.group(2)])
+    if value <= timedelta(0):
+        raise ValueError(f"{text!r} is not a positive frequency")
+    return value
+
+
+def _tag_names(raw: Any) -> tuple[str, ...]:
+    """Tag names from Gordo's tag lists (plain names, or {"name": ...} objects in older builds)."""
+    if not raw:
+        return ()
+    return tuple(item["name"] if isinstance(item, Mapping) else str(item) for item in raw)
+
+
+def parse_model_info(name: str, project: str, revision: str, body: Mapping[str, Any]) -> ModelInfo:
+    """ModelInfo from Gordo's metadata answer; what is missing or malformed is named."""
+    meta = body.get("metadata") if isinstance(body, Mapping) else None
+    dataset = meta.get("dataset") if isinstance(meta, Mapping) else None
+    if not isinstance(dataset, Mapping):
+        raise PermanentError(f"gordo model {name!r}: metadata has no metadata.dataset section")
+    tags = _tag_names(dataset.get("tag_list") or dataset.get("tags"))
+    if not tags:
+        raise PermanentError(f"gordo model {name!r}: metadata.dataset.tag_list is empty")
+    targets = _tag_names(dataset.get("target_tag_list")) or tags
+    try:
+        resolution = parse_frequency(dataset.get("resolution") or "10T")
+    except ValueError as exc:
+        raise PermanentError(f"gordo model {name!r}: metadata.dataset.resolution {exc}") from None
+    build = ((meta.get("metadata") or {}).get("build_metadata") or {}).get("model") or {}
+    try:
+        offset = int(build.get("model_offset") or 0)
+    except (TypeError, ValueError):
+        raise PermanentError(f"gordo model {name!r}: model_offset {build.get('model_offset')!r} "
+                             "is not an integer") from None
+    extra = {
+        "aggregation_methods": dataset.get("aggregation_methods", "mean"),
+        "interpolation_method": dataset.get("interpolation_method"),
+        "interpolation_limit": dataset.get("interpolation_limit"),
+        "row_filter": dataset.get("row_filter") or "",
+        "train_start_date": dataset.get("train_start_date"),
+        "train_end_date": dataset.get("train_end_date"),
+        "model_creation_date": build.get("model_creation_date"),
+        "gordo_server_version": body.get("gordo-server-version"),
+    }
+    return ModelInfo(
+        name=name, tags=tags, target_tags=targets, resolution=resolution, project=project,
+        revision=str(body.get("revision") or revision), model_offset=max(offset, 0), extra=extra,
+    )
+
+
+def _timestamp(key: Any) -> datetime:
+    """An output row's timestamp (Gordo writes "2026-02-01 00:00:00+00:00"); naive means UTC,
+    which is what latigo sent."""
+    if isinstance(key, datetime):
+        stamp = key
+    else:
+        try:
+            stamp = datetime.fromisoformat(str(key))
+        except ValueError:
+            stamp = pd.Timestamp(key).to_pydatetime()
+    if stamp.tzinfo is None:
+        return stamp.replace(tzinfo=timezone.utc)
+    return stamp.astimezone(timezone.utc)
+
+
+def frame_from_groups(model: str, groups: Mapping[str, Mapping[str, Mapping[Any, Any]]]) -> PredictionFrame:
+    """PredictionFrame from Gordo's {group: {column: {timestamp: value}}}, without the start/end groups.
+
+    Timestamps are parsed once per distinct key rather than once per value."""
+    stamps: dict[Any, datetime] = {}
+    numeric: dict[str, dict[str, dict[datetime, Any]]] = {}
+    for group, columns in groups.items():
+        if group in NON_NUMERIC_GROUPS:
+            continue
+        numeric[group] = {}
+        for column, series in columns.items():
+            converted = {}
+            for key, value in series.items():
+                stamp = stamps.get(key)
+                if stamp is None:
+                    try:
+                        stamp = stamps[key] = _timestamp(key)
+                    except (TypeError, ValueError):
+                        raise PermanentError(f"gordo model {model!r}: {key!r} in the prediction answer is not "
+                                             "a timestamp") from None
+                converted[stamp] = value
+            numeric[group][column] = converted
+    try:
+        return PredictionFrame.from_groups(model, numeric)
+    except (TypeError, ValueError) as exc:
+        raise PermanentError(f"gordo model {model!r}: unexpected value in the prediction answer: {exc}") from None
+
+
+def groups_from_parquet(content: bytes) -> dict[str, dict[str, dict[Any, Any]]]:
+    """Gordo's parquet answer (columns (group, column), '' for single-column groups) as groups."""
+    frame = pd.read_parquet(io.BytesIO(content))
+    stamps = [_timestamp(ts) for ts in frame.index.to_pydatetime()]
+    groups: dict[str, dict[str, dict[Any, Any]]] = {}
+    for column in frame.columns:
+        group, name = column if isinstance(column, tuple) else (column, "")
+        groups.setdefault(group, {})[name or group] = dict(zip(stamps, frame[column].tolist(), strict=True))
+    return groups
+
+
+def parse_prediction(model: str, response: requests.Response) -> PredictionFrame:
+    """The rows of a prediction answer, JSON (bare NaN tokens allowed) or parquet."""
+    content = response.content
+    if content[:4] == b"PAR1":
+        try:
+            return frame_from_groups(model, groups_from_parquet(content))
+        except (OSError, ValueError) as exc:
+            raise TransientError(f"gordo model {model!r}: unreadable parquet answer: {exc}") from None
+    try:
+        body = json.loads(content)
+    except ValueError:
+        raise TransientError(f"gordo model {model!r}: answer is neither JSON nor parquet: "
+                             f"{describe_error(response)}") from None
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, dict):
+        raise PermanentError(f"gordo model {model!r}: prediction answer has no 'data' object")
+    return frame_from_groups(model, data)
+
+
+def describe_error(response: requests.Response) -> str:
+    """Gordo's message: the JSON message/error, or the text of an HTML error page."""
+    return describe_response(response)
+
+
+# ---------------------------------------------------------------- model input
+
+
+def _floor(moment: datetime, step: timedelta) -> datetime:
+    """`moment` rounded down onto the epoch-aligned grid of `step` (the sensor providers' grid)."""
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return epoch + ((moment - epoch) // step) * step
+
+
+def align_input(
+    data: pd.DataFrame, columns: Sequence[str], resolution: timedelta, start: datetime, end: datetime,
+    fill_limit: int | None, fill_method: str | None,
+) -> pd.DataFrame:
+    """Sensor values on the model's grid over [start, end): mean per bucket, gaps filled up to
+    `fill_limit` rows (None = no limit) the way Gordo filled its training data — but only between
+    real values: nothing is extrapolated past the last value that has arrived."""
+    frame = data.reindex(columns=list(columns))
+    try:
+        frame = frame.astype(float)
+    except (TypeError, ValueError):
+        frame = frame.apply(pd.to_numeric, errors="coerce").astype(float)
+    frame.index = pd.DatetimeIndex(pd.to_datetime(frame.index, utc=True))
+    step = pd.Timedelta(resolution)
+    if not frame.empty and not _on_grid(frame.index, step):
+        frame = frame.resample(step, origin="epoch", label="left", closed="left").mean()
+    grid = pd.date_range(_floor(start, resolution), end, freq=step, inclusive="left")
+    frame = frame.reindex(grid)
+    if fill_limit == 0 or frame.empty or not frame.isna().to_numpy().any():
+        return frame
+    if fill_method == "ffill":
+        return frame.ffill(limit=fill_limit, limit_area="inside")
+    return frame.interpolate(method="linear", limit=fill_limit, limit_area="inside")
+
+
+def _on_grid(index: pd.DatetimeIndex, step: pd.Timedelta) -> bool:
+    """Whether the rows are already one per bucket start (what sensor providers return): then
+    resampling would change nothing and is skipped."""
+    stamps = index.as_unit("ns").asi8
+    return bool(index.is_monotonic_increasing and index.is_unique and (stamps % step.value == 0).all())
+
+
+def _fill_limit(info: ModelInfo) -> int | None:
+    raw = info.extra.get("interpolation_limit")
+    if raw is None:
+        return None
+    try:
+        return int(parse_frequency(raw) / info.resolution)
+    except ValueError:
+        log.warning("gordo model %s: interpolation_limit %r not understood; gaps are not filled", info.name, raw)
+        return 0
+
+
+def _json_columns(frame: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """{column: {iso timestamp: value}}: the shape Gordo's dataframe_from_dict reads."""
+    keys = [stamp.isoformat() for stamp in frame.index.to_pydatetime()]
+    return {str(column): dict(zip(keys, frame[column].tolist(), strict=True)) for column in frame.columns}
+
+
+def _parquet_bytes(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, engine="pyarrow", compression="snappy")
+    return buffer.getvalue()
