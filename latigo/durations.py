@@ -1,4 +1,5 @@
-"""Human durations in config and on the command line: "30m", "3h", "1d", "1h30m", "90s"."""
+"""Human durations in config and on the command line ("30m", "3h", "1d", "1h30m", "90s"), and Gordo's
+pandas-style frequencies ("10T", "1H") for model resolutions."""
 
 from __future__ import annotations
 
@@ -46,3 +47,37 @@ def format_duration(value: timedelta) -> str:
         if count:
             parts.append(f"{count}{unit}")
     return "".join(parts)
+
+
+_FIXED_UNITS = {
+    "N": 1e-9, "ns": 1e-9, "U": 1e-6, "us": 1e-6, "L": 1e-3, "ms": 1e-3,
+    "S": 1.0, "s": 1.0, "sec": 1.0, "T": 60.0, "min": 60.0, "H": 3600.0, "h": 3600.0,
+    "D": 86400.0, "d": 86400.0, "W": 604800.0,
+}
+_FREQUENCY = re.compile(r"^\s*(\d+(?:\.\d+)?)?\s*([A-Za-z]+)\s*$")
+
+
+def parse_frequency(text: str) -> timedelta:
+    """A pandas frequency string as Gordo writes it ("10T", "1H", "30S", "10min") as a timedelta.
+
+    Parsed here because pandas 3 no longer reads the "T"/"H" aliases Gordo's metadata uses."""
+    match = _FREQUENCY.match(str(text))
+    if not match or match.group(2) not in _FIXED_UNITS:
+        raise ValueError(f"{text!r} is not a fixed frequency like 10T, 1H or 30S")
+    count = float(match.group(1)) if match.group(1) else 1.0
+    value = timedelta(seconds=count * _FIXED_UNITS[match.group(2)])
+    if value <= timedelta(0):
+        raise ValueError(f"{text!r} is not a positive frequency")
+    return value
+
+
+def parse_resolution(text: str) -> timedelta:
+    """A model resolution in latigo's spelling ("10m") or Gordo's pandas spelling ("10T", "1H")."""
+    try:
+        return parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        return parse_frequency(text)
+    except ValueError:
+        raise ValueError(f"resolution {text!r}: use a duration like 10m or a frequency like 10T or 1H") from None

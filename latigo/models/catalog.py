@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from latigo.catalog_file import read_catalog, split_list
+from latigo.durations import parse_resolution
 from latigo.errors import ConfigError, PermanentError, UnknownModelError
 from latigo.interfaces import ModelInformationProvider
-from latigo.models.local import _resolution
 from latigo.types import ModelInfo
 
 
@@ -54,5 +54,5 @@ def _model_info(record: dict[str, Any]) -> ModelInfo:
     if offset < 0:
         raise ValueError(f"model_offset {offset} is negative")
     return ModelInfo(name=str(record["name"]).strip(), tags=tags, target_tags=targets,
-                     resolution=_resolution(record.get("resolution") or "10m"),
+                     resolution=parse_resolution(record.get("resolution") or "10m"),
                      project=str(record.get("project") or ""), model_offset=offset)

@@ -16,12 +16,12 @@ from urllib.parse import quote
 
 import yaml
 
+from latigo.durations import parse_frequency
 from latigo.errors import (
     PermanentError,
     TransientError,
 )
 from latigo.http import HttpClient, RetryPolicy
-from latigo.models.gordo_wire import parse_frequency
 
 if TYPE_CHECKING:
     from latigo.models.gordo import GordoSettings

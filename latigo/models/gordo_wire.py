@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import pandas as pd
 import requests
 
+from latigo.durations import parse_frequency
 from latigo.errors import (
     PermanentError,
     TransientError,
@@ -28,28 +28,6 @@ NON_NUMERIC_GROUPS = frozenset({"start", "end"})
 
 
 # ---------------------------------------------------------------- parsing Gordo's values
-
-_FIXED_UNITS = {
-    "N": 1e-9, "ns": 1e-9, "U": 1e-6, "us": 1e-6, "L": 1e-3, "ms": 1e-3,
-    "S": 1.0, "s": 1.0, "sec": 1.0, "T": 60.0, "min": 60.0, "H": 3600.0, "h": 3600.0,
-    "D": 86400.0, "d": 86400.0, "W": 604800.0,
-}
-_FREQUENCY = re.compile(r"^\s*(\d+(?:\.\d+)?)?\s*([A-Za-z]+)\s*$")
-
-
-def parse_frequency(text: str) -> timedelta:
-    """A pandas frequency string as Gordo writes it ("10T", "1H", "30S", "10min") as a timedelta.
-
-    Parsed here because pandas 3 no longer reads the "T"/"H" aliases Gordo's metadata uses."""
-    match = _FREQUENCY.match(str(text))
-    if not match or match.group(2) not in _FIXED_UNITS:
-        raise ValueError(f"{text!r} is not a fixed frequency like 10T, 1H or 30S")
-    count = float(match.group(1)) if match.group(1) else 1.0
-    value = timedelta(seconds=count * _FIXED_UNITS[match.group(2)])
-    if value <= timedelta(0):
-        raise ValueError(f"{text!r} is not a positive frequency")
-    return value
-
 
 def _tag_names(raw: Any) -> tuple[str, ...]:
     """Tag names from Gordo's tag lists (plain names, or {"name": ...} objects in older builds)."""

@@ -24,7 +24,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from latigo.durations import parse_duration
+from latigo.durations import parse_resolution
 from latigo.errors import NoDataError, PermanentError, UnknownModelError
 from latigo.interfaces import ModelExecutionProvider, ModelInformationProvider, SensorDataProvider
 from latigo.storage.db import write_transaction
@@ -58,7 +58,7 @@ class MachineSpec:
         tags = _tag_list(dataset.get("tags") or dataset.get("tag_list"), "tags")
         targets = _tag_list(dataset.get("target_tags") or dataset.get("target_tag_list") or tags, "target_tags")
         try:
-            resolution = _resolution(dataset.get("resolution", "10m"))
+            resolution = parse_resolution(dataset.get("resolution", "10m"))
             train = TimeRange(parse_timestamp(str(dataset["train_start_date"]), "train_start_date"),
                               parse_timestamp(str(dataset["train_end_date"]), "train_end_date"))
         except KeyError as exc:
@@ -72,16 +72,6 @@ def _tag_list(value: Any, key: str) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) and v for v in value):
         raise PermanentError(f"{key}: a non-empty list of sensor names is required")
     return tuple(value)
-
-
-def _resolution(value: Any) -> timedelta:
-    """'10m' or Gordo/pandas style '10T' / '1H'."""
-    text = str(value).strip()
-    pandas_units = {"T": "m", "min": "m", "H": "h", "S": "s", "D": "d"}
-    for unit, ours in pandas_units.items():
-        if text.endswith(unit) and text[: -len(unit)].isdigit():
-            text = text[: -len(unit)] + ours
-    return parse_duration(text)
 
 
 @dataclass

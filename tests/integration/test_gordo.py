@@ -13,10 +13,11 @@ import pytest
 import requests
 
 from latigo.config import load_config
+from latigo.durations import parse_frequency
 from latigo.errors import NoDataError, PermanentError, TransientError, UnknownModelError
 from latigo.factory import Components
 from latigo.models.gordo import GordoModels, GordoSettings, check_models, format_check_report
-from latigo.models.gordo_wire import parse_frequency, parse_prediction
+from latigo.models.gordo_wire import parse_prediction
 from latigo.types import SensorFrame, TimeRange
 from tests.support.gordo_server import (
     FIXTURES,

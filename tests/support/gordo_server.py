@@ -42,8 +42,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from latigo.durations import parse_frequency
 from latigo.interfaces import SensorDataProvider
-from latigo.models.gordo_wire import parse_frequency
 from latigo.types import SensorFrame
 
 _REPO = Path(__file__).resolve().parents[2]
