@@ -77,3 +77,15 @@ def engine(db_url: str) -> Iterator[Engine]:
     engine = create_engine_for(DatabaseSettings(url=db_url))
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def isolated_secret_registry() -> Iterator[None]:
+    """Secrets registered by one test (a config it loaded) must not mask text in another."""
+    from latigo import secrets
+
+    saved = set(secrets._registered)
+    yield
+    with secrets._lock:
+        secrets._registered.clear()
+        secrets._registered.update(saved)
