@@ -22,7 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from latigo.sensors.influx import InfluxPredictionSink, InfluxSensors  # noqa: E402
+from latigo.sensors.influx import InfluxSensors  # noqa: E402
+from latigo.sensors.influx_sink import InfluxPredictionSink  # noqa: E402
 from latigo.types import PredictionFrame, PredictionRow  # noqa: E402
 from tests.support.influxd import influxd_available, influxql, start_influxd, write_lines  # noqa: E402
 

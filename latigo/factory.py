@@ -54,7 +54,7 @@ REGISTRY: dict[str, dict[str, str]] = {
         "gordo": "latigo.models.gordo:GordoModels",
     },
     "prediction_sink": {
-        "influx": "latigo.sensors.influx:InfluxPredictionSink",
+        "influx": "latigo.sensors.influx_sink:InfluxPredictionSink",
     },
 }
 

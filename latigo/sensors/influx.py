@@ -1,4 +1,4 @@
-"""InfluxDB 1.x: sensor listing and values (InfluxQL), and a prediction sink (line protocol).
+"""InfluxDB 1.x: sensor listing and values (InfluxQL); the prediction sink is in influx_sink.py.
 
 Values come from one query per call for all of a model's sensors, averaged by the
 server per resolution bucket (`GROUP BY time(r), "tag"`), because a round trip per
@@ -18,26 +18,24 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import string
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
 import numpy as np
-import pandas as pd
 import requests
 from influxdb import InfluxDBClient
 from influxdb.exceptions import InfluxDBClientError, InfluxDBServerError
 
 from latigo.errors import PermanentError, TransientError
-from latigo.interfaces import PredictionSink, SensorDataProvider, SensorInformationProvider
+from latigo.interfaces import SensorDataProvider, SensorInformationProvider
 from latigo.sensors.resample import BucketGrid, as_timedelta, frame, resolution_ns, unique
-from latigo.types import PredictionFrame, SensorFrame, ensure_utc
+from latigo.types import SensorFrame, ensure_utc
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +88,7 @@ def _where(settings: InfluxConnectionSettings) -> str:
     return f"influx {settings.host}:{settings.port} database {settings.database!r}"
 
 
-def _classify(exc: Exception, action: str, settings: InfluxConnectionSettings) -> Exception:
+def classify_error(exc: Exception, action: str, settings: InfluxConnectionSettings) -> Exception:
     """The latigo error for a failure of the client or the server."""
     where = _where(settings)
     if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
@@ -266,7 +264,7 @@ class InfluxSensors(SensorInformationProvider, SensorDataProvider):
                                            expected_response_code=200, headers=headers)
             statements = _read_chunks(response.content.split(b"\n"))
         except Exception as exc:  # noqa: BLE001 - translated, or re-raised as is
-            raise _classify(exc, action, self.settings) from None
+            raise classify_error(exc, action, self.settings) from None
         for statement in statements:
             if statement.error:
                 transient = any(text in statement.error for text in _TRANSIENT_STATEMENT_ERRORS)
@@ -342,147 +340,3 @@ def _read_chunks(lines: Iterable[bytes]) -> list[_Statement]:
                 statement.error = str(result["error"])
             statement.series.extend(result.get("series") or [])
     return [statements[key] for key in sorted(statements)]
-
-
-# ---------------------------------------------------------------- line protocol
-
-
-def escape_measurement(name: str) -> str | None:
-    """`name` as a line-protocol measurement, or None when InfluxDB 1.x cannot store it exactly."""
-    if not name or name.startswith("#") or "\\" in name or "\n" in name:
-        # Empty is invalid, a leading '#' makes the line a comment, and InfluxDB 1.x unescapes
-        # measurement names by other rules than tags (it drops some backslashes).
-        return None
-    return name.replace(",", "\\,").replace(" ", "\\ ")
-
-
-def escape_tag(value: str) -> str | None:
-    """`value` as a line-protocol tag value, or None when InfluxDB 1.x cannot store it exactly."""
-    return _escape(value, ",= ")
-
-
-def _escape(text: str, specials: str) -> str | None:
-    """Backslash before each special character; None for what InfluxDB 1.x cannot round-trip.
-
-    InfluxDB 1.x reads a special character as escaped when the byte before it is a backslash
-    and unescapes only those pairs, keeping every other backslash. But its line splitter pairs
-    each backslash with the byte after it, and a newline ends the line unless so paired. Both
-    readings agree only when no backslash run ends the text, an even run precedes each special
-    character and an odd run precedes each newline; anything else is refused rather than
-    written as a different name (or as a line that swallows the next one)."""
-    if text.endswith("\\"):
-        return None
-    out: list[str] = []
-    run = 0
-    for char in text:
-        if char == "\\":
-            run += 1
-            out.append(char)
-            continue
-        if char in specials:
-            if run % 2:
-                return None
-            out.append("\\" + char)
-        elif char == "\n":
-            if run % 2 == 0:
-                return None
-            out.append(char)
-        else:
-            out.append(char)
-        run = 0
-    return "".join(out)
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def _timestamp_ns(ts: datetime) -> int:
-    if isinstance(ts, pd.Timestamp):  # may carry nanoseconds
-        return int(pd.Timestamp(ensure_utc(ts)).value)
-    return ((ensure_utc(ts) - _EPOCH) // _MICROSECOND) * 1000
-
-
-class InfluxPredictionSink(PredictionSink):
-    """Predictions written back to InfluxDB for Grafana: measurement `<prefix><output>`, tags `model`
-    and `tag`, field `value`, timestamp = prediction time.
-
-    A point is identified by (measurement, tags, time), so a redelivered task overwrites its
-    points instead of duplicating them. Rows whose names InfluxDB 1.x cannot store exactly are
-    skipped with a warning: writing a different name would be a silent lie, and the database
-    keeps the authoritative copy."""
-
-    @dataclass
-    class Settings(InfluxConnectionSettings):
-        measurement_prefix: str = ""
-        batch_size: int = field(default=5000, metadata={"min": 1})
-        """Points per write request."""
-        create_database: bool = False
-        """Issue CREATE DATABASE (idempotent) on first write; needs admin rights."""
-
-    def __init__(self, settings: InfluxPredictionSink.Settings, client: InfluxDBClient | None = None) -> None:
-        self.settings = settings
-        self.client = client or connect(settings)
-        self._measurements: dict[str, str | None] = {}
-        self._created = not settings.create_database
-
-    @classmethod
-    def from_settings(cls, settings: InfluxPredictionSink.Settings, components: Any) -> InfluxPredictionSink:
-        return cls(settings)
-
-    def close(self) -> None:
-        self.client.close()
-
-    def lines(self, frame: PredictionFrame) -> tuple[list[str], int]:
-        """The line-protocol lines for `frame` and how many rows could not be written."""
-        model = escape_tag(frame.model)
-        if model is None:
-            return [], len(frame.rows)
-        lines: list[str] = []
-        skipped = 0
-        tags: dict[str, str | None] = {}
-        for row in frame.rows:
-            measurement = self._measurement(row.output)
-            tag = tags[row.tag] if row.tag in tags else tags.setdefault(row.tag, escape_tag(row.tag) if row.tag else "")
-            value = float(row.value)
-            if measurement is None or tag is None or not math.isfinite(value):
-                skipped += 1
-                continue
-            tag_part = f",tag={tag}" if tag else ""  # InfluxDB drops empty tag values anyway
-            lines.append(f"{measurement},model={model}{tag_part} value={value!r} {_timestamp_ns(row.ts)}")
-        return lines, skipped
-
-    def _measurement(self, output: str) -> str | None:
-        if output not in self._measurements:
-            self._measurements[output] = escape_measurement(self.settings.measurement_prefix + output)
-        return self._measurements[output]
-
-    def write(self, frame: PredictionFrame) -> int:
-        lines, skipped = self.lines(frame)
-        if skipped:
-            log.warning("influx sink: %d of %d rows of model %r have names InfluxDB cannot store exactly or "
-                        "non-finite values; skipped", skipped, len(frame.rows), frame.model)
-        if lines and not self._created:
-            self._create_database()
-        size = self.settings.batch_size
-        for offset in range(0, len(lines), size):
-            self._post("\n".join(lines[offset : offset + size]) + "\n")
-        return len(lines)
-
-    def _create_database(self) -> None:
-        try:
-            query = f"CREATE DATABASE {quote_ident(self.settings.database)}"
-            self.client.request("query", method="POST", params={"q": query}, expected_response_code=200)
-        except Exception as exc:  # noqa: BLE001
-            raise _classify(exc, "creating the database", self.settings) from None
-        self._created = True
-
-    def _post(self, body: str) -> None:
-        params = {"db": self.settings.database, "precision": "n"}
-        if self.settings.retention_policy:
-            params["rp"] = self.settings.retention_policy
-        try:
-            self.client.request("write", method="POST", params=params, data=body.encode("utf-8"),
-                                expected_response_code=204, headers={"Content-Type": "text/plain; charset=utf-8"})
-        except Exception as exc:  # noqa: BLE001
-            raise _classify(exc, "writing predictions", self.settings) from None

@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 
 from latigo.errors import PermanentError, TransientError
-from latigo.sensors.influx import InfluxPredictionSink, InfluxSensors, escape_tag
+from latigo.sensors.influx import InfluxSensors
+from latigo.sensors.influx_sink import InfluxPredictionSink, escape_tag
 from latigo.types import PredictionFrame, PredictionRow
 from tests.support.influxd import StatusServer, free_port, influxql, write_lines
 
