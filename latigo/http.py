@@ -16,11 +16,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
 
-from latigo.errors import PermanentError, TransientError
+from latigo.errors import ConfigError, PermanentError, TransientError
 from latigo.secrets import register_secret
 
 log = logging.getLogger(__name__)
@@ -207,3 +208,18 @@ class HttpClient:
 def _path(url: str) -> str:
     """The URL without its query string (which may carry keys or tokens)."""
     return url.split("?", 1)[0]
+
+
+def azure_ad_token(owner: str, tenant: str, authority_host: str, client_id: str, client_secret: str, scope: str,
+                   timeout: float) -> ClientCredentialsToken | None:
+    """The client-credentials token of an adapter's settings: None when none of tenant, client_id,
+    client_secret and scope is set, a ConfigError naming the missing ones when only some are."""
+    given = {"tenant": tenant, "client_id": client_id, "client_secret": client_secret, "scope": scope}
+    missing = [key for key, value in given.items() if not value]
+    if len(missing) == len(given):
+        return None
+    if missing:
+        raise ConfigError(f"{owner}: Azure AD auth needs tenant, client_id, client_secret and scope; "
+                          f"missing {', '.join(missing)}")
+    url = f"{authority_host.rstrip('/')}/{quote(tenant, safe='')}/oauth2/v2.0/token"
+    return ClientCredentialsToken(requests.Session(), url, client_id, client_secret, scope, timeout=timeout)

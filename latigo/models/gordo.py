@@ -42,7 +42,7 @@ from latigo.errors import (
     TransientError,
     UnknownModelError,
 )
-from latigo.http import ClientCredentialsToken, HttpClient, RetryPolicy
+from latigo.http import ClientCredentialsToken, HttpClient, RetryPolicy, azure_ad_token
 from latigo.interfaces import ModelExecutionProvider, ModelInformationProvider, SensorDataProvider
 from latigo.models.gordo_kubernetes import (
     SERVICE_ACCOUNT_DIR,
@@ -90,13 +90,13 @@ class GordoSettings:
     parallelism: int = field(default=10, metadata={"min": 1})
     """Concurrent metadata requests when listing models."""
     pool_size: int = field(default=32, metadata={"min": 1})
-    auth: str = field(default="none", metadata={"choices": ("none", "azure_ad")})
-    authority: str = "https://login.microsoftonline.com"
-    tenant_id: str = ""
+    tenant: str = ""
+    authority_host: str = "https://login.microsoftonline.com"
     client_id: str = ""
     client_secret: str = ""
     scope: str = ""
-    """Azure AD scope of the Gordo API, e.g. "<app id>/.default"."""
+    """Azure AD scope of the Gordo API, e.g. "<app id>/.default"; with tenant, client_id and client_secret
+    it enables bearer-token auth (all four, or none)."""
     kubernetes_api_url: str = ""
     """Empty: in-cluster (service account) when running in Kubernetes, else no Kubernetes."""
     kubernetes_token: str = ""
@@ -512,14 +512,8 @@ def _status_of(
 
 
 def _make_token(settings: GordoSettings) -> ClientCredentialsToken | None:
-    if settings.auth == "none":
-        return None
-    missing = [key for key in ("tenant_id", "client_id", "client_secret", "scope") if not getattr(settings, key)]
-    if missing:
-        raise ConfigError(f"gordo: auth azure_ad needs {', '.join(missing)}")
-    url = f"{settings.authority.rstrip('/')}/{quote(settings.tenant_id, safe='')}/oauth2/v2.0/token"
-    return ClientCredentialsToken(requests.Session(), url, settings.client_id, settings.client_secret,
-                                  settings.scope, timeout=settings.timeout.total_seconds())
+    return azure_ad_token("gordo", settings.tenant, settings.authority_host, settings.client_id,
+                          settings.client_secret, settings.scope, settings.timeout.total_seconds())
 
 
 # ---------------------------------------------------------------- `latigo models --check`

@@ -25,7 +25,7 @@ import pandas as pd
 import requests
 
 from latigo.errors import ConfigError, PermanentError
-from latigo.http import ClientCredentialsToken, HttpClient, RetryPolicy, describe_response
+from latigo.http import ClientCredentialsToken, HttpClient, RetryPolicy, azure_ad_token, describe_response
 from latigo.interfaces import SensorDataProvider, SensorInformationProvider
 from latigo.secrets import register_secret
 from latigo.sensors.resample import BucketGrid, as_timedelta, frame, resolution_ns, unique
@@ -294,17 +294,8 @@ def _validate(settings: DataApiSensors.Settings) -> None:
         raise ConfigError(f"data_api base_url {settings.base_url!r} is not an http(s) URL")
     if settings.page_limit > MAX_PAGE_LIMIT:
         raise ConfigError(f"data_api page_limit {settings.page_limit} is above the API's maximum {MAX_PAGE_LIMIT}")
-    auth = {"tenant": settings.tenant, "client_id": settings.client_id,
-            "client_secret": settings.client_secret, "scope": settings.scope}
-    given = [key for key, value in auth.items() if value]
-    if given and len(given) < len(auth):
-        absent = ", ".join(key for key in auth if key not in given)
-        raise ConfigError(f"data_api: Azure AD auth needs tenant, client_id, client_secret and scope; missing {absent}")
 
 
 def _token(settings: DataApiSensors.Settings) -> ClientCredentialsToken | None:
-    if not settings.client_id:
-        return None
-    url = f"{settings.authority_host.rstrip('/')}/{settings.tenant}/oauth2/v2.0/token"
-    return ClientCredentialsToken(requests.Session(), url, settings.client_id, settings.client_secret,
-                                  settings.scope, timeout=settings.timeout.total_seconds())
+    return azure_ad_token("data_api", settings.tenant, settings.authority_host, settings.client_id,
+                          settings.client_secret, settings.scope, settings.timeout.total_seconds())

@@ -412,7 +412,7 @@ def test_a_400_is_permanent_with_gordos_message(server):
 
 def test_a_bearer_token_is_fetched_once_cached_and_refreshed_once_on_401(server):
     server.require_token = True
-    gordo = provider(server, auth="azure_ad", authority=server.authority, tenant_id="tenant-1",
+    gordo = provider(server, authority_host=server.authority, tenant="tenant-1",
                      client_id="latigo-client", client_secret="latigo-secret", scope="gordo/.default")
     gordo.execute_model("model-a", START, END)
     gordo.execute_model("model-a", START, END)
@@ -432,7 +432,7 @@ def test_a_bearer_token_is_fetched_once_cached_and_refreshed_once_on_401(server)
 
 def test_refused_client_credentials_are_permanent(server):
     server.require_token = True
-    gordo = provider(server, auth="azure_ad", authority=server.authority, tenant_id="t", client_id="latigo-client",
+    gordo = provider(server, authority_host=server.authority, tenant="t", client_id="latigo-client",
                      client_secret="wrong", scope="s")
     with pytest.raises(PermanentError, match="refused the client credentials"):
         gordo.get_model_list()
@@ -495,8 +495,7 @@ model_execution:
   type: gordo
   base_url: {server.url}
   project: demo
-  auth: azure_ad
-  tenant_id: t
+  tenant: t
   client_id: c
   client_secret: very-secret-value
   scope: s
