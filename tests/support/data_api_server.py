@@ -14,16 +14,17 @@ from __future__ import annotations
 import bisect
 import json
 import secrets
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.support.loopback import LoopbackServer
 
 BASE_PATH = "/plant/timeseries/v1.6"
 MAX_IDS_PER_QUERY = 100
@@ -79,16 +80,7 @@ class Fault:
     """Seconds to wait before answering (normally, when `status` is None)."""
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            return  # the client gave up (a timeout test): nothing to report
-        super().handle_error(request, client_address)
-
-
-class DataApiServer:
+class DataApiServer(LoopbackServer):
     """Start with `start()`, stop with `stop()`; `url` is the API base URL, `authority` the token host."""
 
     def __init__(
@@ -113,35 +105,6 @@ class DataApiServer:
         self.faults: list[Fault] = []
         self._cursors: dict[str, tuple[Any, ...]] = {}
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle
-
-    def start(self) -> DataApiServer:
-        handler = type("Handler", (_Handler,), {"api": self})
-        self._httpd = _Server(("127.0.0.1", 0), handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="data-api", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._thread.join(5)
-            self._httpd = None
-
-    def __enter__(self) -> DataApiServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def origin(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
 
     @property
     def url(self) -> str:
@@ -232,12 +195,15 @@ class DataApiServer:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    api: DataApiServer
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
         pass
+
+    @property
+    def api(self) -> DataApiServer:
+        return self.server.app  # type: ignore[attr-defined]
 
     # -- plumbing
 
@@ -418,3 +384,7 @@ class _Handler(BaseHTTPRequestHandler):
             merged.update({p["time"]: p for p in item.get("datapoints", [])})
             series.points = sorted(merged.values(), key=lambda p: _parse_time(p["time"]))
         self._send(200, {"statusCode": 200, "message": "Data was written", "traceId": uuid.uuid4().hex})
+
+
+DataApiServer.handler = _Handler
+DataApiServer.thread_name = "data-api"

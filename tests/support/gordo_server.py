@@ -33,7 +33,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ import pyarrow.parquet as pq
 from latigo.durations import parse_frequency
 from latigo.interfaces import SensorDataProvider
 from latigo.types import SensorFrame
+from tests.support.loopback import LoopbackServer
 
 _REPO = Path(__file__).resolve().parents[2]
 
@@ -99,15 +100,6 @@ def werkzeug_html(status: int, message: str | None = None) -> bytes:
             f"<p>{escaped}</p>\n").encode()
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128  # many executor workers connect at once
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that gave up is not news
-            super().handle_error(request, client_address)
-
-
 # ---------------------------------------------------------------- what the Gordo server serves
 
 
@@ -157,7 +149,7 @@ class _Failure:
     hang: float = 0.0
 
 
-class GordoServer:
+class GordoServer(LoopbackServer):
     """See the module docstring. Use as a context manager or start()/stop()."""
 
     def __init__(self, project: str = "demo", models: list[ModelSpec] | None = None, revision: str = "1") -> None:
@@ -177,39 +169,11 @@ class GordoServer:
         self.requests: list[Recorded] = []
         self.record = True
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self._metadata_template = fixture_json("metadata.json")
-
-    # ------------------------------------------------ lifecycle
-
-    def start(self) -> GordoServer:
-        self._httpd = _Server(("127.0.0.1", 0), _GordoHandler)
-        self._httpd.gordo = self  # type: ignore[attr-defined]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="gordo-test-server",
-                                        daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> GordoServer:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
     @property
     def url(self) -> str:
-        assert self._httpd is not None, "server not started"
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return self.origin
 
     @property
     def authority(self) -> str:
@@ -442,7 +406,7 @@ class _GordoHandler(BaseHTTPRequestHandler):
 
     @property
     def gordo(self) -> GordoServer:
-        return self.server.gordo  # type: ignore[attr-defined]
+        return self.server.app  # type: ignore[attr-defined]
 
     def do_GET(self) -> None:
         self._handle()
@@ -648,7 +612,7 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
-class KubernetesServer:
+class KubernetesServer(LoopbackServer):
     """Gordo (`gordos.equinor.com`) and Model (`models.equinor.com`) resources behind a bearer token."""
 
     def __init__(self, token: str = "kube-token") -> None:
@@ -659,36 +623,10 @@ class KubernetesServer:
         self._interfere = 0
         self._versions = itertools.count(1000)
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> KubernetesServer:
-        self._httpd = _Server(("127.0.0.1", 0), _KubernetesHandler)
-        self._httpd.kube = self  # type: ignore[attr-defined]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="kubernetes-test-server",
-                                        daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> KubernetesServer:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
     @property
     def url(self) -> str:
-        assert self._httpd is not None
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return self.origin
 
     def _next_version(self) -> str:
         return str(next(self._versions))
@@ -747,7 +685,7 @@ class _KubernetesHandler(BaseHTTPRequestHandler):
 
     @property
     def kube(self) -> KubernetesServer:
-        return self.server.kube  # type: ignore[attr-defined]
+        return self.server.app  # type: ignore[attr-defined]
 
     do_GET = do_POST = do_PUT = do_PATCH = lambda self: self._handle()  # noqa: E731
 
@@ -909,3 +847,9 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+GordoServer.handler = _GordoHandler
+GordoServer.thread_name = "gordo-test-server"
+KubernetesServer.handler = _KubernetesHandler
+KubernetesServer.thread_name = "kubernetes-test-server"
