@@ -822,6 +822,13 @@ class RampSensors(SensorDataProvider):
         return SensorFrame(frame, tuple(tag for tag in sensors if tag in self.missing))
 
 
+# The handlers are defined after the servers that name them.
+GordoServer.handler = _GordoHandler
+GordoServer.thread_name = "gordo-test-server"
+KubernetesServer.handler = _KubernetesHandler
+KubernetesServer.thread_name = "kubernetes-test-server"
+
+
 def utc(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
 
@@ -848,8 +855,3 @@ def main() -> None:
 if __name__ == "__main__":
     main()
 
-
-GordoServer.handler = _GordoHandler
-GordoServer.thread_name = "gordo-test-server"
-KubernetesServer.handler = _KubernetesHandler
-KubernetesServer.thread_name = "kubernetes-test-server"
