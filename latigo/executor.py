@@ -25,6 +25,7 @@ from latigo.errors import NoDataError, PermanentError, TransientError, UnknownMo
 from latigo.interfaces import Delivery, ModelExecutionProvider, PredictionSink, TaskQueue
 from latigo.logs import task_context
 from latigo.observability import (
+    CHECKPOINT_LAG,
     PREDICTION_ROWS,
     PROVIDER_LATENCY,
     QUEUE_BACKLOG,
@@ -273,6 +274,10 @@ class Executor:
             return
         if backlog is not None:
             QUEUE_BACKLOG.set(backlog)
+        lag = getattr(self.queue, "checkpoint_lag", None)
+        if lag is not None:
+            for partition, events in lag().items():
+                CHECKPOINT_LAG.labels(partition=partition).set(events)
 
     def _idle_for(self) -> float:
         with self._lock:

@@ -110,8 +110,9 @@ class TaskQueue(ABC):
     """Where the scheduler puts tasks and executors take them."""
 
     transactional: bool = False
-    """True when put_many can join the caller's database transaction (`connection`), so the
-    scheduler's state update and the enqueue commit or roll back together."""
+    """True when put_many's enqueue joins the caller's database transaction (`connection`), so the
+    scheduler's state update and the enqueue commit or roll back together. Other queues send at once
+    and only add the ledger rows in that transaction."""
 
     @abstractmethod
     def put_many(self, tasks: Sequence[Task], connection: Any = None) -> int:

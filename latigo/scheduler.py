@@ -162,11 +162,9 @@ class Scheduler:
         total = 0
         for batch in batched(tasks, self.settings.batch_size):
             with write_transaction(self.engine) as connection:
-                if self.queue.transactional:
-                    self.queue.put_many(batch, connection=connection)
-                else:
-                    # Sent before the state commits: a crash in between re-sends, and the ledger dedupes.
-                    self.queue.put_many(batch)
+                # The database queue inserts inside this transaction; a broker queue sends before it commits
+                # (a crash in between re-sends, and the ledger dedupes). Either records the ledger rows in it.
+                self.queue.put_many(batch, connection=connection)
                 if advance_state:
                     self._advance_state(connection, batch)
             total += len(batch)
