@@ -89,3 +89,12 @@ def isolated_secret_registry() -> Iterator[None]:
     with secrets._lock:
         secrets._registered.clear()
         secrets._registered.update(saved)
+
+
+@pytest.fixture
+def pg_engine(pg_url: str) -> Iterator[Engine]:
+    """An engine on the session's PostgreSQL database, emptied first."""
+    engine = create_engine_for(DatabaseSettings(url=pg_url))
+    truncate_all(engine)
+    yield engine
+    engine.dispose()

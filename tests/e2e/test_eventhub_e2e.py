@@ -30,13 +30,8 @@ def broker():
 
 
 @pytest.fixture
-def database(pg_url):
-    from tests.conftest import truncate_all
-
-    engine = create_engine_for(DatabaseSettings(url=pg_url))
-    truncate_all(engine)
-    yield engine
-    engine.dispose()
+def database(pg_engine):
+    yield pg_engine
 
 
 def config_for(tmp_path, url, broker, models, sleep, concurrency=4, expiry="4s"):

@@ -4,7 +4,6 @@ Every task is done exactly once and every prediction row is stored once, whateve
 number of executors, including when one is killed with SIGKILL while holding leases."""
 
 import signal
-import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -15,6 +14,7 @@ from latigo.storage.db import create_engine_for
 from latigo.storage.tables import Prediction, QueuedTask, TaskRecord
 from tests.support.processes import latigo, latigo_ok, write_config
 from tests.support.providers import expected_rows
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -56,12 +56,7 @@ def backfill(config, hours):
     return expected_rows(START, START + timedelta(minutes=10))
 
 
-def test_two_executor_processes_drain_500_tasks_on_postgresql(tmp_path, pg_url):
-    from tests.conftest import truncate_all
-
-    engine = create_engine_for(DatabaseSettings(url=pg_url))
-    truncate_all(engine)
-    engine.dispose()
+def test_two_executor_processes_drain_500_tasks_on_postgresql(tmp_path, pg_url, pg_engine):
     config = config_for(tmp_path, pg_url, [f"m{i}" for i in range(5)])
     per_task = backfill(config, hours=100 / 6)  # 100 windows x 5 models = 500 tasks
     executors = [latigo(config, "executor", "--exit-when-idle", "2") for _ in range(2)]
@@ -86,24 +81,11 @@ def test_one_sqlite_executor_with_four_workers_drains_the_backlog(tmp_path):
     assert queued == 0
 
 
-def wait_for(predicate, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_killed_executor_leases_expire_and_another_finishes_its_tasks(tmp_path, backend, request):
     if backend == "postgresql":
-        from tests.conftest import truncate_all
-
+        request.getfixturevalue("pg_engine")  # empties the session database
         url = request.getfixturevalue("pg_url")
-        engine = create_engine_for(DatabaseSettings(url=url))
-        truncate_all(engine)
-        engine.dispose()
     else:
         url = f"sqlite:///{tmp_path / 'latigo.db'}"
     config = config_for(tmp_path, url, ["slow-a", "slow-b"], sleep=1.0, concurrency=4, lease="3s")

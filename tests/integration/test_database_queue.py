@@ -114,13 +114,8 @@ def test_concurrent_claimers_never_get_the_same_task(engine):
     assert len(claimed) == 200 and len(set(claimed)) == 200
 
 
-def test_postgres_notification_wakes_a_waiting_executor(pg_url):
-    from latigo.config import DatabaseSettings
-    from latigo.storage.db import create_engine_for
-    from tests.conftest import truncate_all
-
-    engine = create_engine_for(DatabaseSettings(url=pg_url))
-    truncate_all(engine)
+def test_postgres_notification_wakes_a_waiting_executor(pg_engine):
+    engine = pg_engine
     # Polling every 60 s: only the NOTIFY can deliver the task within the 20 s get() below.
     waiting = DatabaseTaskQueue(engine, DatabaseTaskQueue.Settings(poll_interval=timedelta(seconds=60)), "waiter")
     waiting.get(timeout=0.3)  # starts the listener
@@ -133,4 +128,3 @@ def test_postgres_notification_wakes_a_waiting_executor(pg_url):
     thread.join()
     assert result["d"] is not None
     waiting.close()
-    engine.dispose()

@@ -16,6 +16,7 @@ from latigo.storage import migrations
 from latigo.storage.db import create_engine_for
 from latigo.types import Task, TimeRange
 from tests.support.eventhub_broker import EventHubBroker
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -69,13 +70,6 @@ def drain(queue, count, timeout=30.0, ack=True):
     return got
 
 
-def wait_until(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def send_raw(broker, *bodies, key="poison"):
@@ -127,12 +121,7 @@ def test_bad_settings_are_config_errors_that_do_not_echo_the_connection_string(s
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_tasks_round_trip_in_model_order_and_acks_checkpoint(backend, request, make_queue, broker):
-    engine = None
-    if backend == "postgresql":
-        from tests.conftest import truncate_all
-
-        engine = create_engine_for(DatabaseSettings(url=request.getfixturevalue("pg_url")))
-        truncate_all(engine)
+    engine = request.getfixturevalue("pg_engine") if backend == "postgresql" else None
     queue = make_queue(engine)
     tasks = tasks_for(["alpha", "beta", "gamma", "delta"], 15)
     assert queue.put_many(tasks) == 60
@@ -148,7 +137,7 @@ def test_tasks_round_trip_in_model_order_and_acks_checkpoint(backend, request, m
         assert starts == sorted(starts), f"{model}'s windows arrived out of order"
     counts = broker.event_counts()
     expected = {pid: Position(str(_last_offset(got, pid)), n - 1) for pid, n in counts.items() if n}
-    assert wait_until(lambda: queue.checkpoints() == expected)
+    assert wait_for(lambda: queue.checkpoints() == expected)
     assert queue.backlog() == 0
     assert set(queue.checkpoint_lag().values()) == {0}
     assert queue.owned_partitions() == ["0", "1", "2", "3"]
@@ -189,7 +178,7 @@ def test_out_of_order_acks_never_checkpoint_past_an_unfinished_task(make_queue, 
     pid = got[0].partition_id
     for index in (5, 3, 1, 0):  # task 2 (and 4) still running
         got[index].ack()
-    assert wait_until(lambda: queue.checkpoints().get(pid) == Position(got[1].offset, got[1].sequence_number))
+    assert wait_for(lambda: queue.checkpoints().get(pid) == Position(got[1].offset, got[1].sequence_number))
     time.sleep(0.5)
     assert queue.checkpoints()[pid].sequence_number == got[1].sequence_number  # not past task 2
     assert queue.checkpoint_lag()[pid] == 4
@@ -199,7 +188,7 @@ def test_out_of_order_acks_never_checkpoint_past_an_unfinished_task(make_queue, 
     assert [d.task for d in replayed] == tasks[2:]  # resumes at the unfinished task; 3 and 5 are replays
     for delivery in replayed:
         delivery.ack()
-    assert wait_until(lambda: successor.checkpoints()[pid].sequence_number == got[5].sequence_number)
+    assert wait_for(lambda: successor.checkpoints()[pid].sequence_number == got[5].sequence_number)
 
 
 @pytest.mark.slow
@@ -215,7 +204,7 @@ def test_a_poison_event_yields_one_delivery_and_acking_it_moves_past_it(make_que
     for delivery in got:
         delivery.ack()  # the executor dead-letters the poison, then acks it
     pid = got[0].partition_id
-    assert wait_until(lambda: queue.checkpoints().get(pid, Position("", -1)).sequence_number == 3)
+    assert wait_for(lambda: queue.checkpoints().get(pid, Position("", -1)).sequence_number == 3)
     assert queue.get(1.0) is None  # it does not loop
     queue.close()
     assert make_queue().get(3.0) is None  # nor does it come back for the next owner
@@ -230,7 +219,7 @@ def test_a_nack_leaves_the_event_below_the_checkpoint_for_the_next_owner(make_qu
     first.ack()
     second.nack(0)
     third.ack()
-    assert wait_until(lambda: queue.checkpoints().get(first.partition_id) is not None)
+    assert wait_for(lambda: queue.checkpoints().get(first.partition_id) is not None)
     queue.close()
     again = drain(make_queue(), 2, ack=False)
     assert [d.task for d in again] == tasks[1:]
@@ -241,12 +230,12 @@ def test_a_lost_partition_drops_its_queued_work_and_its_acks_stop_checkpointing(
     first = make_queue(handoff_size=100)
     first.put_many(tasks_for([f"model-{i}" for i in range(12)], 4))
     held = drain(first, 20, ack=False)  # in flight at the first executor
-    assert wait_until(lambda: first.backlog() >= 20)
+    assert wait_for(lambda: first.backlog() >= 20)
     second = make_queue(handoff_size=100)
     second.get(0.1)  # starts its consumer: the balancer moves partitions to it
-    assert wait_until(lambda: len(second.owned_partitions()) >= 2 and len(first.owned_partitions()) <= 2)
+    assert wait_for(lambda: len(second.owned_partitions()) >= 2 and len(first.owned_partitions()) <= 2)
     lost = set(second.owned_partitions())
-    assert wait_until(lambda: not lost & set(first.owned_partitions()))
+    assert wait_for(lambda: not lost & set(first.owned_partitions()))
     remaining = drain(first, 100, timeout=3, ack=False)
     assert all(d.partition_id not in lost for d in remaining), "queued work of a lost partition was handed out"
     for delivery in held:
