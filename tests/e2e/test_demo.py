@@ -68,3 +68,26 @@ def test_the_injected_anomaly_scores_clearly_higher_than_normal_windows(demo):
             Prediction.model == "demo-model-1", Prediction.output == "total-anomaly-scaled")).all()
     other_inside = [v for ts, v in other if start <= ts < end]
     assert max(other_inside) < min(inside) / 5
+
+
+def test_follow_keeps_scheduling_until_interrupted(tmp_path):
+    import signal
+
+    from tests.support.processes import latigo
+    from tests.support.waiting import wait_for
+
+    config = tmp_path / "unused.yaml"
+    config.write_text("{}\n")
+    directory = tmp_path / "follow"
+    process = latigo(config, "demo", "--dir", str(directory), "--models", "1", "--hours", "1", "--follow")
+    lines: list[str] = []
+
+    def following() -> bool:
+        lines.append(process.stdout.readline())
+        return "following live windows" in lines[-1]
+
+    assert wait_for(following, timeout=120, every=0), "".join(lines)[-3000:]
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output[-3000:]
+    assert "done:" in output and (directory / "demo.png").exists()
