@@ -37,6 +37,8 @@ setup(
         "matplotlib>=3.8,<4",
         # /metrics in the Prometheus exposition format.
         "prometheus-client>=0.19,<1",
+        # Progress bars of `latigo backfill` and `latigo demo` (rate, ETA, non-TTY handling).
+        "tqdm>=4.66,<5",
     ],
     extras_require={
         "test": [
