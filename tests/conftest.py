@@ -98,3 +98,12 @@ def pg_engine(pg_url: str) -> Iterator[Engine]:
     truncate_all(engine)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def broker() -> Iterator[object]:
+    """An Event Hubs-compatible AMQP broker on a free port: hub "tasks" with 4 partitions."""
+    from tests.support.eventhub_broker import EventHubBroker
+
+    with EventHubBroker(hub="tasks", partitions=4) as running:
+        yield running

@@ -14,19 +14,11 @@ from azure.eventhub import EventData, EventHubProducerClient
 from latigo.config import DatabaseSettings
 from latigo.storage.db import create_engine_for
 from latigo.storage.tables import DeadLetter, EventHubCheckpoint, EventHubOwnership, Prediction, TaskRecord
-from tests.support.eventhub_broker import EventHubBroker
-from tests.support.processes import latigo, latigo_ok, write_config
+from tests.support.processes import latigo, latigo_ok, static_models_config
 from tests.support.providers import expected_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
-PROVIDER = "tests.support.providers:StaticModels"
-
-
-@pytest.fixture
-def broker():
-    with EventHubBroker(hub="latigo-tasks", partitions=4) as running:
-        yield running
 
 
 @pytest.fixture
@@ -35,18 +27,9 @@ def database(pg_engine):
 
 
 def config_for(tmp_path, url, broker, models, sleep, concurrency=4, expiry="4s"):
-    return write_config(
-        tmp_path / "latigo.yaml",
-        database={"url": url},
-        task_queue={"type": "eventhub", "connection_string": broker.connection_string(key="e2eSecretKey42"),
-                    "load_balancing_interval": "1s", "ownership_expiry": expiry, "prefetch": 10, "handoff_size": 8},
-        sensor_data={"type": PROVIDER},
-        model_information={"type": PROVIDER, "models": models, "sleep": sleep},
-        model_execution={"type": PROVIDER, "models": models, "sleep": sleep},
-        scheduler={"interval": "10m", "delay": "0s"},
-        executor={"concurrency": concurrency, "shutdown_timeout": "10s", "poll_timeout": "500ms"},
-        metrics={"enabled": False},
-    )
+    queue = {"type": "eventhub", "connection_string": broker.connection_string(key="e2eSecretKey42"),
+             "load_balancing_interval": "1s", "ownership_expiry": expiry, "prefetch": 10, "handoff_size": 8}
+    return static_models_config(tmp_path / "latigo.yaml", url, queue, models, sleep, concurrency)
 
 
 def backfill(config, hours):

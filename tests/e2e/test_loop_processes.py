@@ -12,27 +12,17 @@ import sqlalchemy as sa
 from latigo.config import DatabaseSettings
 from latigo.storage.db import create_engine_for
 from latigo.storage.tables import Prediction, QueuedTask, TaskRecord
-from tests.support.processes import latigo, latigo_ok, write_config
+from tests.support.processes import latigo, latigo_ok, static_models_config
 from tests.support.providers import expected_rows
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
-PROVIDER = "tests.support.providers:StaticModels"
 
 
 def config_for(tmp_path, url, models, sleep=0.0, concurrency=8, lease="60s"):
-    return write_config(
-        tmp_path / "latigo.yaml",
-        database={"url": url},
-        task_queue={"type": "database", "lease": lease, "poll_interval": "200ms"},
-        sensor_data={"type": PROVIDER},
-        model_information={"type": PROVIDER, "models": models, "sleep": sleep},
-        model_execution={"type": PROVIDER, "models": models, "sleep": sleep},
-        scheduler={"interval": "10m", "delay": "0s"},
-        executor={"concurrency": concurrency, "shutdown_timeout": "10s", "poll_timeout": "500ms"},
-        metrics={"enabled": False},
-    )
+    queue = {"type": "database", "lease": lease, "poll_interval": "200ms"}
+    return static_models_config(tmp_path / "latigo.yaml", url, queue, models, sleep, concurrency)
 
 
 def summary(url):

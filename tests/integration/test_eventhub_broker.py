@@ -9,15 +9,9 @@ import pytest
 from azure.eventhub import EventData, EventHubConsumerClient, EventHubProducerClient
 from proton import Data, Described, ulong
 
-from tests.support.eventhub_broker import EventHubBroker, pad_frame
+from tests.support.eventhub_broker import pad_frame
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def broker():
-    with EventHubBroker(hub="hub", partitions=4) as running:
-        yield running
 
 
 @pytest.fixture

@@ -29,12 +29,6 @@ def tasks_for(models, windows):
 
 
 @pytest.fixture
-def broker():
-    with EventHubBroker(hub="tasks", partitions=4) as running:
-        yield running
-
-
-@pytest.fixture
 def sqlite_engine(tmp_path):
     engine = create_engine_for(DatabaseSettings(url=f"sqlite:///{tmp_path / 'latigo.db'}"))
     migrations.upgrade(engine)

@@ -39,3 +39,20 @@ def latigo_ok(config: Path, *args: str, timeout: float = 120, **popen: Any) -> s
     output, _ = process.communicate(timeout=timeout)
     assert process.returncode == 0, f"latigo {' '.join(args)} exited {process.returncode}:\n{output[-4000:]}"
     return output
+
+
+def static_models_config(path: Path, url: str, task_queue: dict[str, Any], models: list[str], sleep: float,
+                         concurrency: int) -> Path:
+    """A loop config over tests.support.providers:StaticModels, for the process-level tests."""
+    provider = "tests.support.providers:StaticModels"
+    return write_config(
+        path,
+        database={"url": url},
+        task_queue=task_queue,
+        sensor_data={"type": provider},
+        model_information={"type": provider, "models": models, "sleep": sleep},
+        model_execution={"type": provider, "models": models, "sleep": sleep},
+        scheduler={"interval": "10m", "delay": "0s"},
+        executor={"concurrency": concurrency, "shutdown_timeout": "10s", "poll_timeout": "500ms"},
+        metrics={"enabled": False},
+    )
