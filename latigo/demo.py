@@ -159,9 +159,9 @@ def _show_progress(components: Components, executors: list[subprocess.Popen], to
 
 
 def _follow(scheduler: Scheduler, executors: list[subprocess.Popen], out) -> None:
-    print("following live windows; Ctrl-C stops", file=out)
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print("following live windows; Ctrl-C stops", file=out, flush=True)  # only once Ctrl-C is handled
     try:
         scheduler.run(stop)
     finally:

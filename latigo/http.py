@@ -47,6 +47,10 @@ class RetryPolicy:
         return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
 
 
+NO_RETRY = RetryPolicy(max_retries=0)
+"""For calls whose caller owns the retries."""
+
+
 class HttpError(Exception):
     """Carries the response so callers can map particular statuses to their own errors."""
 
@@ -153,13 +157,17 @@ class HttpClient:
         self._sleep = sleep
         self.requests_sent = 0
 
-    def request(self, method: str, url: str, accept: Iterable[int] = (), **kwargs: Any) -> requests.Response:
+    def request(self, method: str, url: str, accept: Iterable[int] = (), retry: RetryPolicy | None = None,
+                **kwargs: Any) -> requests.Response:
+        """`retry` replaces the client's policy for this call: a path whose caller owns the retries
+        (the executor redelivers a task) passes NO_RETRY so that retries never multiply."""
+        policy = retry or self.retry
         accept = set(accept)
         refreshed = force_refresh = False
         attempt = 0
         while True:
             attempt += 1
-            response = self._send(method, url, force_refresh, attempt, dict(kwargs))
+            response = self._send(method, url, force_refresh, attempt, policy, dict(kwargs))
             force_refresh = False
             if response is None:
                 continue
@@ -170,11 +178,11 @@ class HttpClient:
                 refreshed = force_refresh = True  # once: the cached token may have been revoked early
                 attempt -= 1
                 continue
-            if status in self.retry.retry_status:
-                if attempt <= self.retry.max_retries:
-                    delay = self.retry.delay(attempt, response.headers.get("Retry-After"))
+            if status in policy.retry_status:
+                if attempt <= policy.max_retries:
+                    delay = policy.delay(attempt, response.headers.get("Retry-After"))
                     log.warning("%s %s %s answered %s; retry %d/%d in %.1fs", self.name, method, _path(url),
-                                status, attempt, self.retry.max_retries, delay)
+                                status, attempt, policy.max_retries, delay)
                     self._sleep(delay)
                     continue
                 raise TransientError(f"{self.name}: {method} {_path(url)} answered {status} after "
@@ -182,7 +190,7 @@ class HttpClient:
             raise PermanentError(f"{self.name}: {method} {_path(url)} answered {status}: {describe_response(response)}")
 
     def _send(
-        self, method: str, url: str, refresh: bool, attempt: int, kwargs: dict[str, Any]
+        self, method: str, url: str, refresh: bool, attempt: int, policy: RetryPolicy, kwargs: dict[str, Any]
     ) -> requests.Response | None:
         headers = dict(kwargs.pop("headers", None) or {})
         if self._token is not None:
@@ -192,10 +200,10 @@ class HttpClient:
             return self.session.request(method, url, headers=headers, timeout=kwargs.pop("timeout", self.timeout),
                                         **kwargs)
         except (requests.ConnectionError, requests.Timeout) as exc:
-            if attempt <= self.retry.max_retries:
-                delay = self.retry.delay(attempt)
+            if attempt <= policy.max_retries:
+                delay = policy.delay(attempt)
                 log.warning("%s %s %s failed (%s); retry %d/%d in %.1fs", self.name, method, _path(url),
-                            type(exc).__name__, attempt, self.retry.max_retries, delay)
+                            type(exc).__name__, attempt, policy.max_retries, delay)
                 self._sleep(delay)
                 return None
             raise TransientError(f"{self.name}: {method} {_path(url)} failed after {attempt} attempts: "

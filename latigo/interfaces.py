@@ -38,9 +38,12 @@ class SensorDataProvider(ABC):
 
     @abstractmethod
     def get_data_for_range(
-        self, start: datetime, end: datetime, sensors: Sequence[str], resolution: timedelta
+        self, start: datetime, end: datetime, sensors: Sequence[str], resolution: timedelta,
+        aggregation: str = "mean",
     ) -> SensorFrame:
-        """Values of `sensors` over [start, end), one row per `resolution` bucket (mean).
+        """Values of `sensors` over [start, end), one row per `resolution` bucket on the epoch-aligned
+        grid (latigo.timegrid), aggregated by `aggregation` (pandas' names: mean, max, min, sum, count,
+        median, std, first, last); NaN where a bucket has no points.
 
         Sensors the source does not have are listed in `SensorFrame.missing`, never dropped silently."""
 

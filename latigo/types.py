@@ -46,10 +46,6 @@ class TimeRange:
     def duration(self) -> timedelta:
         return self.end - self.start
 
-    def extended_back(self, by: timedelta) -> TimeRange:
-        """The same range with `by` more history before it (for model look-back)."""
-        return TimeRange(self.start - by, self.end)
-
     def __str__(self) -> str:
         return f"[{self.start.isoformat()}, {self.end.isoformat()})"
 
@@ -119,12 +115,17 @@ class ModelInfo:
     project: str = ""
     revision: str = ""
     model_offset: int = 0
+    """Rows the model consumes before its first output (an LSTM with lookback_window 6 has 5)."""
+    aggregation: str | tuple[str, ...] = "mean"
+    """How raw points become one value per bucket. A tuple (Gordo's list form) gives one column per tag
+    and method, named (tag, method), even when it holds one method."""
+    interpolation_method: str = "linear_interpolation"
+    """How gaps are filled: linear_interpolation or ffill (Gordo's two)."""
+    interpolation_limit: timedelta | None = timedelta(hours=48)
+    """Gaps are filled at most this far from the last value (None: no limit); Gordo's default is 48H."""
+    row_filter: str | tuple[str, ...] = ""
+    """Gordo's pandas-query row filter (a tuple is AND-ed); rows it rejects are not sent to the model."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-    @property
-    def lookback(self) -> timedelta:
-        """History needed before a window so the model can emit its first row inside it."""
-        return self.resolution * self.model_offset
 
 
 @dataclass
@@ -150,20 +151,28 @@ class PredictionRow(NamedTuple):
 
 @dataclass
 class PredictionFrame:
-    """A model's output in long form, the shape the predictions table stores."""
+    """A model's output in long form, the shape the predictions table stores.
+
+    `note` says why a frame is empty or short when that is an expected outcome (no bucket completes in
+    the window, the row filter rejected every row), so the ledger can say it instead of a bare 0."""
 
     model: str
     rows: list[PredictionRow] = field(default_factory=list)
+    note: str = ""
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def only_outputs(self, outputs: frozenset[str] | set[str]) -> PredictionFrame:
-        return PredictionFrame(self.model, [r for r in self.rows if r.output in outputs])
+        return PredictionFrame(self.model, [r for r in self.rows if r.output in outputs], self.note)
 
-    def within(self, window: TimeRange) -> PredictionFrame:
-        """Rows whose timestamp lies in the half-open window (look-back rows trimmed off)."""
-        return PredictionFrame(self.model, [r for r in self.rows if window.start <= r.ts < window.end])
+    def within(self, span: TimeRange) -> PredictionFrame:
+        """Rows whose timestamp lies in the half-open span (look-back rows trimmed off)."""
+        return PredictionFrame(self.model, [r for r in self.rows if span.start <= r.ts < span.end], self.note)
+
+    @classmethod
+    def from_rows(cls, model: str, rows: dict[tuple[str, str, datetime], float]) -> PredictionFrame:
+        return cls(model, [PredictionRow(output, tag, ts, value) for (output, tag, ts), value in rows.items()])
 
     @classmethod
     def from_groups(cls, model: str, groups: dict[str, dict[str, dict[Any, Any]]]) -> PredictionFrame:

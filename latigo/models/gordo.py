@@ -37,13 +37,14 @@ import requests
 from latigo.errors import (
     ConfigError,
     LatigoError,
-    NoDataError,
     PermanentError,
     TransientError,
     UnknownModelError,
 )
-from latigo.http import ClientCredentialsToken, HttpClient, RetryPolicy, azure_ad_token
+from latigo.http import NO_RETRY, ClientCredentialsToken, HttpClient, RetryPolicy, azure_ad_token
 from latigo.interfaces import ModelExecutionProvider, ModelInformationProvider, SensorDataProvider
+from latigo.model_input import InputSettings, ModelInput, build_model_input
+from latigo.models.gordo_batches import plan_batches
 from latigo.models.gordo_kubernetes import (
     SERVICE_ACCOUNT_DIR,
     GordoKubernetes,
@@ -52,12 +53,9 @@ from latigo.models.gordo_kubernetes import (
     validate_machine,
 )
 from latigo.models.gordo_wire import (
-    _fill_limit,
-    _floor,
-    _json_columns,
-    _parquet_bytes,
-    align_input,
     describe_error,
+    json_columns,
+    parquet_bytes,
     parse_model_info,
     parse_prediction,
 )
@@ -77,15 +75,23 @@ class GordoSettings:
     revision: str = ""
     """Pin one revision; empty = the server's latest, refreshed every `revision_refresh`."""
     batch_size: int = field(default=1000, metadata={"min": 1})
-    """Rows per prediction request."""
+    """Rows per prediction request (a request for a windowed model holds at least its look-back + 2)."""
     timeout: timedelta = timedelta(seconds=30)
     max_retries: int = field(default=3, metadata={"min": 0})
+    """HTTP retries of listing and metadata requests. Prediction requests are not retried here: the
+    executor retries the whole task by redelivery, so retries never multiply."""
     retry_base_delay: timedelta = timedelta(seconds=1)
     retry_max_delay: timedelta = timedelta(seconds=60)
     use_parquet: bool = False
     """Send and receive parquet instead of JSON (smaller and faster for large batches)."""
-    lookback_margin: int = field(default=0, metadata={"min": 0})
-    """Extra rows of history fetched beyond the model's offset (covers rows dropped for gaps)."""
+    history_margin: int = field(default=5, metadata={"min": 0})
+    """Rows of history sent beyond the model's offset (gordo-client sends 5)."""
+    max_history: timedelta = timedelta(days=2)
+    """How far before a window to look for the value a leading gap is filled from, and for the rows a
+    windowed model needs when rows are missing."""
+    look_ahead: bool = True
+    """Read data after a window to interpolate a gap that reaches the window's end, as Gordo would over a
+    longer range."""
     revision_refresh: timedelta = timedelta(minutes=5)
     parallelism: int = field(default=10, metadata={"min": 1})
     """Concurrent metadata requests when listing models."""
@@ -219,12 +225,13 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
     # ------------------------------------------------ HTTP
 
     def _request(self, method: str, path: str, revision: str, accept: set[int] | None = None,
-                 params: dict[str, str] | None = None, **kwargs: Any) -> requests.Response:
+                 params: dict[str, str] | None = None, retry: RetryPolicy | None = None,
+                 **kwargs: Any) -> requests.Response:
         query = dict(params or {})
         if revision:
             query["revision"] = revision
         response = self.http.request(method, f"{self.base}/{path}", accept={410, *(accept or ())},
-                                     params=query, **kwargs)
+                                     params=query, retry=retry, **kwargs)
         if response.status_code == 410:
             raise RevisionGone(f"gordo project {self.settings.project}: revision {revision} is gone: "
                                f"{describe_error(response)}")
@@ -346,13 +353,18 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
     # ------------------------------------------------ ModelExecutionProvider: predictions
 
     def execute_model(self, name: str, start: datetime, end: datetime) -> PredictionFrame:
+        """Outputs for the buckets that complete in [start, end) (latigo.timegrid), computed from the
+        rows gordo-client would send for them (latigo.model_input)."""
         window = TimeRange(start, end)
         return self._with_revision_retry(lambda: self._execute(name, window))
 
     def _execute(self, name: str, window: TimeRange) -> PredictionFrame:
         info = self._model_info(name)
-        X, y = self.model_input(info, window)
-        return self._predict(info, X, y).within(window)
+        model_input = self.model_input(info, window)
+        if model_input is None:
+            return PredictionFrame(name, note=f"no {info.resolution} bucket of the model completes in {window}")
+        frame = self._predict(info, model_input)
+        return frame.within(model_input.span)
 
     def _sensor_source(self) -> SensorDataProvider:
         source = self._sensors
@@ -362,37 +374,24 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
             raise ConfigError("gordo: executing models needs a sensor_data provider")
         return source
 
-    def model_input(self, info: ModelInfo, window: TimeRange) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """X (tags) and y (target tags) over the window plus the model's history, complete rows only."""
-        history = info.resolution * (info.model_offset + self.settings.lookback_margin)
-        fetch = TimeRange(_floor(window.start - history, info.resolution), window.end)
-        sensors = list(dict.fromkeys([*info.tags, *info.target_tags]))
-        frame = self._sensor_source().get_data_for_range(fetch.start, fetch.end, sensors, info.resolution)
-        if frame.missing:
-            raise PermanentError(f"gordo model {info.name!r}: sensors missing from the sensor source: "
-                                 f"{', '.join(frame.missing)}")
-        if frame.is_empty:
-            raise NoDataError(f"gordo model {info.name!r}: no sensor data for {', '.join(sensors)} in {fetch}")
-        data = align_input(frame.data, sensors, info.resolution, fetch.start, fetch.end,
-                           _fill_limit(info), info.extra.get("interpolation_method"))
-        empty = [tag for tag in sensors if data[tag].isna().all()]
-        if empty:
-            raise NoDataError(f"gordo model {info.name!r}: no sensor data for {', '.join(empty)} in {fetch}")
-        data = data.dropna(how="any")
-        if not (data.index >= pd.Timestamp(window.start)).any():
-            raise NoDataError(f"gordo model {info.name!r}: no complete row of {', '.join(sensors)} in {window}")
-        return data[list(info.tags)], data[list(info.target_tags)]
+    def model_input(self, info: ModelInfo, window: TimeRange) -> ModelInput | None:
+        """X and y for the buckets completing in `window`, as Gordo's dataset would build them."""
+        settings = InputSettings(history_margin=self.settings.history_margin, max_history=self.settings.max_history,
+                                 look_ahead=self.settings.look_ahead)
+        return build_model_input(info, window, self._sensor_source(), settings)
 
-    def _predict(self, info: ModelInfo, X: pd.DataFrame, y: pd.DataFrame) -> PredictionFrame:
-        """Post in batches of `batch_size` rows; consecutive batches overlap by the model's offset so
-        every row gets its output (Gordo answers `rows - model_offset` rows per request)."""
-        offset = info.model_offset
-        size = max(self.settings.batch_size, offset + 1)
-        rows = []
-        for begin in range(0, len(X) - offset, size - offset):
-            part = slice(begin, begin + size)
-            rows.extend(self._post(info, X.iloc[part], y.iloc[part]).rows)
-        return PredictionFrame(info.name, rows)
+    def _predict(self, info: ModelInfo, model_input: ModelInput) -> PredictionFrame:
+        """Post in batches that each hold enough rows for the model (see plan_batches); outputs of a row
+        computed twice (overlapping batches) are the same, the first is kept."""
+        X, y = model_input.X, model_input.y
+        first_wanted = int((X.index < pd.Timestamp(model_input.span.start)).sum())
+        rows: dict[tuple[str, str, datetime], float] = {}
+        for batch in plan_batches(len(X), first_wanted, info.model_offset, self.settings.batch_size,
+                                  min_rows=_min_rows(info)):
+            part = slice(batch.start, batch.stop)
+            for row in self._post(info, X.iloc[part], y.iloc[part]).rows:
+                rows.setdefault((row.output, row.tag, row.ts), row.value)
+        return PredictionFrame.from_rows(info.name, rows)
 
     def _post(self, info: ModelInfo, X: pd.DataFrame, y: pd.DataFrame) -> PredictionFrame:
         key = (info.name, info.revision)
@@ -413,21 +412,25 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
                                     f"(revision {info.revision or 'latest'}): {describe_error(response)}")
         if status in (400, 422):
             raise PermanentError(f"gordo model {info.name!r} refused the input ({status}): {describe_error(response)}")
+        if status == 500:
+            raise PermanentError(f"gordo model {info.name!r} failed on this input (500, {len(X)} rows from "
+                                 f"{X.index[0].isoformat()}): {describe_error(response)}")
         return parse_prediction(info.name, response)
 
     def _send(self, info: ModelInfo, endpoint: str, X: pd.DataFrame, y: pd.DataFrame | None) -> requests.Response:
         path = f"{quote(info.name, safe='')}/{endpoint}"
+        accept = {400, 404, 422, 500}
         if self.settings.use_parquet:
-            files = {"X": ("X", _parquet_bytes(X), "application/octet-stream")}
+            files = {"X": ("X", parquet_bytes(X), "application/octet-stream")}
             if y is not None:
-                files["y"] = ("y", _parquet_bytes(y), "application/octet-stream")
-            return self._request("POST", path, info.revision, accept={400, 404, 422},
+                files["y"] = ("y", parquet_bytes(y), "application/octet-stream")
+            return self._request("POST", path, info.revision, accept=accept, retry=NO_RETRY,
                                  params={"format": "parquet"}, files=files)
-        body = {"X": _json_columns(X)}
+        body = {"X": json_columns(X)}
         if y is not None:
-            body["y"] = _json_columns(y)
-        return self._request("POST", path, info.revision, accept={400, 404, 422}, data=json.dumps(body).encode(),
-                             headers={"Content-Type": "application/json"})
+            body["y"] = json_columns(y)
+        return self._request("POST", path, info.revision, accept=accept, retry=NO_RETRY,
+                             data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
 
     # ------------------------------------------------ ModelExecutionProvider: lifecycle
 
@@ -509,6 +512,12 @@ def _status_of(
     if "gordo_error" in details:
         return "unknown", f"gordo project {project} could not be asked: {details['gordo_error']}"
     return "unknown", f"not served by gordo project {project}"
+
+
+def _min_rows(info: ModelInfo) -> int:
+    """Rows one request needs: a windowed model (offset > 0) needs more rows than its look-back window
+    (offset + 1), or Gordo answers 500."""
+    return info.model_offset + 2 if info.model_offset else 1
 
 
 def _make_token(settings: GordoSettings) -> ClientCredentialsToken | None:

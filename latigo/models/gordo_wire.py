@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 NON_NUMERIC_GROUPS = frozenset({"start", "end"})
 """Output groups that carry the row's interval as text, not values."""
+DEFAULT_INTERPOLATION_LIMIT = timedelta(hours=48)
+"""gordo-core's default interpolation_limit ("48H")."""
 
 
 # ---------------------------------------------------------------- parsing Gordo's values
@@ -57,10 +59,6 @@ def parse_model_info(name: str, project: str, revision: str, body: Mapping[str, 
         raise PermanentError(f"gordo model {name!r}: model_offset {build.get('model_offset')!r} "
                              "is not an integer") from None
     extra = {
-        "aggregation_methods": dataset.get("aggregation_methods", "mean"),
-        "interpolation_method": dataset.get("interpolation_method"),
-        "interpolation_limit": dataset.get("interpolation_limit"),
-        "row_filter": dataset.get("row_filter") or "",
         "train_start_date": dataset.get("train_start_date"),
         "train_end_date": dataset.get("train_end_date"),
         "model_creation_date": build.get("model_creation_date"),
@@ -68,8 +66,47 @@ def parse_model_info(name: str, project: str, revision: str, body: Mapping[str, 
     }
     return ModelInfo(
         name=name, tags=tags, target_tags=targets, resolution=resolution, project=project,
-        revision=str(body.get("revision") or revision), model_offset=max(offset, 0), extra=extra,
+        revision=str(body.get("revision") or revision), model_offset=max(offset, 0),
+        aggregation=_aggregation(name, dataset.get("aggregation_methods")),
+        interpolation_method=str(dataset.get("interpolation_method") or "linear_interpolation"),
+        interpolation_limit=_interpolation_limit(name, dataset),
+        row_filter=_row_filter(name, dataset.get("row_filter")),
+        extra=extra,
     )
+
+
+def _aggregation(name: str, raw: Any) -> str | tuple[str, ...]:
+    """Gordo's aggregation_methods: one name (plain columns) or a list (columns per tag and method)."""
+    if raw is None or raw == "":
+        return "mean"
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, list) and raw and all(isinstance(item, str) for item in raw):
+        return tuple(raw)
+    raise PermanentError(f"gordo model {name!r}: metadata.dataset.aggregation_methods {raw!r} is neither a "
+                         "method name nor a list of them")
+
+
+def _interpolation_limit(name: str, dataset: Mapping[str, Any]) -> timedelta | None:
+    """None when Gordo's metadata says null (no limit); Gordo's default (48H) when it says nothing."""
+    if "interpolation_limit" not in dataset:
+        return DEFAULT_INTERPOLATION_LIMIT
+    raw = dataset["interpolation_limit"]
+    if raw is None:
+        return None
+    try:
+        return parse_frequency(str(raw))
+    except ValueError as exc:
+        raise PermanentError(f"gordo model {name!r}: metadata.dataset.interpolation_limit {exc}") from None
+
+
+def _row_filter(name: str, raw: Any) -> str | tuple[str, ...]:
+    if raw is None or isinstance(raw, str):
+        return raw or ""
+    if isinstance(raw, list) and all(isinstance(item, str) for item in raw):
+        return tuple(raw)
+    raise PermanentError(f"gordo model {name!r}: metadata.dataset.row_filter {raw!r} is neither an expression "
+                         "nor a list of them")
 
 
 def _timestamp(key: Any) -> datetime:
@@ -153,62 +190,20 @@ def describe_error(response: requests.Response) -> str:
 # ---------------------------------------------------------------- model input
 
 
-def _floor(moment: datetime, step: timedelta) -> datetime:
-    """`moment` rounded down onto the epoch-aligned grid of `step` (the sensor providers' grid)."""
-    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return epoch + ((moment - epoch) // step) * step
-
-
-def align_input(
-    data: pd.DataFrame, columns: Sequence[str], resolution: timedelta, start: datetime, end: datetime,
-    fill_limit: int | None, fill_method: str | None,
-) -> pd.DataFrame:
-    """Sensor values on the model's grid over [start, end): mean per bucket, gaps filled up to
-    `fill_limit` rows (None = no limit) the way Gordo filled its training data — but only between
-    real values: nothing is extrapolated past the last value that has arrived."""
-    frame = data.reindex(columns=list(columns))
-    try:
-        frame = frame.astype(float)
-    except (TypeError, ValueError):
-        frame = frame.apply(pd.to_numeric, errors="coerce").astype(float)
-    frame.index = pd.DatetimeIndex(pd.to_datetime(frame.index, utc=True))
-    step = pd.Timedelta(resolution)
-    if not frame.empty and not _on_grid(frame.index, step):
-        frame = frame.resample(step, origin="epoch", label="left", closed="left").mean()
-    grid = pd.date_range(_floor(start, resolution), end, freq=step, inclusive="left")
-    frame = frame.reindex(grid)
-    if fill_limit == 0 or frame.empty or not frame.isna().to_numpy().any():
-        return frame
-    if fill_method == "ffill":
-        return frame.ffill(limit=fill_limit, limit_area="inside")
-    return frame.interpolate(method="linear", limit=fill_limit, limit_area="inside")
-
-
-def _on_grid(index: pd.DatetimeIndex, step: pd.Timedelta) -> bool:
-    """Whether the rows are already one per bucket start (what sensor providers return): then
-    resampling would change nothing and is skipped."""
-    stamps = index.as_unit("ns").asi8
-    return bool(index.is_monotonic_increasing and index.is_unique and (stamps % step.value == 0).all())
-
-
-def _fill_limit(info: ModelInfo) -> int | None:
-    raw = info.extra.get("interpolation_limit")
-    if raw is None:
-        return None
-    try:
-        return int(parse_frequency(raw) / info.resolution)
-    except ValueError:
-        log.warning("gordo model %s: interpolation_limit %r not understood; gaps are not filled", info.name, raw)
-        return 0
-
-
-def _json_columns(frame: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """{column: {iso timestamp: value}}: the shape Gordo's dataframe_from_dict reads."""
+def json_columns(frame: pd.DataFrame) -> dict[str, Any]:
+    """{column: {iso timestamp: value}}, or {tag: {method: {timestamp: value}}} for columns per tag and
+    aggregation method: the shapes gordo-client sends and Gordo's dataframe_from_dict reads."""
     keys = [stamp.isoformat() for stamp in frame.index.to_pydatetime()]
+    if isinstance(frame.columns, pd.MultiIndex):
+        nested: dict[str, Any] = {}
+        for tag, method in frame.columns:
+            nested.setdefault(str(tag), {})[str(method)] = dict(
+                zip(keys, frame[(tag, method)].tolist(), strict=True))
+        return nested
     return {str(column): dict(zip(keys, frame[column].tolist(), strict=True)) for column in frame.columns}
 
 
-def _parquet_bytes(frame: pd.DataFrame) -> bytes:
+def parquet_bytes(frame: pd.DataFrame) -> bytes:
     buffer = io.BytesIO()
     frame.to_parquet(buffer, engine="pyarrow", compression="snappy")
     return buffer.getvalue()

@@ -27,6 +27,7 @@ from sqlalchemy.engine import Engine
 from latigo.durations import parse_resolution
 from latigo.errors import NoDataError, PermanentError, UnknownModelError
 from latigo.interfaces import ModelExecutionProvider, ModelInformationProvider, SensorDataProvider
+from latigo.model_input import build_model_input
 from latigo.storage.db import write_transaction
 from latigo.storage.tables import ModelRecord
 from latigo.storage.upsert import dialect_insert
@@ -206,12 +207,10 @@ class LocalModels(ModelInformationProvider, ModelExecutionProvider):
         info = self.get_model_info(name)
         fitted = self._fitted(name, info.revision)
         window = TimeRange(start, end)
-        data = self.sensors.get_data_for_range(window.start - info.lookback, window.end, info.tags, info.resolution)
-        if data.missing:
-            raise PermanentError(f"model {name}: sensors missing from the source: {', '.join(data.missing)}")
-        if data.is_empty:
-            raise NoDataError(f"model {name}: no sensor data in {window} for {', '.join(info.tags)}")
-        return PredictionFrame.from_groups(name, fitted.outputs(data.data)).within(window)
+        model_input = build_model_input(info, window, self.sensors)
+        if model_input is None:
+            return PredictionFrame(name, note=f"no {info.resolution} bucket of the model completes in {window}")
+        return PredictionFrame.from_groups(name, fitted.outputs(model_input.X)).within(model_input.span)
 
     def _fitted(self, name: str, revision: str) -> FittedModel:
         with self._lock:

@@ -225,14 +225,16 @@ class DataApiSensors(SensorInformationProvider, SensorDataProvider):
         )
 
     def get_data_for_range(
-        self, start: datetime, end: datetime, sensors: Sequence[str], resolution: timedelta
+        self, start: datetime, end: datetime, sensors: Sequence[str], resolution: timedelta,
+        aggregation: str = "mean",
     ) -> SensorFrame:
         grid = BucketGrid(start, end, resolution)
         names = unique(sensors)
         ids = self._resolve(names)
         known = {name: series for name, series in ids.items() if series is not None}
         points = self._fetch(list(dict.fromkeys(known.values())), start, end)
-        columns = {name: grid.means(*points[series].arrays()) for name, series in known.items()}
+        columns = {name: grid.aggregate(*points[series].arrays(), method=aggregation)
+                   for name, series in known.items()}
         missing = tuple(name for name in names if ids[name] is None)
         return SensorFrame(frame(grid, columns, names), missing=missing)
 

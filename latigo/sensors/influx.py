@@ -34,12 +34,16 @@ from influxdb.exceptions import InfluxDBClientError, InfluxDBServerError
 
 from latigo.errors import PermanentError, TransientError
 from latigo.interfaces import SensorDataProvider, SensorInformationProvider
-from latigo.sensors.resample import BucketGrid, as_timedelta, frame, resolution_ns, unique
+from latigo.sensors.resample import BucketGrid, as_timedelta, check_aggregation, frame, resolution_ns, unique
 from latigo.types import SensorFrame, ensure_utc
 
 log = logging.getLogger(__name__)
 
 GET_QUERY_LIMIT = 2000
+INFLUXQL_AGGREGATIONS = {"mean": "mean", "max": "max", "min": "min", "sum": "sum", "count": "count",
+                         "median": "median", "std": "stddev", "first": "first", "last": "last"}
+"""pandas' aggregation names (Gordo's spelling) as InfluxQL functions; stddev is the sample deviation,
+like pandas' std."""
 """Queries longer than this (characters) go in a POST body: proxies cap URL length near 8 KB."""
 _NOT_IN_STRINGS = re.compile("[\r\x00]")
 """Characters an InfluxQL string literal cannot hold (the lexer reads CR as a newline, NUL as the end)."""
@@ -228,13 +232,15 @@ class InfluxSensors(SensorInformationProvider, SensorDataProvider):
         query = f"SHOW TAG VALUES FROM {self._source} WITH KEY = {quote_ident(self.settings.tag_key)}"
         return f"{query} WHERE {condition}" if condition else query
 
-    def _range_query(self, start: datetime, end: datetime, sensors: Sequence[str], resolution: timedelta) -> str:
+    def _range_query(self, start: datetime, end: datetime, sensors: Sequence[str], resolution: timedelta,
+                     aggregation: str = "mean") -> str:
         names = [name for name in unique(sensors) if name]
         if not names:
             return ""
         match = self._match(names)
+        function = INFLUXQL_AGGREGATIONS[check_aggregation(aggregation)]
         select = (
-            f"SELECT mean({quote_ident(self.settings.value_field)}) AS \"value\" FROM {self._source} "
+            f"SELECT {function}({quote_ident(self.settings.value_field)}) AS \"value\" FROM {self._source} "
             f"WHERE ({match}) AND time >= {time_literal(start)} AND time < {time_literal(end)} "
             f"GROUP BY time({duration_literal(resolution)}), {quote_ident(self.settings.tag_key)} fill(null)"
         )
@@ -242,7 +248,8 @@ class InfluxSensors(SensorInformationProvider, SensorDataProvider):
 
     def get_native_range_specifier(self, start: datetime, end: datetime, parameters: Mapping[str, Any]) -> str:
         """The exact InfluxQL get_data_for_range sends: the bucketed SELECT and the existence check."""
-        return self._range_query(start, end, list(parameters["sensors"]), as_timedelta(parameters["resolution"]))
+        return self._range_query(start, end, list(parameters["sensors"]), as_timedelta(parameters["resolution"]),
+                                 str(parameters.get("aggregation", "mean")))
 
     # -- running queries
 
@@ -290,11 +297,12 @@ class InfluxSensors(SensorInformationProvider, SensorDataProvider):
     # -- SensorDataProvider
 
     def get_data_for_range(
-        self, start: datetime, end: datetime, sensors: Sequence[str], resolution: timedelta
+        self, start: datetime, end: datetime, sensors: Sequence[str], resolution: timedelta,
+        aggregation: str = "mean",
     ) -> SensorFrame:
         grid = BucketGrid(start, end, resolution)
         names = unique(sensors)
-        query = self._range_query(start, end, names, resolution)
+        query = self._range_query(start, end, names, resolution, aggregation)
         if not query:
             return SensorFrame(frame(grid, {}, names), missing=tuple(names))
         statements = self._execute(query, f"reading {len(names)} sensors over [{start.isoformat()}, {end.isoformat()})")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from latigo.errors import PermanentError
 from latigo.types import ensure_utc
 
 _EPOCH = pd.Timestamp(0, tz="UTC")
@@ -57,6 +58,21 @@ class BucketGrid:
         out[positions[keep]] = np.asarray(values, dtype=float)[keep]
         return out
 
+    def aggregate(self, times_ns: np.ndarray, values: np.ndarray, method: str = "mean") -> np.ndarray:
+        """One value per bucket from the raw points inside [start, end) by `method` (pandas' name, as
+        Gordo's `aggregation_methods` spells it); NaN for a bucket with no points."""
+        if method == "mean":
+            return self.means(times_ns, values)
+        check_aggregation(method)
+        times_ns = np.asarray(times_ns, dtype=np.int64)
+        values = np.asarray(values, dtype=float)
+        keep = (times_ns >= self.start_ns) & (times_ns < self.end_ns) & np.isfinite(values)
+        positions = (times_ns[keep] - self.first) // self.step
+        per_bucket = pd.Series(values[keep]).groupby(positions).agg(method)
+        out = np.full(self.size, np.nan)
+        out[per_bucket.index.to_numpy(dtype=np.int64)] = per_bucket.to_numpy(dtype=float)
+        return out
+
     def means(self, times_ns: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Mean of the raw points inside [start, end) per bucket; NaN for a bucket with no points.
 
@@ -69,6 +85,17 @@ class BucketGrid:
         counts = np.bincount(positions, minlength=self.size)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+AGGREGATIONS = frozenset({"mean", "max", "min", "sum", "count", "median", "std", "first", "last"})
+"""The bucket aggregations every sensor provider supports (pandas' names)."""
+
+
+def check_aggregation(method: str) -> str:
+    if method not in AGGREGATIONS:
+        raise PermanentError(f"aggregation method {method!r} is not supported; use one of "
+                             f"{', '.join(sorted(AGGREGATIONS))}")
+    return method
 
 
 def frame(grid: BucketGrid, columns: Mapping[str, np.ndarray], order: Sequence[str]) -> pd.DataFrame:

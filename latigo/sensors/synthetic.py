@@ -20,6 +20,7 @@ import pandas as pd
 
 from latigo.errors import ConfigError
 from latigo.interfaces import SensorDataProvider, SensorInformationProvider
+from latigo.sensors.resample import check_aggregation
 from latigo.types import SensorFrame, TimeRange, parse_timestamp
 
 SAMPLE = timedelta(minutes=1)
@@ -86,7 +87,8 @@ class SyntheticSensors(SensorInformationProvider, SensorDataProvider):
                 f"end={end.isoformat()}, resolution={int(resolution.total_seconds())}s, mean of 1-minute samples)")
 
     def get_data_for_range(
-        self, start: datetime, end: datetime, sensors: Sequence[str], resolution: timedelta
+        self, start: datetime, end: datetime, sensors: Sequence[str], resolution: timedelta,
+        aggregation: str = "mean",
     ) -> SensorFrame:
         window = TimeRange(start, end)
         if resolution < SAMPLE or resolution % SAMPLE:
@@ -95,7 +97,8 @@ class SyntheticSensors(SensorInformationProvider, SensorDataProvider):
         missing = tuple(s for s in sensors if s not in self._known)
         minutes = pd.date_range(pd.Timestamp(window.start).ceil(SAMPLE), window.end, freq=SAMPLE, inclusive="left")
         samples = pd.DataFrame({name: self._samples(name, minutes) for name in present}, index=minutes, dtype=float)
-        buckets = samples.resample(resolution, origin="epoch", label="left", closed="left").mean()
+        buckets = samples.resample(resolution, origin="epoch", label="left", closed="left").agg(
+            check_aggregation(aggregation))
         return SensorFrame(buckets, missing)
 
     def _samples(self, name: str, minutes: pd.DatetimeIndex) -> np.ndarray:

@@ -114,8 +114,8 @@ def test_model_info_comes_from_the_metadata(server):
     assert info.tags == ("TAG-1", "TAG-2", "TAG-3", "TAG-4")
     assert info.target_tags == info.tags
     assert (info.resolution, info.model_offset, info.revision, info.project) == (TEN_MIN, 0, "1", "demo")
-    assert info.extra["aggregation_methods"] == "mean"
-    assert info.extra["interpolation_limit"] == "48H"
+    assert (info.aggregation, info.interpolation_method, info.interpolation_limit, info.row_filter) == (
+        "mean", "linear_interpolation", timedelta(hours=48), "")
     assert info.extra["model_creation_date"] == "2026-11-25 00:32:36.839027+00:00"
 
 
@@ -123,7 +123,7 @@ def test_null_target_tags_mean_the_tags_and_offset_and_resolution_are_read(serve
     server.add_model(ModelSpec("lstm", tags=["A", "B"], target_tags=None, resolution="1H", model_offset=5))
     info = provider(server).get_model_info("lstm")
     assert (info.tags, info.target_tags) == (("A", "B"), ("A", "B"))
-    assert (info.resolution, info.model_offset, info.lookback) == (timedelta(hours=1), 5, timedelta(hours=5))
+    assert (info.resolution, info.model_offset) == (timedelta(hours=1), 5)
 
 
 def test_model_info_is_cached_per_revision(server):
@@ -191,7 +191,7 @@ def test_a_healthy_project_checks_ok(server):
 def test_request_bodies_carry_x_and_y_in_tag_order_batched_by_rows(server):
     server.models["model-a"] = ModelSpec("model-a", tags=["T-B", "T-A", "T-C"], target_tags=["T-C", "T-A"])
     sensors = RampSensors()
-    frame = provider(server, sensors, batch_size=7).execute_model("model-a", START, END)
+    frame = provider(server, sensors, batch_size=7, history_margin=0).execute_model("model-a", START, END)
 
     bodies = [json.loads(r.raw) for r in posts(server)]
     assert [len(b["X"]["T-B"]) for b in bodies] == [7, 7, 4]
@@ -218,13 +218,13 @@ def test_history_for_the_model_offset_is_fetched_and_trimmed_off(server):
     server.add_model(ModelSpec("lstm", model_offset=3))
     sensors = RampSensors()
     start, end = utc("2026-02-01T01:00:00"), utc("2026-02-01T02:00:00")
-    frame = provider(server, sensors, batch_size=5, lookback_margin=2).execute_model("lstm", start, end)
+    frame = provider(server, sensors, batch_size=5, history_margin=2).execute_model("lstm", start, end)
 
     assert sensors.calls[0][:2] == (start - 5 * TEN_MIN, end)
     bodies = [json.loads(r.raw)["X"]["TAG-1"] for r in posts(server)]
     sent = [list(b) for b in bodies]
     # 6 window rows + 5 history rows; offset 3: each batch of 5 re-sends the 3 rows before its 2 new outputs
-    assert [len(b) for b in sent] == [5, 5, 5, 5]
+    assert [len(b) for b in sent] == [5, 5, 5]
     for before, after in zip(sent, sent[1:], strict=False):
         assert after[:3] == before[-3:]
     assert sorted({r.ts for r in frame.rows}) == grid(start, end)  # margin rows trimmed, offset rows consumed
@@ -233,11 +233,12 @@ def test_history_for_the_model_offset_is_fetched_and_trimmed_off(server):
     assert len({(r.output, r.tag, r.ts) for r in frame.rows}) == len(frame.rows)  # no row twice
 
 
-def test_a_window_off_the_grid_is_trimmed_to_the_window(server):
+def test_a_window_off_the_grid_predicts_the_buckets_that_complete_in_it(server):
     start, end = utc("2026-02-01T00:05:00"), utc("2026-02-01T00:45:00")
     frame = provider(server).execute_model("model-a", start, end)
-    assert sorted({r.ts for r in frame.rows}) == [utc("2026-02-01T00:10:00"), utc("2026-02-01T00:20:00"),
-                                                  utc("2026-02-01T00:30:00"), utc("2026-02-01T00:40:00")]
+    # [00:00, 00:10) completes at 00:10, inside the window; [00:40, 00:50) completes after it.
+    assert sorted({r.ts for r in frame.rows}) == [utc("2026-02-01T00:00:00"), utc("2026-02-01T00:10:00"),
+                                                  utc("2026-02-01T00:20:00"), utc("2026-02-01T00:30:00")]
 
 
 def test_bare_nan_in_the_answer_is_parsed_and_left_out(server):
@@ -295,7 +296,7 @@ def test_missing_sensors_are_a_permanent_error_naming_them(server):
 
 
 def test_no_sensor_data_is_no_data_naming_the_tags(server):
-    with pytest.raises(NoDataError, match="no sensor data for TAG-3 in"):
+    with pytest.raises(NoDataError, match="no data for TAG-3 in"):
         provider(server, RampSensors(empty=["TAG-3"])).execute_model("model-a", START, END)
     with pytest.raises(NoDataError, match="TAG-1, TAG-2, TAG-3, TAG-4"):
         provider(server, RampSensors(empty=["TAG-1", "TAG-2", "TAG-3", "TAG-4"])).execute_model("model-a", START, END)
@@ -317,13 +318,15 @@ def test_gaps_are_interpolated_up_to_the_limit_and_longer_ones_dropped(server):
     assert len(sent) == len(grid(START, END)) - 1
 
 
-def test_values_that_have_not_arrived_yet_are_not_extrapolated(server):
-    late = grid(utc("2026-02-01T02:30:00"), END)
+def test_a_gap_at_the_end_is_looked_ahead_then_carried_forward_within_the_limit_as_gordo_does(server):
+    late = grid(utc("2026-02-01T02:30:00"), END + timedelta(days=3))
     sensors = RampSensors(gaps={"TAG-2": late})
     frame = provider(server, sensors).execute_model("model-a", START, END)
+    assert sensors.calls[1][:2] == (END, END + timedelta(days=2))  # looked for a later value to interpolate to
     sent = json.loads(posts(server)[0].raw)["X"]["TAG-2"]
-    assert max(sent) == utc("2026-02-01T02:20:00").isoformat()
-    assert max(r.ts for r in frame.rows) == utc("2026-02-01T02:20:00")
+    last = ramp_value("TAG-2", pd.Timestamp(utc("2026-02-01T02:20:00")))
+    assert [sent[ts.isoformat()] for ts in late[:3]] == [last, last, last]  # pandas' linear fill past the end
+    assert max(r.ts for r in frame.rows) == utc("2026-02-01T02:50:00")
 
 
 # ---------------------------------------------------------------- fallbacks and errors
@@ -371,17 +374,18 @@ def test_a_pinned_revision_that_is_gone_is_permanent(server):
         provider(server, revision="7").get_model_info("model-a")
 
 
-def test_server_errors_are_retried(server):
+def test_a_500_for_this_input_is_permanent_and_sent_once(server):
     server.fail_next(2, status=500, match="anomaly")
-    assert len(provider(server, max_retries=3).execute_model("model-a", START, END)) > 0
-    assert [r.status for r in posts(server)] == [500, 500, 200]
+    with pytest.raises(PermanentError, match=r"failed on this input \(500, 18 rows from"):
+        provider(server, max_retries=3).execute_model("model-a", START, END)
+    assert [r.status for r in posts(server)] == [500]
 
 
-def test_server_errors_past_the_retries_are_transient_with_the_page_text(server):
+def test_a_503_is_transient_with_the_page_text_and_left_to_the_executor_to_retry(server):
     server.fail_next(10, status=503, match="anomaly")
-    with pytest.raises(TransientError, match="answered 503 after 3 attempts: The server is temporarily unable"):
+    with pytest.raises(TransientError, match="answered 503 after 1 attempts: The server is temporarily unable"):
         provider(server, max_retries=2).execute_model("model-a", START, END)
-    assert len(posts(server)) == 3
+    assert len(posts(server)) == 1  # one retry owner per call path: the executor redelivers the task
 
 
 def test_timeouts_and_refused_connections_are_transient(server):
@@ -475,7 +479,7 @@ model_information: &gordo
   project: demo
   batch_size: 5
   timeout: 10s
-  lookback_margin: 1
+  history_margin: 1
 model_execution: *gordo
 """)
     config = load_config(path, env={})
@@ -485,7 +489,7 @@ model_execution: *gordo
     assert isinstance(gordo, GordoModels) and gordo.settings.timeout == timedelta(seconds=10)
     frame = gordo.execute_model("model-a", START, START + timedelta(hours=1))
     assert sorted({r.ts for r in frame.rows}) == grid(START, START + timedelta(hours=1))
-    assert [len(json.loads(r.raw)["X"]["TAG-1"]) for r in posts(server)] == [5, 2]
+    assert [len(json.loads(r.raw)["X"]["TAG-1"]) for r in posts(server)] == [5, 1]
 
 
 def test_secrets_in_gordo_settings_are_masked(server, tmp_path):
@@ -520,19 +524,18 @@ def test_values_in_an_answer_are_floats_or_skipped():
 class RawPoints(RampSensors):
     """A source that hands back raw, irregular points (not yet on the model's grid)."""
 
-    def get_data_for_range(self, start, end, sensors, resolution):
+    def get_data_for_range(self, start, end, sensors, resolution, aggregation="mean"):
         stamps = [start + timedelta(minutes=m) for m in (1, 4, 12, 19, 25)]
         frame = pd.DataFrame({tag: [float(i) for i in range(len(stamps))] for tag in sensors},
                              index=pd.DatetimeIndex(stamps))
         return SensorFrame(frame)
 
 
-def test_raw_points_are_averaged_per_bucket_of_the_model_resolution(server):
+def test_a_provider_breaking_the_bucket_contract_is_refused_by_name(server):
     start = utc("2026-02-01T00:00:00")
-    provider(server, RawPoints()).execute_model("model-a", start, start + timedelta(minutes=30))
-    sent = json.loads(posts(server)[0].raw)["X"]["TAG-1"]
-    assert sent == {"2026-02-01T00:00:00+00:00": 0.5, "2026-02-01T00:10:00+00:00": 2.5,
-                    "2026-02-01T00:20:00+00:00": 4.0}
+    with pytest.raises(PermanentError, match="RawPoints returned timestamps off the 0:10:00 bucket grid"):
+        provider(server, RawPoints()).execute_model("model-a", start, start + timedelta(minutes=30))
+    assert posts(server) == []
 
 
 def test_latigo_models_check_prints_the_report(server, tmp_path, capsys):

@@ -804,7 +804,8 @@ class RampSensors(SensorDataProvider):
     def get_native_range_specifier(self, start: datetime, end: datetime, parameters: Any) -> str:
         return f"ramp {','.join(parameters.get('sensors', []))} [{start.isoformat()}, {end.isoformat()})"
 
-    def get_data_for_range(self, start: datetime, end: datetime, sensors: Any, resolution: timedelta) -> SensorFrame:
+    def get_data_for_range(self, start: datetime, end: datetime, sensors: Any, resolution: timedelta,
+                           aggregation: str = "mean") -> SensorFrame:
         with self._lock:
             self.calls.append((start, end, list(sensors), resolution))
         step = pd.Timedelta(resolution)
