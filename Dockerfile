@@ -14,22 +14,23 @@ RUN groupadd --system --gid 10001 latigo \
 
 WORKDIR /app
 
-# Dependencies in their own layer: only setup.py, the version and the README are copied, so a code
-# change reuses this layer. The package itself cannot be built from these files (setup.py packages
-# latigo/ and alembic/), so its install_requires are read by running setup.py against a stand-in
-# `setuptools` module (no build, no setuptools needed) and installed alone.
-# Every dependency ships wheels, so no compiler is installed, ever.
-COPY setup.py README.md ./
+# Dependencies in their own layer: only setup.py and the version are copied, so a change to the code
+# or the README reuses this layer. The package itself cannot be built from these files (setup.py
+# packages latigo/ and alembic/), so its install_requires are read by running setup.py against a
+# stand-in `setuptools` module (no build; an empty README.md for the long description) and installed
+# alone. Every dependency ships wheels, so no compiler is installed, ever.
+COPY setup.py ./
 COPY latigo/VERSION latigo/VERSION
-RUN python -c "import runpy, sys, types; st = sys.modules['setuptools'] = types.ModuleType('setuptools'); st.find_packages = lambda **kw: []; st.setup = lambda **kw: print(*kw['install_requires'], sep='\n'); runpy.run_path('setup.py')" > /tmp/requirements.txt \
+RUN touch README.md \
+    && python -c "import runpy, sys, types; st = sys.modules['setuptools'] = types.ModuleType('setuptools'); st.find_packages = lambda **kw: []; st.setup = lambda **kw: print(*kw['install_requires'], sep='\n'); runpy.run_path('setup.py')" > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
+    && rm README.md /tmp/requirements.txt
 
 # The code. The alembic scripts are packaged as latigo.migrations, so `latigo db upgrade` works from
 # the installed package; the sources are removed after installing.
 COPY latigo/ latigo/
 COPY alembic/ alembic/
-COPY pyproject.toml alembic.ini supervisord.conf ./
+COPY README.md pyproject.toml alembic.ini supervisord.conf ./
 COPY deploy/entrypoint.sh deploy/entrypoint.sh
 RUN pip install --no-deps . \
     && rm -rf latigo alembic build *.egg-info \
