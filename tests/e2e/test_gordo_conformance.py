@@ -1,0 +1,649 @@
+"""Issue 12's judge: latigo against a REAL Gordo 6.0.4 server, value by value against gordo-client 6.3.0.
+
+Both read the same real influxd and ask the same `gordo run-server` (models built by Gordo's own builder:
+pca-model, lstm-model, row-filter-model; tests/support/gordo_real.py). The sensor data has gaps inside
+windows, gaps that straddle or touch the edges of the DEFAULT schedule's windows ([hh:25, hh:55) and
+[hh:55, hh+1:25): interval 30m, delay 5m, start_time 00:00), a gap longer than pca-model's
+interpolation_limit (30T, so rows are dropped) and a step change; the first and last two hours are clean,
+so gordo-client's own range edges do not matter (it cannot see data outside its range; latigo can).
+
+latigo runs as a user runs it (`latigo db upgrade`, `latigo backfill`, `latigo executor`) with the
+default scheduler settings, through a small pass-through HTTP proxy that counts its requests. Every
+stored value must equal gordo-client's for the same (model, output group, tag, timestamp), and no
+timestamp gordo-client has inside latigo's covered span may be missing. The figures are printed and kept
+in a file under pytest's tmp directory (its path is printed too).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import threading
+import time
+import urllib.parse
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from latigo.config import DatabaseSettings
+from latigo.models.gordo import GordoModels, GordoSettings
+from latigo.sensors.influx import InfluxSensors
+from latigo.storage.db import create_engine_for
+from latigo.timegrid import predicted_buckets
+from latigo.types import TimeRange
+from tests.conftest import create_pg_database, drop_pg_database
+from tests.support.gordo_real import (
+    LSTM_LOOKBACK_WINDOW,
+    TAGS,
+    GordoRealServer,
+    gordo_client_predict,
+    gordo_real_server_fixture,  # noqa: F401 - registers the session fixture `gordo_real_server`
+    sensor_points,
+    write_sensors,
+)
+from tests.support.influxd import InfluxServer, serve_for_tests
+from tests.support.processes import latigo, write_config
+
+pytestmark = [pytest.mark.gordo_real, pytest.mark.slow, pytest.mark.integration]
+
+UTC = timezone.utc
+D0 = datetime(2026, 3, 2, tzinfo=UTC)
+RESOLUTION = timedelta(minutes=10)
+DATA = TimeRange(D0, D0 + timedelta(hours=12))
+"""1-minute points for tag-1..tag-4; the gaps (GAPS) lie in 03:30-09:30, the two hours at either end are clean."""
+BACKFILL = TimeRange(D0 + timedelta(hours=2), D0 + timedelta(hours=10))
+"""`latigo backfill --from --to`: the default grid's windows inside it are [02:25, 02:55) ... [09:25, 09:55)."""
+EXPECTED_WINDOWS = TimeRange(D0 + timedelta(hours=2, minutes=25), D0 + timedelta(hours=9, minutes=55))
+ORACLE = TimeRange(D0 + timedelta(hours=2), D0 + timedelta(hours=10, minutes=30))
+"""gordo-client's range: it reads (model_offset + 5) buckets before its start (from 00:20 for the LSTM), so
+its answers start at 01:10, and its last bucket (10:30) is its own range edge; latigo covers 02:20..09:40."""
+STEP_AT = D0 + timedelta(hours=6, minutes=13)
+STEP_TAG, STEP = "tag-3", 0.4
+"""tag-3 rises by 0.4 mid-bucket and stays up (beyond the training data's range): a step change."""
+DIP = ("tag-1", D0 + timedelta(hours=4, minutes=50), D0 + timedelta(hours=5), 0.05)
+"""tag-1 reads 0.05 in [04:50, 05:00): row-filter-model (`tag-1` > 0.1) rejects that bucket, the first of
+window [04:55, 05:25), right before the gap of every tag at 05:00-05:20 (whose filling uses it). A
+window whose every row the filter rejects fails as no_data, by design (tests/unit/test_model_input.py), so
+the dip stays short of that."""
+
+
+def _at(hh_mm: str) -> datetime:
+    hours, minutes = map(int, hh_mm.split(":"))
+    return D0 + timedelta(hours=hours, minutes=minutes)
+
+
+GAPS: tuple[tuple[tuple[str, ...], str, str, str], ...] = (
+    (("tag-2",), "03:30", "03:50", "buckets 03:30 and 03:40 empty, inside window [03:25, 03:55)"),
+    (("tag-3",), "04:20", "04:40", "straddles the window edge 04:25 (buckets 04:20, 04:30 empty)"),
+    (TAGS, "04:55", "05:20", "every tag, from the window start 04:55 (buckets 05:00, 05:10 empty)"),
+    (("tag-1",), "05:40", "05:55", "touches the window end 05:55: the last bucket (05:40) of [05:25, 05:55) empty"),
+    (("tag-4",), "06:40", "07:00", "the last bucket of [06:25, 06:55) and the first of [06:55, 07:25) empty"),
+    (("tag-2",), "07:50", "08:00", "the first bucket (07:50) of window [07:55, 08:25) empty"),
+    (("tag-3",), "08:30", "09:30", "60 min > pca-model's interpolation_limit 30T: its rows 09:00-09:20 dropped"),
+)
+"""(tags, from, to (exclusive), why): minutes without any point."""
+
+OUTPUT_GROUPS = ("model-output", "total-anomaly-scaled", "tag-anomaly-scaled", "anomaly-confidence",
+                 "total-anomaly-confidence")
+"""latigo's default `predictions.outputs`."""
+MODELS = ("lstm-model", "pca-model", "row-filter-model")
+TOLERANCE = {"pca-model": 1e-9, "row-filter-model": 1e-9, "lstm-model": 1e-4}
+"""scikit-learn answers in float64, the Keras LSTM in float32."""
+LSTM_MIN_ROWS = LSTM_LOOKBACK_WINDOW + 1
+"""Gordo answers 500 for a request to the LSTM that holds lookback_window (6) rows or fewer."""
+CLI_TIMEOUT = 900.0
+
+Key = tuple[str, str, pd.Timestamp]  # (output group, tag, timestamp)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def sensor_data() -> dict[str, list[tuple[datetime, float]]]:
+    points = sensor_points(TAGS, DATA.start, DATA.end, seed=12)
+    holes = [(set(tags), _at(start), _at(end)) for tags, start, end, _ in GAPS]
+    data: dict[str, list[tuple[datetime, float]]] = {}
+    for tag, series in points.items():
+        kept = []
+        for moment, value in series:
+            if any(tag in tags and start <= moment < end for tags, start, end in holes):
+                continue
+            if tag == DIP[0] and DIP[1] <= moment < DIP[2]:
+                value = DIP[3]
+            kept.append((moment, value + STEP if tag == STEP_TAG and moment >= STEP_AT else value))
+        data[tag] = kept
+    return data
+
+
+@pytest.fixture(scope="module")
+def influxd() -> Iterator[InfluxServer]:
+    """A throwaway influxd for this module (tests/e2e has no conftest of its own)."""
+    yield from serve_for_tests()
+
+
+@pytest.fixture(scope="module")
+def sensors(influxd: InfluxServer) -> str:
+    """The sensor data in a fresh database of the influxd; returns the database's name."""
+    database = f"conformance_{uuid.uuid4().hex[:8]}"
+    data = sensor_data()
+    written = write_sensors(influxd.url, database, data)
+    assert written == sum(len(series) for series in data.values())
+    return database
+
+
+@pytest.fixture(scope="module")
+def oracle(gordo_real_server: GordoRealServer, influxd: InfluxServer, sensors: str) -> dict[str, dict[str, Any]]:
+    """gordo-client 6.3.0's answers over ORACLE for every model (one `Client.predict` per model)."""
+    result = gordo_client_predict(gordo_real_server, influxd.url, sensors, "sensors", ORACLE.start, ORACLE.end,
+                                  MODELS)
+    for model in MODELS:
+        answer = result[model]
+        assert answer["exception"] is None and answer["errors"] == [], (model, answer["exception"], answer["errors"])
+        assert answer["rows"], f"gordo-client got no rows for {model}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def artefacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("gordo-conformance")
+
+
+# --------------------------------------------------------------------------- counting proxy
+
+
+@dataclass
+class Forwarded:
+    method: str
+    path: str
+    status: int
+    seconds: float
+    model: str = ""
+    x_index: list[pd.Timestamp] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return len(self.x_index)
+
+
+class CountingProxy:
+    """A pass-through HTTP proxy on a free loopback port in front of the Gordo server: forwards every
+    request unchanged and records it (for a prediction POST: the model and X's timestamps)."""
+
+    def __init__(self, upstream: str, timeout: float = 300.0) -> None:
+        target = urllib.parse.urlsplit(upstream)
+        self.upstream_host, self.upstream_port = target.hostname, target.port
+        self.timeout = timeout
+        self.records: list[Forwarded] = []
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("host", "connection", "keep-alive", "accept-encoding")}
+                started = time.monotonic()
+                status, reply_headers, content = proxy._upstream(self.command, self.path, body, headers)
+                proxy._record(self.command, self.path, status, time.monotonic() - started, body)
+                self.send_response(status)
+                for name, value in reply_headers:
+                    if name.lower() not in ("content-length", "transfer-encoding", "connection", "keep-alive"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _forward  # noqa: N815 - the stdlib's names
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def _upstream(self, method: str, path: str, body: bytes | None,
+                  headers: dict[str, str]) -> tuple[int, list[tuple[str, str]], bytes]:
+        connection = http.client.HTTPConnection(self.upstream_host, self.upstream_port, timeout=self.timeout)
+        try:
+            connection.request(method, path, body=body, headers={**headers, "Accept-Encoding": "identity"})
+            response = connection.getresponse()
+            return response.status, response.getheaders(), response.read()
+        except OSError as error:
+            return 502, [("Content-Type", "text/plain")], f"proxy: upstream failed: {error!r}".encode()
+        finally:
+            connection.close()
+
+    def _record(self, method: str, path: str, status: int, seconds: float, body: bytes | None) -> None:
+        record = Forwarded(method, urllib.parse.urlsplit(path).path, status, seconds)
+        if method == "POST" and record.path.endswith("/prediction"):
+            parts = record.path.split("/")  # /gordo/v0/<project>/<model>/[anomaly/]prediction
+            record.model = parts[4] if len(parts) > 4 else ""
+            try:
+                columns = json.loads(body or b"{}")["X"]
+                first = next(iter(columns.values()))
+                record.x_index = sorted(pd.Timestamp(ts) for ts in first)
+            except (ValueError, KeyError, StopIteration, TypeError):
+                pass
+        with self._lock:
+            self.records.append(record)
+
+    def posts(self, model: str | None = None) -> list[Forwarded]:
+        with self._lock:
+            return [r for r in self.records if r.model and (model is None or r.model == model)]
+
+    def __enter__(self) -> CountingProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@pytest.fixture
+def proxy(gordo_real_server: GordoRealServer) -> Iterator[CountingProxy]:
+    with CountingProxy(gordo_real_server.base_url) as running:
+        yield running
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def oracle_values(answer: dict[str, Any]) -> dict[Key, float]:
+    return {(group, column, pd.Timestamp(ts)): float(value) for group, column, ts, value in answer["rows"]
+            if group not in ("start", "end")}
+
+
+def oracle_input(answer: dict[str, Any]) -> pd.DataFrame:
+    frame = pd.DataFrame(answer["input_rows"], columns=["tag", "time", "value"])
+    frame["time"] = pd.to_datetime(frame["time"], utc=True)
+    return frame.pivot(index="time", columns="tag", values="value").sort_index()
+
+
+@dataclass
+class Comparison:
+    model: str
+    tolerance: float
+    compared: Counter = field(default_factory=Counter)
+    max_diff: dict[str, float] = field(default_factory=dict)
+    differing: list[tuple[Key, float, float]] = field(default_factory=list)
+    missing: list[Key] = field(default_factory=list)
+    extra: list[Key] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.differing or self.missing or self.extra)
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "compared": sum(self.compared.values()),
+            "compared_per_group": dict(sorted(self.compared.items())),
+            "max_abs_diff": dict(sorted(self.max_diff.items())),
+            "tolerance": self.tolerance,
+            "differing": len(self.differing),
+            "missing": len(self.missing),
+            "missing_timestamps": sorted({k[2].isoformat() for k in self.missing}),
+            "extra": len(self.extra),
+        }
+
+
+def compare(model: str, latigo_values: dict[Key, float], answer: dict[str, Any], span: TimeRange,
+            groups: tuple[str, ...] = OUTPUT_GROUPS) -> Comparison:
+    """Every latigo value against gordo-client's for the same key; gordo-client's keys of `groups` with a
+    timestamp in `span` (bucket starts) that latigo lacks are `missing`; latigo keys gordo-client lacks
+    are `extra`."""
+    expected = oracle_values(answer)
+    result = Comparison(model, TOLERANCE[model])
+    for key, value in sorted(latigo_values.items()):
+        other = expected.get(key)
+        if other is None:
+            result.extra.append(key)
+            continue
+        diff = abs(value - other)
+        result.compared[key[0]] += 1
+        result.max_diff[key[0]] = max(result.max_diff.get(key[0], 0.0), diff)
+        if not diff <= result.tolerance:
+            result.differing.append((key, value, other))
+    start, end = pd.Timestamp(span.start), pd.Timestamp(span.end)
+    result.missing = sorted(key for key in expected
+                            if key[0] in groups and start <= key[2] < end and key not in latigo_values)
+    return result
+
+
+def window_of(bucket: pd.Timestamp, windows: list[TimeRange]) -> TimeRange | None:
+    """The window in which the bucket starting at `bucket` completes (ws < b + r <= we)."""
+    done = bucket.to_pydatetime() + RESOLUTION
+    return next((w for w in windows if w.start < done <= w.end), None)
+
+
+def diagnose(comparison: Comparison, answer: dict[str, Any], windows: list[TimeRange], server: GordoRealServer,
+             influxd: InfluxServer, database: str, limit: int = 6) -> str:
+    """For the first windows holding a differing or missing key: the keys, and latigo's input rows (built
+    in-process by GordoModels.model_input) next to the rows gordo-client sent, where they differ."""
+    if comparison.ok:
+        return ""
+    lines = [f"== {comparison.model}: {len(comparison.differing)} differing, {len(comparison.missing)} missing, "
+             f"{len(comparison.extra)} extra"]
+    affected: dict[TimeRange | None, list[str]] = defaultdict(list)
+    for key, mine, theirs in comparison.differing:
+        affected[window_of(key[2], windows)].append(f"differs {key[0]}/{key[1]} {key[2].isoformat()}: "
+                                                    f"latigo {mine!r} gordo-client {theirs!r} ({mine - theirs:+.3g})")
+    for key in comparison.missing:
+        affected[window_of(key[2], windows)].append(f"missing {key[0]}/{key[1]} {key[2].isoformat()}")
+    for key in comparison.extra:
+        affected[window_of(key[2], windows)].append(f"extra {key[0]}/{key[1]} {key[2].isoformat()}")
+    theirs = oracle_input(answer)
+    provider = in_process_models(server.base_url, influxd, database)
+    try:
+        info = provider.get_model_info(comparison.model)
+        for window, notes in list(sorted(affected.items(), key=lambda item: str(item[0])))[:limit]:
+            lines.append(f"-- window {window}: {len(notes)} keys, e.g.")
+            lines.extend(f"   {note}" for note in notes[:8])
+            if window is None:
+                continue
+            try:
+                lines.extend(input_differences(provider, info, window, theirs))
+            except Exception as error:  # a diagnosis must not hide the comparison's failure
+                lines.append(f"   latigo's model input could not be compared: {error!r}")
+    finally:
+        provider.close()
+    return "\n".join(lines)
+
+
+def input_differences(provider: GordoModels, info: Any, window: TimeRange, theirs: pd.DataFrame) -> list[str]:
+    """latigo's X for `window` (GordoModels.model_input, in-process) against the rows gordo-client sent."""
+    model_input = provider.model_input(info, window)
+    if model_input is None:
+        return ["   latigo's model_input: no bucket completes in the window"]
+    mine = model_input.X
+    lines = [f"   latigo input: {len(mine)} rows {mine.index[0].isoformat()}..{mine.index[-1].isoformat()} "
+             f"(span {model_input.span}, fetched {model_input.fetched}, {model_input.fetches} reads)"]
+    around = theirs[(theirs.index >= mine.index[0]) & (theirs.index <= mine.index[-1])]
+    only_mine, only_theirs = mine.index.difference(around.index), around.index.difference(mine.index)
+    if len(only_mine):
+        lines.append(f"   rows only latigo sent: {[t.isoformat() for t in only_mine]}")
+    if len(only_theirs):
+        lines.append(f"   rows only gordo-client sent: {[t.isoformat() for t in only_theirs]}")
+    both, columns = mine.index.intersection(around.index), list(mine.columns)
+    delta = (mine.loc[both, columns] - around.loc[both, columns]).abs()
+    for stamp in delta.index[(delta > 1e-12).any(axis=1)]:
+        lines.append(f"   row {stamp.isoformat()}: latigo {mine.loc[stamp, columns].round(6).tolist()} "
+                     f"gordo-client {around.loc[stamp, columns].round(6).tolist()}")
+    return lines
+
+
+def in_process_models(base_url: str, influxd: InfluxServer, database: str, **settings: Any) -> GordoModels:
+    sensors = InfluxSensors(InfluxSensors.Settings(database=database, host=influxd.host, port=influxd.port,
+                                                   measurement="sensors"))
+    return GordoModels(GordoSettings(base_url=base_url, project="latigo-test", **settings), sensors=sensors)
+
+
+def frame_values(rows: list[Any]) -> dict[Key, float]:
+    return {(row.output, row.tag, pd.Timestamp(row.ts)): float(row.value) for row in rows}
+
+
+def report(artefacts: Path, name: str, figures: dict[str, Any], text: str) -> None:
+    (artefacts / f"{name}.json").write_text(json.dumps(figures, indent=2, default=str))
+    (artefacts / f"{name}.txt").write_text(text + "\n")
+    print(f"\n{text}\n(figures kept in {artefacts / name}.json and .txt)")
+
+
+def figure_lines(comparisons: dict[str, Comparison]) -> list[str]:
+    lines = []
+    for model, comparison in sorted(comparisons.items()):
+        figures = comparison.figures()
+        lines.append(f"{model}: {figures['compared']} values compared (tolerance {comparison.tolerance:g}), "
+                     f"{figures['differing']} over it, {figures['missing']} missing, {figures['extra']} extra")
+        for group, diff in figures["max_abs_diff"].items():
+            lines.append(f"    {group:26s} max |diff| {diff:.3e}  ({figures['compared_per_group'][group]} values)")
+        if figures["missing_timestamps"]:
+            lines.append(f"    missing timestamps: {figures['missing_timestamps']}")
+    return lines
+
+
+# --------------------------------------------------------------------------- running latigo
+
+
+def run_latigo(config: Path, *args: str, timeout: float = CLI_TIMEOUT) -> str:
+    """`latigo --config CONFIG ARGS...` to completion within `timeout`; a non-zero exit or an overrun fails
+    the test with the command's output (an overrun stops the process by its pid first)."""
+    process = latigo(config, *args)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate(timeout=30)
+        pytest.fail(f"latigo {' '.join(args)} did not finish within {timeout:.0f}s; output:\n{output[-4000:]}")
+    assert process.returncode == 0, f"latigo {' '.join(args)} exited {process.returncode}:\n{output[-4000:]}"
+    return output
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    url = create_pg_database("latigo_conformance")
+    yield url
+    drop_pg_database(url)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_latigo_on_the_default_schedule_equals_gordo_client(
+    tmp_path: Path, gordo_real_server: GordoRealServer, influxd: InfluxServer, sensors: str,
+    oracle: dict[str, dict[str, Any]], proxy: CountingProxy, pg_database: str, artefacts: Path,
+) -> None:
+    started = time.monotonic()
+    gordo = {"type": "gordo", "base_url": proxy.url, "project": gordo_real_server.project}
+    config = write_config(
+        tmp_path / "latigo.yaml",
+        database={"url": pg_database},
+        sensor_data={"type": "influx", "host": influxd.host, "port": influxd.port, "database": sensors,
+                     "measurement": "sensors"},
+        model_information=gordo,
+        model_execution=gordo,
+        metrics={"enabled": False},  # other processes on this machine may hold the default port
+    )  # no scheduler, executor or predictions section: their defaults (interval 30m, delay 5m, 00:00)
+
+    run_latigo(config, "db", "upgrade")
+    run_latigo(config, "backfill", "--from", BACKFILL.start.isoformat(), "--to", BACKFILL.end.isoformat(),
+               "--no-progress")
+    run_latigo(config, "executor", "--exit-when-idle", "5")
+    latigo_seconds = time.monotonic() - started
+
+    engine = create_engine_for(DatabaseSettings(url=pg_database))
+    try:
+        with engine.connect() as connection:
+            tasks = connection.execute(sa.text(
+                "SELECT model, window_start, window_end, state, attempts, error, rows FROM tasks")).all()
+            stored = connection.execute(sa.text("SELECT model, output, tag, ts, value FROM predictions")).all()
+    finally:
+        engine.dispose()
+
+    # The ledger: one task per model and default-grid window, every one done.
+    windows = sorted({TimeRange(t.window_start, t.window_end) for t in tasks}, key=lambda w: w.start)
+    expected = [TimeRange(EXPECTED_WINDOWS.start + i * timedelta(minutes=30),
+                          EXPECTED_WINDOWS.start + (i + 1) * timedelta(minutes=30)) for i in range(15)]
+    assert windows == expected, f"windows {[str(w) for w in windows]}"
+    assert sorted((t.model, t.window_start) for t in tasks) == sorted((m, w.start) for m in MODELS for w in windows)
+    not_done = [(t.model, t.window_start.isoformat(), t.state, t.error) for t in tasks if t.state != "done"]
+
+    # Covered span: the buckets that complete in (S', E'].
+    covered = predicted_buckets(TimeRange(windows[0].start, windows[-1].end), RESOLUTION)
+    assert covered is not None
+
+    comparisons: dict[str, Comparison] = {}
+    for model in MODELS:
+        mine = {(r.output, r.tag, pd.Timestamp(r.ts)): float(r.value) for r in stored if r.model == model}
+        comparisons[model] = compare(model, mine, oracle[model], covered)
+
+    # Requests per task, from the proxy: each prediction POST belongs to the window in which its last row's
+    # bucket completes.
+    per_task: dict[str, Counter] = {}
+    unplaced = []
+    for model in MODELS:
+        counts: Counter = Counter({w: 0 for w in windows})
+        for post in proxy.posts(model):
+            window = window_of(post.x_index[-1], windows) if post.x_index else None
+            if window is None:
+                unplaced.append((model, post.status, post.rows))
+            else:
+                counts[window] += 1
+        per_task[model] = counts
+    statuses = Counter((p.model, p.status) for p in proxy.posts())
+    lstm_rows = [p.rows for p in proxy.posts("lstm-model")]
+    other_requests = Counter((r.method, r.path.rsplit("/", 1)[-1]) for r in proxy.records if not r.model)
+
+    lines = [
+        "gordo conformance: latigo (default schedule, backfill + executor, CLI) vs gordo-client 6.3.0, "
+        "real Gordo 6.0.4, real influxd",
+        f"data {DATA}; backfill {BACKFILL}; windows {windows[0].start.isoformat()}..{windows[-1].end.isoformat()} "
+        f"({len(windows)} per model); covered buckets {covered}; gordo-client over {ORACLE}",
+        f"tasks: {len(tasks)}, states {dict(Counter(t.state for t in tasks))}, "
+        f"attempts {dict(Counter(t.attempts for t in tasks))}, not done: {not_done}",
+        *figure_lines(comparisons),
+        "requests per task (prediction POSTs, counted by a pass-through proxy):",
+        *[f"    {model:18s} {sum(c.values())} POSTs for {len(c)} tasks; per task "
+          f"min {min(c.values())} max {max(c.values())}; distribution {dict(sorted(Counter(c.values()).items()))}"
+          for model, c in per_task.items()],
+        f"    POST statuses {dict(statuses)}; POSTs not placed in a window {unplaced}; "
+        f"lstm-model rows per request min {min(lstm_rows, default=0)} max {max(lstm_rows, default=0)}",
+        f"    other requests: {dict(other_requests)}",
+        f"latigo CLI run time {latigo_seconds:.1f}s",
+    ]
+    diagnoses = [diagnose(comparisons[m], oracle[m], windows, gordo_real_server, influxd, sensors)
+                 for m in MODELS if not comparisons[m].ok]
+    text = "\n".join(lines + [d for d in diagnoses if d])
+    report(artefacts, "default-schedule", {
+        "comparisons": {m: c.figures() for m, c in comparisons.items()},
+        "requests_per_task": {m: {w.start.isoformat(): n for w, n in c.items()} for m, c in per_task.items()},
+        "post_statuses": {f"{m} {s}": n for (m, s), n in statuses.items()},
+        "tasks": len(tasks), "not_done": not_done, "latigo_seconds": latigo_seconds,
+    }, text)
+
+    # The data does what it is meant to: pca-model's rows deep in the long gap are dropped (the LSTM's,
+    # with Gordo's default 48H limit, are not) and row-filter-model rejects the dip's bucket.
+    def stamps(model: str) -> set[pd.Timestamp]:
+        return {key[2] for key in oracle_values(oracle[model])}
+
+    dropped = {pd.Timestamp(_at(hh_mm)) for hh_mm in ("09:00", "09:10", "09:20")}
+    assert not dropped & stamps("pca-model") and dropped <= stamps("lstm-model")
+    assert pd.Timestamp(DIP[1]) not in stamps("row-filter-model") and pd.Timestamp(DIP[1]) in stamps("pca-model")
+
+    assert not not_done, f"tasks not done: {not_done}"
+    assert all(c.ok for c in comparisons.values()), text
+    for model in MODELS:
+        groups = {key[0] for key in oracle_values(oracle[model])}
+        stored_groups = {r.output for r in stored if r.model == model}
+        assert stored_groups == set(OUTPUT_GROUPS) & groups, (model, stored_groups)
+        assert sum(comparisons[model].compared.values()) > 0, model
+    assert set(statuses) == {(m, 200) for m in MODELS}, statuses
+    assert not unplaced, unplaced
+    for model, counts in per_task.items():
+        # One POST per task: batch_size 1000 holds every window, nothing is retried on the happy path.
+        assert set(counts.values()) == {1}, (model, counts)
+    assert min(lstm_rows) >= LSTM_MIN_ROWS, lstm_rows
+
+
+SINGLE_BUCKET_WINDOWS = (
+    TimeRange(_at("03:05"), _at("03:15")),  # bucket 03:00, gap-free
+    TimeRange(_at("03:35"), _at("03:45")),  # bucket 03:30: tag-2 has no point in it
+    TimeRange(_at("05:45"), _at("05:55")),  # bucket 05:40: tag-1 has none, the window ends in the gap
+)
+
+
+def test_lstm_answers_a_window_that_holds_one_bucket(
+    gordo_real_server: GordoRealServer, influxd: InfluxServer, sensors: str, oracle: dict[str, dict[str, Any]],
+    proxy: CountingProxy, artefacts: Path,
+) -> None:
+    provider = in_process_models(proxy.url, influxd, sensors)
+    lines, failures, comparisons = [], [], {}
+    try:
+        for window in SINGLE_BUCKET_WINDOWS:
+            before = len(proxy.posts("lstm-model"))
+            frame = provider.execute_model("lstm-model", window.start, window.end)
+            posts = proxy.posts("lstm-model")[before:]
+            span = predicted_buckets(window, RESOLUTION)
+            assert span is not None and span.end - span.start == RESOLUTION, span
+            mine = {k: v for k, v in frame_values(frame.rows).items() if k[0] in OUTPUT_GROUPS}
+            comparison = compare("lstm-model", mine, oracle["lstm-model"], span)
+            comparisons[str(window)] = comparison
+            stamps = sorted({k[2] for k in mine})
+            lines.append(f"window {window}: bucket {span.start.isoformat()}, latigo timestamps "
+                         f"{[s.isoformat() for s in stamps]}, {len(posts)} POST(s) of {[p.rows for p in posts]} rows "
+                         f"status {[p.status for p in posts]}")
+            lines.extend(figure_lines({f"lstm-model {window}": comparison})[:1])
+            if stamps != [pd.Timestamp(span.start)]:
+                failures.append(f"{window}: timestamps {stamps}")
+            if not comparison.ok:
+                failures.append(diagnose(comparison, oracle["lstm-model"], [window], gordo_real_server, influxd,
+                                         sensors))
+            if [p.status for p in posts] != [200] or min(p.rows for p in posts) < LSTM_MIN_ROWS:
+                failures.append(f"{window}: POSTs {[(p.status, p.rows) for p in posts]}")
+    finally:
+        provider.close()
+    text = "\n".join(["lstm-model, windows that hold one bucket (GordoModels.execute_model in-process):", *lines,
+                      *failures])
+    report(artefacts, "lstm-single-bucket", {w: c.figures() for w, c in comparisons.items()}, text)
+    assert not failures, text
+
+
+SMALL_BATCH = 8
+LONG_WINDOW = TimeRange(_at("02:25"), _at("10:05"))
+"""46 buckets (02:20..09:50): with batch_size 8 the LSTM's requests carry 3 new rows each (8 - offset 5),
+so the last one holds a single new row and must reach back to 7 rows."""
+
+
+def test_small_batches_overlap_and_equal_gordo_client(
+    gordo_real_server: GordoRealServer, influxd: InfluxServer, sensors: str, oracle: dict[str, dict[str, Any]],
+    proxy: CountingProxy, artefacts: Path,
+) -> None:
+    provider = in_process_models(proxy.url, influxd, sensors, batch_size=SMALL_BATCH)
+    span = predicted_buckets(LONG_WINDOW, RESOLUTION)
+    assert span is not None
+    comparisons, lines, failures = {}, [], []
+    try:
+        for model in MODELS:
+            before = len(proxy.posts(model))
+            frame = provider.execute_model(model, LONG_WINDOW.start, LONG_WINDOW.end)
+            posts = proxy.posts(model)[before:]
+            mine = {k: v for k, v in frame_values(frame.rows).items() if k[0] in OUTPUT_GROUPS}
+            comparisons[model] = comparison = compare(model, mine, oracle[model], span)
+            overlaps = [len(set(a.x_index) & set(b.x_index)) for a, b in zip(posts, posts[1:], strict=False)]
+            lines.append(f"{model}: {len(posts)} POSTs of {[p.rows for p in posts]} rows, statuses "
+                         f"{sorted(Counter(p.status for p in posts).items())}, overlap with the previous batch "
+                         f"{overlaps}")
+            if not comparison.ok:
+                failures.append(diagnose(comparison, oracle[model], [LONG_WINDOW], gordo_real_server, influxd,
+                                         sensors))
+            if len(posts) < 2 or any(p.status != 200 for p in posts) or any(p.rows > SMALL_BATCH for p in posts):
+                failures.append(f"{model}: POSTs {[(p.status, p.rows) for p in posts]} (batch_size {SMALL_BATCH})")
+            if model == "lstm-model":
+                offset = LSTM_LOOKBACK_WINDOW - 1
+                if min(p.rows for p in posts) < LSTM_MIN_ROWS:
+                    failures.append(f"lstm-model: a request below {LSTM_MIN_ROWS} rows: {[p.rows for p in posts]}")
+                if any(overlap < offset for overlap in overlaps):
+                    failures.append(f"lstm-model: batches overlap by {overlaps} rows, need {offset}")
+    finally:
+        provider.close()
+    text = "\n".join([f"batch_size {SMALL_BATCH}, window {LONG_WINDOW} (GordoModels.execute_model in-process):",
+                      *lines, *figure_lines(comparisons), *failures])
+    report(artefacts, "small-batches", {m: c.figures() for m, c in comparisons.items()}, text)
+    assert not failures, text
