@@ -46,6 +46,9 @@ setup(
             "hypothesis>=6.90,<7",
             "python-qpid-proton>=0.39,<1",
             "ruff>=0.5",
+            # The container stage (tests/container) and the AKS manifest schemas (tests/unit/test_k8s_manifests.py).
+            "podman-compose>=1.1,<2",
+            "kubernetes-validate>=1.30,<2",
         ],
     },
     entry_points={"console_scripts": ["latigo=latigo.cli:main"]},
