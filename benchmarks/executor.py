@@ -1,6 +1,7 @@
 """Executor throughput: one executor process (N worker threads) against a model that takes 50 ms.
 
-The ideal is concurrency / 50 ms; latigo's own overhead (claim, ledger, storage, ack) is the gap.
+The ideal is concurrency / 50 ms; latigo's own overhead (claim + start, then predictions + done + ack:
+two transactions per task on the database queue) is the gap.
 
     python benchmarks/executor.py [--tasks 600] [--latency 0.05]
 """
@@ -14,6 +15,7 @@ from _support import BenchModels, database
 
 from latigo.config import ExecutorSettings
 from latigo.executor import Executor
+from latigo.lifecycle import TaskLifecycle
 from latigo.queues.database import DatabaseTaskQueue
 from latigo.types import Task, TimeRange
 
@@ -23,11 +25,15 @@ T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 def measure(kind: str, concurrency: int, tasks: int, latency: float) -> float:
     with database(kind) as engine:
         models = BenchModels(tasks, latency=latency)
-        queue = DatabaseTaskQueue(engine, DatabaseTaskQueue.Settings(poll_interval=timedelta(seconds=0.05)))
+        lifecycle = TaskLifecycle(engine)
+        queue = DatabaseTaskQueue(engine, DatabaseTaskQueue.Settings(poll_interval=timedelta(seconds=0.05)),
+                                  lifecycle=lifecycle)
         window = TimeRange(T0, T0 + timedelta(minutes=30))
-        queue.put_many([Task(name, window) for name in models.names])
+        with lifecycle.transaction() as connection:
+            queue.put_many(lifecycle.enqueue(connection, [Task(name, window) for name in models.names]).to_send,
+                           connection)
         settings = ExecutorSettings(concurrency=concurrency, poll_timeout=timedelta(seconds=0.2))
-        executor = Executor(settings, queue, models, engine, ["model-output"])
+        executor = Executor(settings, queue, models, lifecycle, ["model-output"])
         started = time.perf_counter()
         stats = executor.run(exit_when_idle=0.3)
         elapsed = time.perf_counter() - started - 0.3  # the idle wait is not work

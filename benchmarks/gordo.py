@@ -21,6 +21,7 @@ from _support import database
 
 from latigo.config import ExecutorSettings
 from latigo.executor import Executor
+from latigo.lifecycle import TaskLifecycle
 from latigo.models.gordo import GordoModels, GordoSettings
 from latigo.queues.database import DatabaseTaskQueue
 from latigo.types import Task, TimeRange
@@ -55,12 +56,16 @@ def measure(url: str, concurrency: int, tasks: int, models: int, batch_size: int
         gordo = GordoModels(GordoSettings(base_url=url, project="demo", batch_size=batch_size,
                                           pool_size=max(concurrency, 2)), sensors=RampSensors())
         names = [f"model-{i:03d}" for i in range(models)]
-        queue = DatabaseTaskQueue(engine, DatabaseTaskQueue.Settings(poll_interval=timedelta(seconds=0.05)))
+        lifecycle = TaskLifecycle(engine)
+        queue = DatabaseTaskQueue(engine, DatabaseTaskQueue.Settings(poll_interval=timedelta(seconds=0.05)),
+                                  lifecycle=lifecycle)
         windows = [TimeRange(T0 + i * timedelta(minutes=30), T0 + (i + 1) * timedelta(minutes=30))
                    for i in range(-(-tasks // models))]
-        queue.put_many([Task(name, window) for window in windows for name in names][:tasks])
+        with lifecycle.transaction() as connection:
+            batch = [Task(name, window) for window in windows for name in names][:tasks]
+            queue.put_many(lifecycle.enqueue(connection, batch).to_send, connection)
         settings = ExecutorSettings(concurrency=concurrency, poll_timeout=timedelta(seconds=0.2))
-        executor = Executor(settings, queue, gordo, engine, OUTPUTS)
+        executor = Executor(settings, queue, gordo, lifecycle, OUTPUTS)
         started, cpu = time.perf_counter(), time.process_time()
         stats = executor.run(exit_when_idle=0.3)
         elapsed = time.perf_counter() - started - 0.3  # the idle wait is not work

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 from _support import BenchModels, database
 
 from latigo.config import SchedulerSettings
+from latigo.lifecycle import TaskLifecycle
 from latigo.queues.database import DatabaseTaskQueue
 from latigo.scheduler import Scheduler
 
@@ -17,7 +18,7 @@ from latigo.scheduler import Scheduler
 def measure(kind: str, models: int) -> float:
     with database(kind) as engine:
         scheduler = Scheduler(SchedulerSettings(interval=timedelta(minutes=30)), BenchModels(models),
-                              DatabaseTaskQueue(engine), engine)
+                              DatabaseTaskQueue(engine), TaskLifecycle(engine))
         started = time.perf_counter()
         count = scheduler.run_cycle(datetime(2026, 3, 1, 8, 1, tzinfo=timezone.utc))
         elapsed = time.perf_counter() - started

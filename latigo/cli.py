@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     down = db_sub.add_parser("downgrade", help="migrate the schema down to REV ('base' removes everything)")
     down.add_argument("revision")
     db_sub.add_parser("current", help="print the schema revision of the database")
+    db_sub.add_parser("prune", help="delete finished tasks, dead letters and stale schedule state past `retention`")
 
     scheduler = sub.add_parser("scheduler", help="run the scheduler: enqueue a task per model and due window")
     scheduler.add_argument("--once", action="store_true", help="run one scheduling cycle and exit")
@@ -69,7 +70,27 @@ def build_parser() -> argparse.ArgumentParser:
                           help="ISO 8601 end (exclusive)")
     backfill.add_argument("--model", dest="models", action="append", metavar="NAME",
                           help="only this model (repeatable; default: every model)")
+    backfill.add_argument("--rerun", action="store_true",
+                          help="compute windows that are already done (or failed) again")
     backfill.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    tasks = sub.add_parser("tasks", help="list, retry or cancel tasks")
+    tasks_sub = tasks.add_subparsers(dest="tasks_command", metavar="ACTION")
+    tasks_sub.required = True
+    for action, text in (("list", "tasks, newest window first"),
+                         ("retry", "failed tasks (or --state) back to the queue with fresh counters"),
+                         ("cancel", "queued tasks are not run (an executor that receives one skips it)")):
+        one = tasks_sub.add_parser(action, help=text)
+        one.add_argument("--state", dest="states", action="append", metavar="STATE",
+                         choices=("queued", "running", "done", "failed", "cancelled"),
+                         help="only tasks in this state (repeatable)")
+        one.add_argument("--failed", dest="states", action="append_const", const="failed", help="as --state failed")
+        one.add_argument("--model", dest="models", action="append", metavar="NAME", help="only this model")
+        one.add_argument("--from", dest="start", type=_timestamp, metavar="TIME", help="windows starting at or after")
+        one.add_argument("--to", dest="end", type=_timestamp, metavar="TIME", help="windows ending at or before")
+        if action == "list":
+            one.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+            one.add_argument("--json", action="store_true", help="machine-readable output")
 
     demo = sub.add_parser("demo", help="run everything locally: synthetic sensors, local models, two executors")
     demo.add_argument("--dir", type=Path, default=Path("latigo-demo"), help="where to put it (default ./latigo-demo)")
@@ -106,6 +127,13 @@ def db(args: argparse.Namespace, config: Config) -> int:
         elif args.db_command == "downgrade":
             migrations.downgrade(engine, args.revision)
             print(f"database schema at {migrations.current_revision(engine) or 'base (empty)'}")
+        elif args.db_command == "prune":
+            from latigo.factory import Components
+            from latigo.operations import prune
+
+            migrations.ensure_schema_current(engine)
+            deleted = prune(Components(config))
+            print("pruned " + ", ".join(f"{count} {table}" for table, count in deleted.items()))
         else:
             current = migrations.current_revision(engine)
             head = migrations.head_revision()
@@ -145,7 +173,43 @@ def backfill(args: argparse.Namespace, config: Config) -> int:
 
     if args.end <= args.start:
         raise ConfigError(f"backfill: --to {args.end.isoformat()} is not after --from {args.start.isoformat()}")
-    return run_backfill(config, args.start, args.end, args.models, progress=not args.no_progress)
+    return run_backfill(config, args.start, args.end, args.models, progress=not args.no_progress, rerun=args.rerun)
+
+
+@command("tasks")
+def tasks(args: argparse.Namespace, config: Config) -> int:
+    import json
+
+    from latigo.factory import Components
+    from latigo.lifecycle import TaskFilter
+    from latigo.operations import cancel_tasks, list_tasks, retry_tasks
+    from latigo.storage.migrations import ensure_schema_current
+    from latigo.types import TimeRange
+
+    if args.start and args.end and args.end <= args.start:
+        raise ConfigError(f"tasks: --to {args.end.isoformat()} is not after --from {args.start.isoformat()}")
+    window = None
+    if args.start or args.end:
+        far = _timestamp("9999-01-01T00:00:00Z")
+        window = TimeRange(args.start or _timestamp("1970-01-01T00:00:00Z"), args.end or far)
+    default_states = {"retry": ("failed",), "cancel": ("queued",), "list": ()}[args.tasks_command]
+    which = TaskFilter(states=tuple(args.states or default_states), models=tuple(args.models or ()), window=window)
+    components = Components(config)
+    ensure_schema_current(components.engine)
+    if args.tasks_command == "retry":
+        print(f"{retry_tasks(components, which)} tasks back on the queue")
+    elif args.tasks_command == "cancel":
+        print(f"{cancel_tasks(components, which)} queued tasks cancelled")
+    else:
+        rows = list_tasks(components, which, args.limit)
+        if args.json:
+            print(json.dumps([row.as_dict() for row in rows], indent=2))
+        for row in [] if args.json else rows:
+            detail = f"  {row.error}" if row.error else ""
+            print(f"{row.window_start}  {row.model}  {row.state}  runs {row.runs}, failed attempts {row.attempts}, "
+                  f"lost {row.lost}{detail}")
+    components.task_queue.close()
+    return 0
 
 
 @command("demo")

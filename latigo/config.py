@@ -78,8 +78,16 @@ class SchedulerSettings:
 class ExecutorSettings:
     concurrency: int = _spec(8, min=1)
     max_attempts: int = _spec(5, min=1)
+    """Runs in which the model ran and failed in a way worth retrying, before the task fails."""
     retry_base_delay: timedelta = timedelta(seconds=2)
     retry_max_delay: timedelta = timedelta(minutes=5)
+    max_lost_runs: int = _spec(10, min=1)
+    """Runs that never finished (their executor died) before the task is given up as abandoned."""
+    max_deliveries: int = _spec(50, min=1)
+    """Deliveries of one message without it being settled before it is dead-lettered (a message that
+    cannot even be recorded)."""
+    max_window: timedelta = timedelta(days=1)
+    """The longest task window taken; longer ones are refused (and scheduler.interval may not exceed it)."""
     shutdown_timeout: timedelta = timedelta(seconds=30)
     poll_timeout: timedelta = timedelta(seconds=2)
 
@@ -90,6 +98,19 @@ class PredictionSettings:
     """Which of the model's output groups are stored."""
     sinks: list[Any] = _spec(factory=list)
     """Extra destinations besides the database, each {type: ..., options...}; ComponentSettings once loaded."""
+
+
+@dataclass
+class RetentionSettings:
+    """How long finished rows are kept (null: forever); pruned in batches by the scheduler and
+    `latigo db prune`."""
+
+    tasks: timedelta | None = timedelta(days=30)
+    dead_letters: timedelta | None = timedelta(days=30)
+    schedule_state: timedelta | None = timedelta(days=30)
+    """Per-model schedule state of models no longer scheduled."""
+    prune_interval: timedelta = timedelta(hours=1)
+    """How often the scheduler prunes."""
 
 
 @dataclass
@@ -111,6 +132,8 @@ class ComponentSettings:
 
     type: str
     settings: Any
+    required: bool = False
+    """Prediction sinks only: written before the commit, and the task is retried when it fails."""
 
 
 @dataclass
@@ -124,6 +147,7 @@ class Config:
     model_information: ComponentSettings
     model_execution: ComponentSettings
     predictions: PredictionSettings
+    retention: RetentionSettings
     logging: LoggingSettings
     metrics: MetricsSettings
     sources: dict[str, str] = field(default_factory=dict, repr=False)
@@ -137,6 +161,7 @@ PLAIN_SECTIONS: dict[str, type] = {
     "scheduler": SchedulerSettings,
     "executor": ExecutorSettings,
     "predictions": PredictionSettings,
+    "retention": RetentionSettings,
     "logging": LoggingSettings,
     "metrics": MetricsSettings,
 }
@@ -584,12 +609,30 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
         for key, source in list(sources.items()):
             if key == "sensor_data" or key.startswith("sensor_data."):
                 sources["sensor_information" + key[len("sensor_data"):]] = source
-    built["predictions"].sinks = [
-        build_component("prediction_sink", raw, sources, f"predictions.sinks[{index}]")
-        for index, raw in enumerate(built["predictions"].sinks)
-    ]
+    built["predictions"].sinks = [_build_sink(raw, sources, index)
+                                  for index, raw in enumerate(built["predictions"].sinks)]
+    _check_window_bounds(built["scheduler"], built["executor"], sources)
     register_secret_url(built["database"].url)
     return Config(**built, sources={k: v.where() for k, v in sources.items()}, raw=tree)
+
+
+def _build_sink(raw: Any, sources: Mapping[str, _Source], index: int) -> ComponentSettings:
+    where = f"predictions.sinks[{index}]"
+    required = False
+    if isinstance(raw, Mapping) and "required" in raw:
+        raw = dict(raw)
+        required = _convert(raw.pop("required"), bool, f"{where}.required", sources)
+    component = build_component("prediction_sink", raw, sources, where)
+    component.required = required
+    return component
+
+
+def _check_window_bounds(scheduler: SchedulerSettings, executor: ExecutorSettings,
+                         sources: Mapping[str, _Source]) -> None:
+    if scheduler.interval > executor.max_window:
+        raise ConfigError(_located("scheduler.interval", sources, f"{format_duration(scheduler.interval)} is longer "
+                                   f"than executor.max_window ({format_duration(executor.max_window)}): every task "
+                                   "would be refused"))
 
 
 def build_component(

@@ -26,10 +26,11 @@ from tqdm import tqdm
 
 from latigo.config import load_config
 from latigo.factory import Components
+from latigo.lifecycle import DONE, FAILED
 from latigo.models.local import machines_for_groups
 from latigo.scheduler import Scheduler
+from latigo.status import task_counts
 from latigo.storage import migrations
-from latigo.storage.ledger import DONE, FAILED, Ledger
 from latigo.storage.tables import Prediction, TaskRecord
 from latigo.types import TimeRange
 
@@ -101,10 +102,10 @@ def run_demo(directory: Path, models: int, hours: float, follow: bool = False, o
     print(f"latigo demo in {directory}/ — {models} models, last {hours:g} h", file=out)
     names = _train(components, models, training, out)
     scheduler = Scheduler(components.config.scheduler, components.model_information, components.task_queue,
-                          components.engine)
+                          components.lifecycle)
     scheduler.backfill(backfill_range.start, backfill_range.end, names)
     scheduler.run_cycle()  # the live window, as the running scheduler would
-    total = sum(Ledger(components.engine).counts_by_state().values())
+    total = sum(task_counts(components.engine).values())
     print(f"enqueued {total} tasks ({len(names)} models × 10-minute windows); starting {EXECUTORS} executors",
           file=out)
     executors = _start_executors(config_path, directory, exit_when_idle=None if follow else 3.0)

@@ -4,6 +4,8 @@ The executor decides between retrying and giving up by class alone, so every
 adapter translates the failures of the system it talks to into one of these.
 """
 
+from latigo.secrets import mask_text
+
 
 class LatigoError(Exception):
     """Base of every error latigo raises on purpose."""
@@ -31,3 +33,11 @@ class UnknownModelError(PermanentError):
 
 class NoDataError(PermanentError):
     """The sensor provider had no data for the tags and range asked for."""
+
+
+def describe_exception(exc: BaseException, limit: int = 300) -> str:
+    """One line for logs, the ledger and error messages: the class and the message, with every registered
+    secret masked (a driver's message may quote a connection string)."""
+
+    text = " ".join(mask_text(str(exc)).split())[:limit]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,9 +1,16 @@
 """The executor: N worker threads taking tasks from the queue and storing their predictions.
 
-Per task: dedupe by ledger → execute the model (the provider fetches its sensor
-data) → write predictions and mark the task done in one transaction → ack.
-Only after the commit is the message acknowledged, so a crash anywhere before
-means redelivery, and the ledger plus the keyed upsert make redelivery harmless.
+A loop over ports only — the queue, the model execution provider, the task lifecycle and the sinks;
+it has no database engine of its own. Per task:
+1. start (the database queue does it in the claim's transaction; a finished task is acked and skipped);
+2. execute the model (the provider fetches its sensor data);
+3. finish: predictions + `done` (+ the queue row's removal) in one transaction, then ack;
+4. optional sinks, best-effort, after the commit.
+
+Outcomes: a TransientError is retried by redelivery with a delay (nack), up to `max_attempts` runs
+that failed; a PermanentError fails the task at once. A fault of the database itself (connection
+lost, lock timeout, server restarting) is never the task's outcome: the task is released for
+redelivery, the worker backs off and /readyz says not ready until the database answers again.
 """
 
 from __future__ import annotations
@@ -17,12 +24,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-
-from sqlalchemy.engine import Engine
+from typing import TYPE_CHECKING
 
 from latigo.config import ExecutorSettings
-from latigo.errors import NoDataError, PermanentError, TransientError, UnknownModelError
-from latigo.interfaces import Delivery, ModelExecutionProvider, PredictionSink, TaskQueue
+from latigo.errors import NoDataError, PermanentError, TransientError, UnknownModelError, describe_exception
+from latigo.interfaces import Delivery, ModelExecutionProvider, TaskQueue
+from latigo.lifecycle import MAX_NAME_LENGTH, TaskLifecycle, one_line
 from latigo.logs import task_context
 from latigo.observability import (
     CHECKPOINT_LAG,
@@ -32,21 +39,25 @@ from latigo.observability import (
     TASK_DURATION,
     TASKS_DONE,
     TASKS_FAILED,
+    TASKS_RETRIED,
 )
-from latigo.storage.db import write_transaction
-from latigo.storage.ledger import DONE, Ledger, one_line
-from latigo.storage.predictions import write_predictions
-from latigo.types import PredictionFrame, Task
+from latigo.sinks import SinkSet
+from latigo.storage.faults import is_infrastructure_fault, is_unrecordable
+from latigo.types import PredictionFrame, Started, Task
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
 
 log = logging.getLogger(__name__)
 
 
 class Outcome(Enum):
     DONE = "done"
-    SKIPPED = "skipped"  # already done: a redelivery
+    SKIPPED = "skipped"  # already finished: a redelivery
     FAILED = "failed"
+    RETRYING = "retrying"  # handed back with a delay after a transient failure
     DEAD_LETTER = "dead_letter"
-    RELEASED = "released"  # handed back unfinished on shutdown
+    RELEASED = "released"  # handed back unfinished: shutdown or an infrastructure fault
 
 
 @dataclass
@@ -54,6 +65,7 @@ class ExecutorStats:
     done: int = 0
     skipped: int = 0
     failed: int = 0
+    retrying: int = 0
     dead_letter: int = 0
     released: int = 0
     rows: int = 0
@@ -72,79 +84,135 @@ def failure_reason(exc: BaseException) -> str:
     return "internal"
 
 
+class DatabaseFaults:
+    """Infrastructure faults seen by the workers: the backoff before the next claim, and readiness."""
+
+    def __init__(self, base: float = 0.5, cap: float = 30.0) -> None:
+        self.base, self.cap = base, cap
+        self._lock = threading.Lock()
+        self._streak = 0
+        self.total = 0
+
+    def fault(self, exc: BaseException, doing: str) -> float:
+        """Record a fault; returns how long the worker should wait before touching the database again."""
+        with self._lock:
+            self._streak += 1
+            self.total += 1
+            streak = self._streak
+        delay = random.uniform(self.base / 2, min(self.cap, self.base * 2 ** (streak - 1)))
+        log.warning("database fault while %s (%s); released, next try in %.1fs", doing, describe_exception(exc),
+                    delay)
+        return delay
+
+    def ok(self) -> None:
+        with self._lock:
+            if self._streak:
+                log.info("database reachable again")
+            self._streak = 0
+
+    @property
+    def ready(self) -> bool:
+        with self._lock:
+            return self._streak == 0
+
+
+class _Fault(Exception):
+    """A database fault inside a task: the task was released; the worker backs off."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(delay)
+        self.delay = delay
+
+
 class Executor:
     def __init__(
         self,
         settings: ExecutorSettings,
         queue: TaskQueue,
         execution: ModelExecutionProvider,
-        engine: Engine,
+        lifecycle: TaskLifecycle,
         outputs: Sequence[str],
-        sinks: Sequence[PredictionSink] = (),
+        sinks: SinkSet | None = None,
         name: str | None = None,
-        sleep: Callable[[float], None] | None = None,
     ) -> None:
-        self.settings, self.queue, self.execution, self.engine = settings, queue, execution, engine
+        self.settings, self.queue, self.execution, self.lifecycle = settings, queue, execution, lifecycle
         self.outputs = frozenset(outputs)
-        self.sinks = list(sinks)
+        self.sinks = sinks or SinkSet([])
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
-        self.ledger = Ledger(engine)
         self.stats = ExecutorStats()
+        self.faults = DatabaseFaults()
         self.stopping = threading.Event()
-        self._sleep = sleep or self.stopping.wait
         self._lock = threading.Lock()
         self._in_flight: dict[int, Delivery] = {}
+        self._handed_back: set[int] = set()
+        """Deliveries released at shutdown while their worker still runs: their results are not stored."""
         self._last_activity = time.monotonic()
+
+    @property
+    def ready(self) -> bool:
+        """False while the database is failing (the /readyz answer)."""
+        return self.faults.ready and not self.stopping.is_set()
 
     # ------------------------------------------------------------------ one task
     def handle(self, delivery: Delivery) -> Outcome:
-        """Run one delivery to its end: acked (done, skipped, failed, dead-lettered) or released."""
+        """Run one delivery to its end: settled (done, skipped, retrying, failed, dead-lettered) or released.
+        Raises _Fault after releasing the task when the database failed meanwhile."""
         if delivery.task is None:
-            self.ledger.dead_letter(type(self.queue).__name__, getattr(delivery, "task_id", None), delivery.body,
-                                    delivery.error or "undecodable message")
-            log.error("undecodable message dead-lettered: %s", delivery.error)
-            delivery.ack()
-            TASKS_FAILED.labels(reason="dead_letter").inc()
-            return self._count(Outcome.DEAD_LETTER)
+            return self._count(self._dead_letter(delivery, None, delivery.error or "undecodable message"))
         task = delivery.task
         with task_context(task_id=task.task_id, model=task.model, window=str(task.window)):
             return self._count(self._handle_task(task, delivery))
 
     def _handle_task(self, task: Task, delivery: Delivery) -> Outcome:
-        known = self.ledger.state_of(task.task_id)
-        if known and known[0] == DONE:
-            log.info("already done; acknowledging the redelivery")
-            delivery.ack()
+        refusal = self._refusal(task, delivery)
+        if refusal:
+            return self._dead_letter(delivery, task, refusal)
+        started = delivery.started or self._start(task, delivery)
+        if started is None:
+            return Outcome.DEAD_LETTER
+        if not started.run:
+            log.info("already %s; acknowledging the redelivery", started.state)
+            self._transaction(lambda connection: delivery.ack(connection if delivery.transactional else None),
+                              None, delivery, "acknowledging a finished task")
             return Outcome.SKIPPED
-        if known and known[1] >= self.settings.max_attempts:
-            # Earlier attempts died with their executor (lease expiry redelivered it): stop the loop here.
-            return self._fail(task, delivery, "abandoned", f"gave up after {known[1]} attempts that never finished",
-                              None)
-        started = time.monotonic()
-        while True:
-            attempt = self.ledger.mark_running(task, self.name)
-            try:
-                frame = self._execute(task)
-                rows = self._store(task, frame, started)
-                delivery.ack()
-                log.info("done: %d prediction rows in %.0f ms (attempt %d)", rows, _ms_since(started), attempt)
-                TASKS_DONE.inc()
-                PREDICTION_ROWS.inc(rows)
-                TASK_DURATION.observe(_ms_since(started) / 1000)
-                return Outcome.DONE
-            except TransientError as exc:
-                if attempt >= self.settings.max_attempts:
-                    return self._fail(task, delivery, "transient", f"transient: {exc} (after {attempt} attempts)",
-                                      started)
-                delay = self._backoff(attempt)
-                log.warning("attempt %d failed (%s); retrying in %.1fs", attempt, exc, delay)
-                if not self._wait_renewing(delivery, delay):
-                    return self._release(task, delivery)
-            except PermanentError as exc:
-                return self._fail(task, delivery, failure_reason(exc), f"{failure_reason(exc)}: {exc}", started)
-            except Exception as exc:  # a bug in a provider must not kill the worker or loop the task
-                log.exception("unexpected error")
-                return self._fail(task, delivery, "internal", f"internal: {type(exc).__name__}: {exc}", started)
+        if started.lost >= self.settings.max_lost_runs:
+            return self._fail(task, delivery, "abandoned",
+                              f"abandoned: {started.lost} runs never finished (their executor died)", None)
+        began = time.monotonic()
+        try:
+            frame = self._execute(task)
+        except TransientError as exc:
+            return self._retry_later(task, delivery, exc, began)
+        except PermanentError as exc:
+            return self._fail(task, delivery, failure_reason(exc), f"{failure_reason(exc)}: {exc}", began)
+        except Exception as exc:
+            if is_infrastructure_fault(exc):
+                raise self._released(task, delivery, exc, "running the model") from None
+            log.exception("unexpected error")  # a provider bug must not kill the worker or loop the task
+            return self._fail(task, delivery, "internal", f"internal: {describe_exception(exc, 500)}", began)
+        return self._finish(task, delivery, frame, began)
+
+    def _refusal(self, task: Task, delivery: Delivery) -> str:
+        """Why a message is not taken at all (it can never be recorded or run), or ''."""
+        if len(task.model) > MAX_NAME_LENGTH:
+            return f"model name is {len(task.model)} characters; the ledger holds at most {MAX_NAME_LENGTH}"
+        if task.window.duration > self.settings.max_window:
+            return f"window {task.window} is longer than executor.max_window ({self.settings.max_window})"
+        if delivery.attempt > self.settings.max_deliveries:
+            return f"delivered {delivery.attempt} times without being settled"
+        return ""
+
+    def _start(self, task: Task, delivery: Delivery) -> Started | None:
+        try:
+            with self.lifecycle.transaction() as connection:
+                return self.lifecycle.start(connection, task, self.name)
+        except Exception as exc:
+            if is_infrastructure_fault(exc):
+                raise self._released(None, delivery, exc, "starting the task") from None
+            if is_unrecordable(exc):
+                self._dead_letter(delivery, None, f"the ledger cannot record it: {describe_exception(exc)}")
+                return None
+            raise
 
     def _execute(self, task: Task) -> PredictionFrame:
         began = time.monotonic()
@@ -154,46 +222,170 @@ class Executor:
             PROVIDER_LATENCY.labels(provider=type(self.execution).__name__, call="execute_model").observe(
                 time.monotonic() - began)
 
-    def _store(self, task: Task, frame: PredictionFrame, started: float) -> int:
-        # The provider returns the buckets completing in the window (some start before it: latigo.timegrid).
+    def _finish(self, task: Task, delivery: Delivery, frame: PredictionFrame, began: float) -> Outcome:
+        # The provider returns the buckets that complete in the window (latigo.timegrid); none lies after it.
         frame = frame.only_outputs(self.outputs)
-        for sink in self.sinks:
-            sink.write(frame)  # idempotent, so writing before the commit is safe on redelivery
-        with write_transaction(self.engine) as connection:
-            rows = write_predictions(connection, frame)
-            self.ledger.mark_done(connection, task, rows, int(_ms_since(started)))
+        late = [row for row in frame.rows if row.ts >= task.window.end]
+        if late:
+            return self._fail(task, delivery, "internal", f"internal: the provider returned {len(late)} rows at or "
+                              f"after the window's end (e.g. {late[0].ts.isoformat()})", began)
+        with self._lock:
+            if id(delivery) in self._handed_back:
+                log.info("finished after it was released at shutdown; its next delivery stores it")
+                return Outcome.RELEASED
+        try:
+            self.sinks.write_required(frame)
+        except TransientError as exc:
+            return self._retry_later(task, delivery, exc, began)
+        try:
+            with self.lifecycle.transaction() as connection:
+                rows = self.lifecycle.finish(connection, task, frame, int(_ms_since(began)))
+                if delivery.transactional:
+                    delivery.ack(connection)
+        except Exception as exc:
+            if is_infrastructure_fault(exc):
+                raise self._released(task, delivery, exc, "storing the predictions") from None
+            if is_unrecordable(exc):
+                return self._fail(task, delivery, "permanent", "permanent: the predictions cannot be stored: "
+                                  f"{describe_exception(exc, 500)}", began)
+            raise
+        self.faults.ok()
+        if not delivery.transactional:
+            self._settle_alone(delivery, "ack")
+        log.info("done: %d prediction rows in %.0f ms%s", rows, _ms_since(began),
+                 f" ({frame.note})" if frame.note else "")
+        TASKS_DONE.inc()
+        PREDICTION_ROWS.inc(rows)
+        TASK_DURATION.observe(_ms_since(began) / 1000)
         with self._lock:
             self.stats.rows += rows
-        return rows
+        self.sinks.write(frame)
+        return Outcome.DONE
 
-    def _fail(self, task: Task, delivery: Delivery, kind: str, reason: str, started: float | None) -> Outcome:
+    def _retry_later(self, task: Task, delivery: Delivery, exc: TransientError, began: float) -> Outcome:
+        """Back on the queue with a delay (the worker does not sleep on it), or failed at the cap."""
+        decided: dict[str, float | int] = {}
+
+        def change(connection: Connection) -> None:
+            attempts = self.lifecycle.retry_later(connection, task, f"transient: {exc}")
+            decided.update(attempts=attempts, delay=self._backoff(attempts))
+            if attempts >= self.settings.max_attempts:
+                self.lifecycle.fail(connection, task, f"transient: {exc} (after {attempts} attempts)",
+                                    int(_ms_since(began)))
+                decided["delay"] = -1
+            if delivery.transactional:
+                self._settle(delivery, decided["delay"], connection)
+
+        self._transaction(change, task, delivery, "recording the retry")
+        if not delivery.transactional:
+            self._settle(delivery, decided["delay"], None)
+        attempts = int(decided["attempts"])
+        if decided["delay"] < 0:
+            log.error("failed after %d attempts: %s", attempts, one_line(str(exc), 500))
+            TASKS_FAILED.labels(reason="transient").inc()
+            return Outcome.FAILED
+        log.warning("attempt %d failed (%s); redelivering in %.1fs", attempts, exc, decided["delay"])
+        TASKS_RETRIED.inc()
+        return Outcome.RETRYING
+
+    def _fail(self, task: Task, delivery: Delivery, kind: str, reason: str, began: float | None) -> Outcome:
         """Record a final failure (`kind` is the metric label: transient, permanent, no_data, ...)."""
         log.error("failed: %s", one_line(reason, 500))
-        self.ledger.mark_failed(task, reason, int(_ms_since(started)) if started else None)
-        delivery.ack()
+        duration = int(_ms_since(began)) if began else None
+
+        def change(connection: Connection) -> None:
+            self.lifecycle.fail(connection, task, reason, duration)
+            if delivery.transactional:
+                delivery.ack(connection)
+
+        self._transaction(change, task, delivery, "recording the failure")
+        if not delivery.transactional:
+            self._settle_alone(delivery, "ack")
         TASKS_FAILED.labels(reason=kind).inc()
         return Outcome.FAILED
 
-    def _release(self, task: Task, delivery: Delivery) -> Outcome:
-        self.ledger.mark_released(task)
-        delivery.nack(0)
-        log.info("released unfinished on shutdown")
-        return Outcome.RELEASED
+    def _dead_letter(self, delivery: Delivery, task: Task | None, error: str) -> Outcome:
+        """Keep the message once in dead_letters and end it; its task (when it can be recorded) fails."""
+        source = type(self.queue).__name__
+
+        def change(connection: Connection) -> None:
+            kept = self.lifecycle.dead_letter(connection, source, delivery.message_id, delivery.body, error)
+            if task is not None:
+                self.lifecycle.fail(connection, task, f"dead_letter: {error}")
+            if kept:
+                log.error("message dead-lettered: %s", one_line(error, 500))
+            if delivery.transactional:
+                delivery.ack(connection)
+
+        self._transaction(change, task, delivery, "dead-lettering")
+        if not delivery.transactional:
+            self._settle_alone(delivery, "ack")
+        TASKS_FAILED.labels(reason="dead_letter").inc()
+        return Outcome.DEAD_LETTER
+
+    # ------------------------------------------------------------------ settling
+    def _transaction(self, change: Callable[[Connection], None], task: Task | None, delivery: Delivery,
+                     doing: str) -> None:
+        """Run a lifecycle change in one transaction; a database fault releases the task instead."""
+        try:
+            with self.lifecycle.transaction() as connection:
+                change(connection)
+        except Exception as exc:
+            if is_infrastructure_fault(exc):
+                raise self._released(task, delivery, exc, doing) from None
+            raise
+        self.faults.ok()
+
+    @staticmethod
+    def _settle(delivery: Delivery, delay: float, connection: Connection | None) -> None:
+        """ack (delay < 0: finished) or nack after `delay` seconds."""
+        if delay < 0:
+            delivery.ack(connection)
+        else:
+            delivery.nack(delay, connection)
+
+    def _settle_alone(self, delivery: Delivery, how: str) -> None:
+        """Settle a non-transactional delivery after the commit: if that fails, the ledger already says what
+        happened and a redelivery is harmless (skipped, or run again)."""
+        try:
+            delivery.ack() if how == "ack" else delivery.release()
+        except Exception as exc:
+            log.warning("settling the message failed (%s); it will be redelivered", describe_exception(exc))
+
+    def _released(self, task: Task | None, delivery: Delivery, exc: BaseException, doing: str) -> _Fault:
+        """A database fault: release the task (best effort: else its lease expires) and tell the worker."""
+        delay = self.faults.fault(exc, doing)
+        try:
+            with self.lifecycle.transaction() as connection:
+                if task is not None:
+                    self.lifecycle.release(connection, task)
+                if delivery.transactional:
+                    delivery.release(connection=connection)
+            if not delivery.transactional:
+                delivery.release()
+        except Exception as again:
+            log.info("could not release it yet (%s): it comes back when its lease expires",
+                     type(again).__name__)
+        self._count(Outcome.RELEASED)
+        return _Fault(delay)
+
+    def _release_on_shutdown(self, delivery: Delivery) -> None:
+        try:
+            with self.lifecycle.transaction() as connection:
+                if delivery.task is not None:
+                    self.lifecycle.release(connection, delivery.task)
+                if delivery.transactional:
+                    delivery.release(connection=connection)
+            if not delivery.transactional:
+                delivery.release()
+        except Exception as exc:
+            log.warning("could not release task %s (%s); its lease will expire instead",
+                        delivery.task and delivery.task.task_id, describe_exception(exc))
 
     def _backoff(self, attempt: int) -> float:
         base = self.settings.retry_base_delay.total_seconds()
         cap = self.settings.retry_max_delay.total_seconds()
         return random.uniform(base / 2, min(cap, base * 2 ** (attempt - 1)))
-
-    def _wait_renewing(self, delivery: Delivery, delay: float) -> bool:
-        """Sleep before a retry, keeping the claim alive; False when asked to stop meanwhile."""
-        deadline = time.monotonic() + delay
-        while (remaining := deadline - time.monotonic()) > 0:
-            delivery.renew()
-            self._sleep(min(remaining, 10.0))
-            if self.stopping.is_set():
-                return False
-        return True
 
     def _count(self, outcome: Outcome) -> Outcome:
         with self._lock:
@@ -223,6 +415,7 @@ class Executor:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._release_stragglers()
         self.queue.close()
+        self.sinks.close()
         return self.stats
 
     def stop(self) -> None:
@@ -233,28 +426,37 @@ class Executor:
         while not self.stopping.is_set():
             try:
                 delivery = self.queue.get(timeout=poll)
-            except Exception:
-                log.exception("taking a task from the queue failed; retrying")
-                self.stopping.wait(poll)
+            except Exception as exc:
+                if is_infrastructure_fault(exc):
+                    self.stopping.wait(self.faults.fault(exc, "taking a task"))
+                else:
+                    log.exception("taking a task from the queue failed; retrying")
+                    self.stopping.wait(poll)
                 continue
             if delivery is None:
                 continue
+            self.faults.ok()
             if self.stopping.is_set():
-                delivery.nack(0)
+                self._release_on_shutdown(delivery)
                 break
-            key = id(delivery)
+            self._work_on(delivery)
+
+    def _work_on(self, delivery: Delivery) -> None:
+        key = id(delivery)
+        with self._lock:
+            self._in_flight[key] = delivery
+            self._last_activity = time.monotonic()
+        try:
+            self.handle(delivery)
+        except _Fault as fault:
+            self.stopping.wait(fault.delay)
+        except Exception:
+            # A bug in latigo while settling: leave it leased; it comes back and the ledger says where it was.
+            log.exception("could not settle the task; it will be redelivered")
+        finally:
             with self._lock:
-                self._in_flight[key] = delivery
+                self._in_flight.pop(key, None)
                 self._last_activity = time.monotonic()
-            try:
-                self.handle(delivery)
-            except Exception:
-                # The database itself failed while settling the task: leave it leased; it comes back.
-                log.exception("could not settle the task; it will be redelivered")
-            finally:
-                with self._lock:
-                    self._in_flight.pop(key, None)
-                    self._last_activity = time.monotonic()
 
     def _renew_loop(self) -> None:
         while not self.stopping.wait(5.0):
@@ -269,16 +471,14 @@ class Executor:
 
     def _report_backlog(self) -> None:
         try:
-            backlog = self.queue.backlog()
+            gauges = self.queue.gauges()
         except Exception as exc:
             log.warning("could not read the queue backlog: %s", type(exc).__name__)
             return
-        if backlog is not None:
-            QUEUE_BACKLOG.set(backlog)
-        lag = getattr(self.queue, "checkpoint_lag", None)
-        if lag is not None:
-            for partition, events in lag().items():
-                CHECKPOINT_LAG.labels(partition=partition).set(events)
+        if gauges.waiting is not None:
+            QUEUE_BACKLOG.set(gauges.waiting)
+        for partition, events in gauges.lag_by_partition.items():
+            CHECKPOINT_LAG.labels(partition=partition).set(events)
 
     def _idle_for(self) -> float:
         with self._lock:
@@ -289,12 +489,10 @@ class Executor:
             stragglers = list(self._in_flight.values())
         for delivery in stragglers:
             log.warning("shutdown timeout: releasing task %s unfinished", delivery.task and delivery.task.task_id)
-            try:
-                if delivery.task is not None:
-                    self.ledger.mark_released(delivery.task)
-                delivery.nack(0)
-            except Exception:
-                log.exception("could not release a task; its lease will expire instead")
+            with self._lock:
+                self._handed_back.add(id(delivery))
+            self._release_on_shutdown(delivery)
+            self._count(Outcome.RELEASED)
 
 
 def _ms_since(started: float) -> float:

@@ -22,11 +22,12 @@ if TYPE_CHECKING:
     from latigo.interfaces import (
         ModelExecutionProvider,
         ModelInformationProvider,
-        PredictionSink,
         SensorDataProvider,
         SensorInformationProvider,
         TaskQueue,
     )
+    from latigo.lifecycle import TaskLifecycle
+    from latigo.sinks import SinkSet
 
 REGISTRY: dict[str, dict[str, str]] = {
     "task_queue": {
@@ -103,6 +104,12 @@ class Components:
         return create_engine_for(self.config.database)
 
     @cached_property
+    def lifecycle(self) -> TaskLifecycle:
+        from latigo.lifecycle import TaskLifecycle
+
+        return TaskLifecycle(self.engine)
+
+    @cached_property
     def task_queue(self) -> TaskQueue:
         return self._build("task_queue")
 
@@ -125,9 +132,11 @@ class Components:
         return self.model_execution if same else self._build("model_information")  # type: ignore[return-value]
 
     @cached_property
-    def prediction_sinks(self) -> list[PredictionSink]:
+    def prediction_sinks(self) -> SinkSet:
+        from latigo.sinks import SinkSet
+
         sinks = []
         for index, component in enumerate(self.config.predictions.sinks):
             cls = implementation("prediction_sink", component.type, f"predictions.sinks[{index}].type")
-            sinks.append(cls.from_settings(component.settings, self))
-        return sinks
+            sinks.append((cls.from_settings(component.settings, self), component.required))
+        return SinkSet(sinks)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from latigo.types import ModelInfo, ModelStatus, PredictionFrame, SensorFrame, Task
+from latigo.types import ModelInfo, ModelStatus, PredictionFrame, SensorFrame, Started, Task
 
 
 class SensorInformationProvider(ABC):
@@ -88,7 +89,11 @@ class ModelExecutionProvider(ABC):
 
 
 class Delivery(ABC):
-    """One message taken from a TaskQueue; exactly one of ack/nack/release ends it."""
+    """One message taken from a TaskQueue; exactly one of ack/nack/release ends it.
+
+    A queue that lives in latigo's database (`transactional`) settles a delivery inside the caller's
+    transaction when given its `connection`, so the task's results, its ledger state and the message's
+    removal commit together. Other queues ignore the connection; the caller settles them after its commit."""
 
     task: Task | None
     """The decoded task, or None when the body could not be decoded (see `error`)."""
@@ -96,32 +101,38 @@ class Delivery(ABC):
     error: str
     attempt: int
     """How many times this message has been delivered, this time included (1 = first)."""
+    message_id: str | None = None
+    """The transport's id of the message (the task id when the producer set it)."""
+    transactional: bool = False
+    started: Started | None = None
+    """Set by a queue that started the task in the ledger in the same transaction as the claim."""
 
     @abstractmethod
-    def ack(self) -> None:
+    def ack(self, connection: Any = None) -> None:
         """The task is finished (results committed): never deliver it again."""
 
     @abstractmethod
-    def nack(self, delay: float = 0.0) -> None:
-        """Deliver it again after `delay` seconds."""
+    def nack(self, delay: float = 0.0, connection: Any = None) -> None:
+        """Deliver it again after `delay` seconds (a retry: counts as a delivery)."""
+
+    def release(self, connection: Any = None) -> None:
+        """Hand it back unused (shutdown, infrastructure fault): deliver it again soon; not a retry."""
+        self.nack(0.0, connection)
 
     def renew(self) -> None:  # noqa: B027 - optional for queues without leases
         """Keep the claim alive while the task is still running."""
 
 
 class TaskQueue(ABC):
-    """Where the scheduler puts tasks and executors take them."""
-
-    transactional: bool = False
-    """True when put_many's enqueue joins the caller's database transaction (`connection`), so the
-    scheduler's state update and the enqueue commit or roll back together. Other queues send at once
-    and only add the ledger rows in that transaction."""
+    """Where the scheduler puts tasks and executors take them: a transport. What happens to a task is
+    the ledger's business (latigo.lifecycle)."""
 
     @abstractmethod
     def put_many(self, tasks: Sequence[Task], connection: Any = None) -> int:
-        """Enqueue tasks (batched as the transport needs); returns how many were enqueued.
+        """Enqueue tasks (batched as the transport needs); returns how many were new to the queue.
 
-        Raises TransientError when they could not all be enqueued: nothing is dropped silently."""
+        A queue in latigo's database inserts them in `connection`'s transaction. Raises TransientError
+        when they could not all be enqueued: nothing is dropped silently."""
 
     @abstractmethod
     def get(self, timeout: float) -> Delivery | None:
@@ -130,9 +141,22 @@ class TaskQueue(ABC):
     def close(self) -> None:  # noqa: B027 - nothing to release by default
         """Release connections and claims."""
 
-    def backlog(self) -> int | None:
-        """Tasks waiting, when the queue can tell cheaply."""
-        return None
+    def gauges(self) -> QueueGauges:
+        """What the queue can tell cheaply about its backlog (None where it cannot)."""
+        return QueueGauges()
+
+
+@dataclass(frozen=True)
+class QueueGauges:
+    """A queue's view of its backlog, for /metrics and `latigo status`."""
+
+    waiting: int | None = None
+    """Messages ready to be taken now."""
+    in_queue: int | None = None
+    """Every message not yet settled, claimed or delayed ones included."""
+    oldest_age_seconds: float | None = None
+    lag_by_partition: Mapping[str, int] = field(default_factory=dict)
+    """Event Hub: events received but not yet checkpointed, per partition."""
 
 
 class PredictionSink(ABC):

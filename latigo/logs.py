@@ -100,5 +100,5 @@ def setup_logging(level: str = "INFO", fmt: str = "text", stream: Any = None) ->
             root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level)
-    for noisy in ("azure", "urllib3", "uamqp", "alembic.runtime.migration"):
+    for noisy in ("azure", "urllib3", "uamqp", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -56,16 +56,24 @@ class InputSettings:
 @dataclass
 class ModelInput:
     """What to send for one window: X and y (complete rows, history first) and the bucket starts whose
-    outputs belong to the window."""
+    outputs belong to the window. `note` says why there is nothing to send when that is an expected
+    outcome: no bucket completes in the window, or the row filter rejects every row of it."""
 
     X: pd.DataFrame
     y: pd.DataFrame
-    span: TimeRange
-    fetched: TimeRange
-    fetches: int = 1
+    span: TimeRange | None
+    fetched: TimeRange | None = None
+    fetches: int = 0
+    note: str = ""
+
+    @property
+    def empty(self) -> bool:
+        return self.span is None or self.rows_in_span == 0
 
     @property
     def rows_in_span(self) -> int:
+        if self.span is None:
+            return 0
         return int((self.X.index >= pd.Timestamp(self.span.start)).sum())
 
 
@@ -111,8 +119,9 @@ def _fill_rows(info: ModelInfo) -> int | None:
 
 def build_model_input(
     info: ModelInfo, window: TimeRange, source: SensorDataProvider, settings: InputSettings | None = None
-) -> ModelInput | None:
-    """The rows to send for the buckets that complete in `window`; None when none completes in it.
+) -> ModelInput:
+    """The rows to send for the buckets that complete in `window` (an empty input with a note when none
+    completes in it, or the row filter rejects all of them).
 
     Raises NoDataError naming the tags when a tag has no data at all, or when no bucket of the window
     has a complete row; PermanentError for sensors the source does not know or a recipe latigo cannot
@@ -120,7 +129,9 @@ def build_model_input(
     settings = settings or InputSettings()
     span = predicted_buckets(window, info.resolution)
     if span is None:
-        return None
+        nothing = pd.DataFrame()
+        return ModelInput(nothing, nothing, None, note=f"no {info.resolution} bucket of the model completes in "
+                          f"{window}")
     recipe = InputRecipe.of(info)
     fetcher = _Fetcher(recipe, source, span, settings)
     rows = fetcher.complete_rows()
@@ -131,9 +142,12 @@ def build_model_input(
     keep_history = info.model_offset + settings.history_margin
     rows = rows.iloc[max(0, len(history) - keep_history):]
     rows = rows[rows.index < pd.Timestamp(span.end)]
-    if not (rows.index >= pd.Timestamp(span.start)).any():
-        raise NoDataError(f"model {info.name!r}: no complete row in buckets {span}: {fetcher.why_no_rows()}")
     X, y = _split(rows, recipe)
+    if not (rows.index >= pd.Timestamp(span.start)).any():
+        reason = fetcher.why_no_rows()
+        if not fetcher.filtered_out():
+            raise NoDataError(f"model {info.name!r}: no complete row in buckets {span}: {reason}")
+        return ModelInput(X, y, span, fetcher.fetched, fetcher.fetches, note=reason)
     return ModelInput(X, y, span, fetcher.fetched, fetcher.fetches)
 
 
@@ -169,13 +183,22 @@ class _Fetcher:
         empty = self.raw.columns[self.raw.isna().all().to_numpy()]
         return _names([column[0] if isinstance(column, tuple) else column for column in empty])
 
+    def _inside(self) -> pd.DataFrame:
+        filled = self._filled()
+        inside = filled[filled.index >= pd.Timestamp(self.span.start)]
+        return inside[inside.index < pd.Timestamp(self.span.end)]
+
+    def filtered_out(self) -> bool:
+        """Whether the window has complete rows and the row filter rejected them all."""
+        return bool(self.recipe.row_filter) and not self._inside().dropna(how="any").empty
+
     def why_no_rows(self) -> str:
-        inside = self._filled()[self._filled().index >= pd.Timestamp(self.span.start)]
-        inside = inside[inside.index < pd.Timestamp(self.span.end)]
-        gaps = [str(column) for column in inside.columns if inside[column].isna().any()]
-        if gaps:
-            return f"no value (after filling gaps) for {', '.join(_names(gaps))}"
-        return f"row_filter {' & '.join(self.recipe.row_filter.expressions)!r} rejects every row"
+        if self.filtered_out():
+            return f"row_filter {' & '.join(self.recipe.row_filter.expressions)!r} rejects every row of the window"
+        inside = self._inside()
+        gaps = [column[0] if isinstance(column, tuple) else column
+                for column in inside.columns if inside[column].isna().any()]
+        return f"no value (after filling gaps) for {', '.join(_names(gaps))}"
 
     # -- reading
 

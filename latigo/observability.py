@@ -74,6 +74,10 @@ CHECKPOINT_LAG = Gauge(
 LAST_SCHEDULE_TIME = Gauge(
     "latigo_last_schedule_time_seconds", "When the scheduler last finished a cycle (Unix time).", registry=REGISTRY
 )
+TASKS_RETRIED = Counter("latigo_tasks_retried", "Tasks handed back for a retry after a transient failure.",
+                        registry=REGISTRY)
+SINK_FAILURES = Counter("latigo_sink_failures", "Prediction sink writes that failed for good.", ["sink"],
+                        registry=REGISTRY)
 PREDICTION_ROWS = Counter("latigo_prediction_rows", "Prediction rows written to the database.", registry=REGISTRY)
 
 

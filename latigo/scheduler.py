@@ -13,19 +13,21 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta, timezone
+from datetime import datetime, timedelta, timezone
+from datetime import time as time_of_day
+from typing import NamedTuple
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
 
-from latigo.config import SchedulerSettings
-from latigo.errors import ConfigError
+from latigo.config import RetentionSettings, SchedulerSettings
+from latigo.errors import ConfigError, LatigoError, describe_exception
 from latigo.interfaces import ModelInformationProvider, TaskQueue
-from latigo.storage.db import write_transaction
+from latigo.lifecycle import CANCELLED, DONE, FAILED, MAX_NAME_LENGTH, QUEUED, Retention, TaskFilter, TaskLifecycle
+from latigo.storage.faults import is_infrastructure_fault
 from latigo.storage.tables import ScheduleState
-from latigo.storage.upsert import dialect_insert
 from latigo.types import Task, TimeRange, ensure_utc, parse_timestamp
 
 log = logging.getLogger(__name__)
@@ -81,16 +83,30 @@ class Grid:
 def due_windows(
     grid: Grid, now: datetime, last_window_end: datetime | None, catch_up_limit: timedelta
 ) -> list[TimeRange]:
-    """Windows to enqueue for one model, oldest first.
+    """Windows to enqueue for one model, oldest first (see `plan_windows`)."""
+    return plan_windows(grid, now, last_window_end, catch_up_limit).windows
 
-    A new model (no state) gets the current window only. A known model gets every window after
-    its last one up to the current one, but none starting more than `catch_up_limit` before the
-    current window's end (an outage longer than that is a job for `latigo backfill`)."""
+
+class WindowPlan(NamedTuple):
+    windows: list[TimeRange]
+    skipped: int
+    """Windows missed during an outage longer than catch_up_limit: not scheduled (a job for backfill)."""
+
+
+def plan_windows(
+    grid: Grid, now: datetime, last_window_end: datetime | None, catch_up_limit: timedelta
+) -> WindowPlan:
+    """A new model (no state) gets the current window only. A known model gets every window after its
+    last one up to the current one, but none starting more than `catch_up_limit` before the current
+    window's end; the ones left out are counted."""
     latest = grid.latest_window(now)
     if last_window_end is None:
-        return [latest]
-    earliest_start = max(ensure_utc(last_window_end), latest.end - max(catch_up_limit, grid.interval))
-    return grid.windows_between(earliest_start, latest.end)
+        return WindowPlan([latest], 0)
+    last = ensure_utc(last_window_end)
+    earliest_start = max(last, latest.end - max(catch_up_limit, grid.interval))
+    windows = grid.windows_between(earliest_start, latest.end)
+    skipped = len(grid.windows_between(last, earliest_start)) if earliest_start > last else 0
+    return WindowPlan(windows, skipped)
 
 
 def parse_anchor(start_time: str) -> datetime:
@@ -98,7 +114,7 @@ def parse_anchor(start_time: str) -> datetime:
     text = start_time.strip()
     try:
         if len(text) <= 8 and ":" in text:
-            of_day = time.fromisoformat(text)
+            of_day = time_of_day.fromisoformat(text)
             return datetime.combine(EPOCH.date(), of_day, tzinfo=timezone.utc)
         return parse_timestamp(text, "scheduler.start_time")
     except ValueError:
@@ -122,108 +138,186 @@ def batched(items: Sequence[Task], size: int) -> Iterable[Sequence[Task]]:
 # ------------------------------------------------------------------ the loop (I/O)
 
 
+def model_name_problem(name: str) -> str:
+    """Why the ledger cannot hold a task for this model name, or ''."""
+    if not name or not name.strip():
+        return "the name is empty"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"the name is {len(name)} characters; the ledger holds at most {MAX_NAME_LENGTH}"
+    if "\x00" in name:
+        return "the name contains a NUL character"
+    return ""
+
+
 class Scheduler:
     def __init__(
         self,
         settings: SchedulerSettings,
         models: ModelInformationProvider,
         queue: TaskQueue,
-        engine: Engine,
+        lifecycle: TaskLifecycle,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
         on_cycle: Callable[[int], None] | None = None,
+        retention: RetentionSettings | None = None,
     ) -> None:
         self.settings = settings
         self.grid = grid_from_settings(settings)
-        self.models, self.queue, self.engine = models, queue, engine
+        self.models, self.queue, self.lifecycle = models, queue, lifecycle
         self.clock = clock
         self.on_cycle = on_cycle
+        self.retention = retention
+        self._pruned_at: float | None = None
+        self.rejected: dict[str, str] = {}
+        """Models left out of the last cycle, with the reason."""
 
     def run_cycle(self, now: datetime | None = None) -> int:
-        """Enqueue every due window of every current model; returns the number of tasks enqueued."""
+        """Enqueue every due window of every current model; returns the number of new tasks."""
         now = now or self.clock()
-        names = sorted(set(self.models.get_model_list()))
+        names = self._schedulable(self.models.get_model_list())
         states = self._load_state()
-        tasks = [
-            Task(name, window)
-            for name in names
-            for window in due_windows(self.grid, now, states.get(name), self.settings.catch_up_limit)
-        ]
+        tasks: list[Task] = []
+        skipped: dict[str, int] = {}
+        for name in names:
+            plan = plan_windows(self.grid, now, states.get(name), self.settings.catch_up_limit)
+            tasks.extend(Task(name, window) for window in plan.windows)
+            if plan.skipped:
+                skipped[name] = plan.skipped
+        if skipped:
+            log.warning("catch-up limit %s: %d windows of %d models were not scheduled (use `latigo backfill` for "
+                        "them), e.g. %s", self.settings.catch_up_limit, sum(skipped.values()), len(skipped),
+                        ", ".join(f"{m}: {n}" for m, n in list(skipped.items())[:5]))
         tasks.sort(key=lambda t: (t.window.start, t.model))
-        count = self.enqueue(tasks, advance_state=True)
-        log.info("scheduled %d tasks for %d models (windows up to %s)", count, len(names),
+        new = self.enqueue(tasks, advance_state=True)
+        log.info("scheduled %d new tasks (%d due) for %d models (windows up to %s)", new, len(tasks), len(names),
                  self.grid.latest_window(now).end.isoformat())
         if self.on_cycle:
-            self.on_cycle(count)
-        return count
+            self.on_cycle(new)
+        return new
+
+    def _schedulable(self, listed: Sequence[str]) -> list[str]:
+        """The listed names the ledger can hold; each other one is left out with its reason, alone."""
+        names, rejected = [], {}
+        for name in sorted(set(listed)):
+            problem = model_name_problem(name)
+            if problem:
+                rejected[name] = problem
+            else:
+                names.append(name)
+        for name, problem in rejected.items():
+            if self.rejected.get(name) != problem:
+                log.error("model %r is not scheduled: %s", name[:80], problem)
+        self.rejected = rejected
+        return names
 
     def enqueue(self, tasks: Sequence[Task], advance_state: bool, progress: Callable[[int], None] | None = None) -> int:
-        """Enqueue in batches; with `advance_state` each batch's schedule_state update commits with it
-        (for the database queue, in the same transaction)."""
+        """Enqueue in batches: ledger rows, the queue's messages and (with `advance_state`) the schedule
+        state commit together for the database queue; a broker queue sends inside the transaction, so a
+        failed send rolls the batch back (a crash after sending re-sends, and the ledger dedupes).
+        Returns how many tasks were new to the ledger."""
+        new = 0
+        for batch in batched(tasks, self.settings.batch_size):
+            with self.lifecycle.transaction() as connection:
+                enqueued = self.lifecycle.enqueue(connection, batch)
+                self.queue.put_many(enqueued.to_send, connection=connection)
+                if advance_state:
+                    self.lifecycle.advance_schedule(connection, batch)
+            new += enqueued.new
+            if progress:
+                progress(len(batch))
+        return new
+
+    def backfill(self, start: datetime, end: datetime, models: Sequence[str] | None = None,
+                 progress: Callable[[int], None] | None = None, rerun: bool = False) -> int:
+        """Enqueue every grid window inside [start, end) for the given (default: all) models; with `rerun`,
+        windows already done (or failed) are computed again. Leaves schedule_state alone: a backfill fills
+        the past, the live schedule goes on. Returns how many tasks will run."""
+        names = self.backfill_models(models)
+        tasks = self.backfill_tasks(start, end, names)
+        if rerun:
+            return self._rerun(tasks, progress)
+        return self.enqueue(tasks, advance_state=False, progress=progress)
+
+    def backfill_models(self, models: Sequence[str] | None) -> list[str]:
+        if not models:
+            return self._schedulable(self.models.get_model_list())
+        names = sorted(set(models))
+        unknown = [name for name in names if model_name_problem(name) or not self.models.model_exists(name)]
+        if unknown:
+            raise ConfigError(f"backfill: unknown model(s): {', '.join(name[:80] for name in unknown)}")
+        return names
+
+    def backfill_tasks(self, start: datetime, end: datetime, names: Sequence[str]) -> list[Task]:
+        windows = self.grid.windows_between(start, end)
+        return sorted((Task(name, w) for name in names for w in windows), key=lambda t: (t.window.start, t.model))
+
+    def _rerun(self, tasks: Sequence[Task], progress: Callable[[int], None] | None) -> int:
         total = 0
         for batch in batched(tasks, self.settings.batch_size):
-            with write_transaction(self.engine) as connection:
-                # The database queue inserts inside this transaction; a broker queue sends before it commits
-                # (a crash in between re-sends, and the ledger dedupes). Either records the ledger rows in it.
-                self.queue.put_many(batch, connection=connection)
-                if advance_state:
-                    self._advance_state(connection, batch)
-            total += len(batch)
+            with self.lifecycle.transaction() as connection:
+                self.lifecycle.enqueue(connection, batch)
+                again = self.lifecycle.requeue(connection, TaskFilter(task_ids=tuple(t.task_id for t in batch),
+                                                                      states=(DONE, FAILED, QUEUED, CANCELLED)))
+                self.queue.put_many(again, connection=connection)
+            total += len(again)
             if progress:
                 progress(len(batch))
         return total
 
-    def backfill(self, start: datetime, end: datetime, models: Sequence[str] | None = None,
-                 progress: Callable[[int], None] | None = None) -> int:
-        """Enqueue every grid window inside [start, end) for the given (default: all) models.
-        Leaves schedule_state alone: a backfill fills the past, the live schedule goes on."""
-        names = sorted(set(models)) if models else sorted(set(self.models.get_model_list()))
-        unknown = [name for name in names if not self.models.model_exists(name)] if models else []
-        if unknown:
-            raise ConfigError(f"backfill: unknown model(s): {', '.join(unknown)}")
-        windows = self.grid.windows_between(start, end)
-        tasks = sorted((Task(name, w) for name in names for w in windows), key=lambda t: (t.window.start, t.model))
-        return self.enqueue(tasks, advance_state=False, progress=progress)
-
     def _load_state(self) -> dict[str, datetime]:
-        with self.engine.connect() as connection:
+        with self.lifecycle.engine.connect() as connection:
             rows = connection.execute(sa.select(ScheduleState.model, ScheduleState.last_window_end)).all()
         return {model: end for model, end in rows}
 
-    def _advance_state(self, connection: Connection, batch: Sequence[Task]) -> None:
-        newest: dict[str, datetime] = {}
-        for task in batch:
-            newest[task.model] = max(newest.get(task.model, task.window.end), task.window.end)
-        now = datetime.now(timezone.utc)
-        table = ScheduleState.__table__
-        statement = dialect_insert(connection, table)
-        statement = statement.on_conflict_do_update(
-            index_elements=["model"],
-            set_={"last_window_end": sa.func.max(table.c.last_window_end, statement.excluded.last_window_end)
-                  if connection.dialect.name == "sqlite"
-                  else sa.func.greatest(table.c.last_window_end, statement.excluded.last_window_end),
-                  "updated_at": statement.excluded.updated_at},
-        )
-        connection.execute(statement, [{"model": m, "last_window_end": e, "updated_at": now}
-                                       for m, e in newest.items()])
-
     def run(self, stop: threading.Event, on_tick: Callable[[], None] | None = None) -> None:
-        """Schedule at every tick until `stop` is set; errors of one cycle are logged and retried."""
-        if self.settings.run_at_once:
-            self._safe_cycle()
-        next_tick = self.grid.next_tick(self.clock())
+        """Schedule at every tick until `stop` is set. A failed cycle is retried with backoff within
+        seconds (never left to the next tick); retention is applied every `prune_interval`."""
+        failures = 0
+        next_try = self.clock() if self.settings.run_at_once else self.grid.next_tick(self.clock())
         while not stop.is_set():
             if on_tick:
                 on_tick()
             now = self.clock()
-            if now >= next_tick and self._safe_cycle():
-                next_tick = self.grid.next_tick(now)
-            wait = min(self.settings.check_interval, max(next_tick - self.clock(), timedelta(0)))
+            if now >= next_try:
+                if self._safe_cycle():
+                    failures = 0
+                    next_try = self.grid.next_tick(now)
+                else:
+                    failures += 1
+                    next_try = now + timedelta(seconds=_retry_delay(failures, self.settings.check_interval))
+            self._maybe_prune()
+            wait = min(self.settings.check_interval, max(next_try - self.clock(), timedelta(0)))
             stop.wait(max(wait.total_seconds(), 0.05))
 
     def _safe_cycle(self) -> bool:
         try:
             self.run_cycle()
             return True
-        except Exception:
-            log.exception("scheduling cycle failed; retrying in %s", self.settings.check_interval)
+        except Exception as exc:
+            log.error("scheduling cycle failed (%s); retrying shortly", describe_exception(exc),
+                      exc_info=not isinstance(exc, LatigoError) and not is_infrastructure_fault(exc))
             return False
+
+    def _maybe_prune(self) -> None:
+        if self.retention is None:
+            return
+        now = time.monotonic()
+        if self._pruned_at is not None and now - self._pruned_at < self.retention.prune_interval.total_seconds():
+            return
+        self._pruned_at = now
+        try:
+            deleted = self.lifecycle.prune(retention_of(self.retention))
+        except Exception as exc:
+            log.warning("pruning old rows failed (%s); trying again later", describe_exception(exc))
+            return
+        if any(deleted.values()):
+            log.info("pruned %s", ", ".join(f"{count} {table}" for table, count in deleted.items() if count))
+
+
+def retention_of(settings: RetentionSettings) -> Retention:
+    return Retention(tasks=settings.tasks, dead_letters=settings.dead_letters,
+                     schedule_state=settings.schedule_state)
+
+
+def _retry_delay(failures: int, cap: timedelta) -> float:
+    """1, 2, 4 ... seconds, at most check_interval (and at least a second)."""
+    return min(2.0 ** (failures - 1), max(cap.total_seconds(), 1.0))

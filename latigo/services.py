@@ -6,7 +6,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from latigo.config import Config
@@ -42,23 +42,26 @@ def record_cycle(count: int) -> None:
     LAST_SCHEDULE_TIME.set(time.time())
 
 
-def build_scheduler(components: Components) -> Scheduler:
-    return Scheduler(components.config.scheduler, components.model_information, components.task_queue,
-                     components.engine, on_cycle=record_cycle)
+def build_scheduler(components: Components, retention: bool = False) -> Scheduler:
+    config = components.config
+    return Scheduler(config.scheduler, components.model_information, components.task_queue, components.lifecycle,
+                     on_cycle=record_cycle, retention=config.retention if retention else None)
 
 
-def serve_health(components: Components, loop: str, max_silence: float) -> tuple[Health, MetricsServer | None]:
+def serve_health(components: Components, loop: str, max_silence: float,
+                 extra_check: Callable[[], list[str]] | None = None) -> tuple[Health, MetricsServer | None]:
     """/healthz, /readyz and /metrics for this process; the loop's beats keep /healthz green."""
     health = Health()
     health.beat(loop)
-    health.set_ready_check(database_ready_check(components.engine))
+    database = database_ready_check(components.engine)
+    health.set_ready_check(database if extra_check is None else lambda: [*database(), *extra_check()])
     return health, start_http_server(components.config.metrics, health, max_silence)
 
 
 def run_scheduler(config: Config, once: bool = False) -> int:
     components = Components(config)
     ensure_schema_current(components.engine)
-    scheduler = build_scheduler(components)
+    scheduler = build_scheduler(components, retention=True)
     if once:
         scheduler.run_cycle()
         return 0
@@ -76,22 +79,23 @@ def run_scheduler(config: Config, once: bool = False) -> int:
 
 
 def run_backfill(config: Config, start: datetime, end: datetime, models: Sequence[str] | None,
-                 progress: bool = True) -> int:
+                 progress: bool = True, rerun: bool = False) -> int:
     from tqdm import tqdm
 
     components = Components(config)
     ensure_schema_current(components.engine)
     scheduler = build_scheduler(components)
     with tqdm(unit="task", desc="backfill", disable=not progress) as bar:
-        count = scheduler.backfill(start, end, models, progress=bar.update)
-    print(f"enqueued {count} tasks for [{start.isoformat()}, {end.isoformat()})")
+        count = scheduler.backfill(start, end, models, progress=bar.update, rerun=rerun)
+    what = "to run again" if rerun else "new"
+    print(f"enqueued {count} tasks ({what}) for [{start.isoformat()}, {end.isoformat()})")
     components.task_queue.close()
     return 0
 
 
 def build_executor(components: Components) -> Executor:
     config = components.config
-    return Executor(config.executor, components.task_queue, components.model_execution, components.engine,
+    return Executor(config.executor, components.task_queue, components.model_execution, components.lifecycle,
                     config.predictions.outputs, components.prediction_sinks)
 
 
@@ -100,7 +104,8 @@ def run_executor(config: Config, exit_when_idle: float | None = None) -> int:
     ensure_schema_current(components.engine)
     executor = build_executor(components)
     on_stop_signals(executor.stop)
-    health, server = serve_health(components, "executor", 60.0)
+    health, server = serve_health(components, "executor", 60.0, extra_check=lambda: [] if executor.ready else [
+        "database faults: tasks are being released until it answers again"])
     stats = executor.run(exit_when_idle=exit_when_idle, on_tick=lambda: health.beat("executor"))
     log.info("executor stopped: %s", stats)
     if server:

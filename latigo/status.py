@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from latigo.storage.ledger import DONE, FAILED, QUEUED
+from latigo.lifecycle import DONE, FAILED, QUEUED
 from latigo.storage.tables import DeadLetter, Prediction, QueuedTask, TaskRecord
 
 
@@ -20,6 +20,7 @@ class Failure:
     model: str
     window_start: str
     attempts: int
+    runs: int
     error: str
     finished_at: str | None
 
@@ -50,7 +51,8 @@ class StatusReport:
         ]
         if self.last_failures:
             lines.append("last failures:")
-            lines += [f"  {f.model} {f.window_start} (attempts {f.attempts}): {f.error}" for f in self.last_failures]
+            lines += [f"  {f.model} {f.window_start} (runs {f.runs}, failed attempts {f.attempts}): {f.error}"
+                      for f in self.last_failures]
         if self.last_predicted_window:
             lines.append("last predicted window end per model:")
             width = max(len(m) for m in self.last_predicted_window)
@@ -62,6 +64,13 @@ def _age(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m{secs:02d}s"
+
+
+def task_counts(engine: Engine) -> dict[str, int]:
+    """Tasks per ledger state."""
+    with engine.connect() as connection:
+        rows = connection.execute(sa.select(TaskRecord.state, sa.func.count()).group_by(TaskRecord.state)).all()
+    return {state: count for state, count in rows}
 
 
 def collect_status(engine: Engine, failures: int = 10, now: datetime | None = None) -> StatusReport:
@@ -84,7 +93,7 @@ def collect_status(engine: Engine, failures: int = 10, now: datetime | None = No
         tasks=tasks, queue_size=queue_size, queue_available=available,
         oldest_queued_age_seconds=(now - oldest).total_seconds() if oldest else None,
         prediction_rows=rows, dead_letters=letters,
-        last_failures=[Failure(f.task_id, f.model, f.window_start.isoformat(), f.attempts, f.error or "",
+        last_failures=[Failure(f.task_id, f.model, f.window_start.isoformat(), f.attempts, f.runs, f.error or "",
                                f.finished_at.isoformat() if f.finished_at else None) for f in failed],
         last_predicted_window={model: _utc(end).isoformat() for model, end in last},
     )

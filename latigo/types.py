@@ -197,6 +197,18 @@ def _to_utc(ts: Any) -> datetime:
     return stamp.tz_convert("UTC").to_pydatetime()
 
 
+class Started(NamedTuple):
+    """What starting a task in the ledger found: whether to run it, and its counters after this start."""
+
+    run: bool
+    state: str
+    """The state before this start (a final state when `run` is False)."""
+    attempts: int = 0
+    """Runs so far in which the model ran and failed in a way worth retrying."""
+    lost: int = 0
+    """Runs so far that never finished (their executor died)."""
+
+
 @dataclass(frozen=True)
 class ModelStatus:
     """A provider's view of one model's lifecycle."""

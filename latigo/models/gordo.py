@@ -361,8 +361,8 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
     def _execute(self, name: str, window: TimeRange) -> PredictionFrame:
         info = self._model_info(name)
         model_input = self.model_input(info, window)
-        if model_input is None:
-            return PredictionFrame(name, note=f"no {info.resolution} bucket of the model completes in {window}")
+        if model_input.empty or model_input.span is None:
+            return PredictionFrame(name, note=model_input.note)
         frame = self._predict(info, model_input)
         return frame.within(model_input.span)
 
@@ -374,7 +374,7 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
             raise ConfigError("gordo: executing models needs a sensor_data provider")
         return source
 
-    def model_input(self, info: ModelInfo, window: TimeRange) -> ModelInput | None:
+    def model_input(self, info: ModelInfo, window: TimeRange) -> ModelInput:
         """X and y for the buckets completing in `window`, as Gordo's dataset would build them."""
         settings = InputSettings(history_margin=self.settings.history_margin, max_history=self.settings.max_history,
                                  look_ahead=self.settings.look_ahead)
@@ -384,7 +384,7 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider):
         """Post in batches that each hold enough rows for the model (see plan_batches); outputs of a row
         computed twice (overlapping batches) are the same, the first is kept."""
         X, y = model_input.X, model_input.y
-        first_wanted = int((X.index < pd.Timestamp(model_input.span.start)).sum())
+        first_wanted = len(X) - model_input.rows_in_span
         rows: dict[tuple[str, str, datetime], float] = {}
         for batch in plan_batches(len(X), first_wanted, info.model_offset, self.settings.batch_size,
                                   min_rows=_min_rows(info)):

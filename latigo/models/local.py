@@ -208,8 +208,8 @@ class LocalModels(ModelInformationProvider, ModelExecutionProvider):
         fitted = self._fitted(name, info.revision)
         window = TimeRange(start, end)
         model_input = build_model_input(info, window, self.sensors)
-        if model_input is None:
-            return PredictionFrame(name, note=f"no {info.resolution} bucket of the model completes in {window}")
+        if model_input.empty or model_input.span is None:
+            return PredictionFrame(name, note=model_input.note)
         return PredictionFrame.from_groups(name, fitted.outputs(model_input.X)).within(model_input.span)
 
     def _fitted(self, name: str, revision: str) -> FittedModel:

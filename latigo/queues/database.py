@@ -6,6 +6,8 @@ Acks, nacks and renewals only touch the row when it still carries the claimer's
 (owner, delivery count): an executor whose lease expired cannot ack someone
 else's delivery. PostgreSQL claims with FOR UPDATE SKIP LOCKED and wakes idle
 executors with LISTEN/NOTIFY; SQLite claims inside a short BEGIN IMMEDIATE.
+The claim also starts the task in the ledger, and the executor's finish removes
+the row in the transaction that stores the results: two transactions per task.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from latigo.interfaces import Delivery, TaskQueue
+from latigo.errors import describe_exception as _describe
+from latigo.interfaces import Delivery, QueueGauges, TaskQueue
+from latigo.lifecycle import TaskLifecycle
 from latigo.storage.db import is_sqlite, write_transaction
-from latigo.storage.ledger import Ledger
+from latigo.storage.faults import is_infrastructure_fault
 from latigo.storage.tables import QueuedTask, UtcDateTime
-from latigo.storage.upsert import dialect_insert
-from latigo.types import Task
+from latigo.storage.upsert import insert_new
+from latigo.types import Started, Task
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +45,27 @@ def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _utc(value: Any) -> datetime | None:
+    """min() bypasses the column type on SQLite and comes back as text."""
+    if value is None or isinstance(value, datetime):
+        return value.replace(tzinfo=value.tzinfo or timezone.utc) if value else None
+    return datetime.fromisoformat(str(value)).replace(tzinfo=timezone.utc)
+
+
 class DatabaseDelivery(Delivery):
-    def __init__(self, queue: DatabaseTaskQueue, task_id: str, body: str, deliveries: int) -> None:
+    """A claimed queue row. Settling it touches the row only while it still carries this claim (owner and
+    delivery count), so an executor whose lease expired cannot settle another executor's delivery."""
+
+    transactional = True
+
+    def __init__(self, queue: DatabaseTaskQueue, task_id: str, body: str, deliveries: int,
+                 started: Started | None = None) -> None:
         self._queue, self.task_id, self.attempt = queue, task_id, deliveries
+        self.message_id = task_id
         self.body = body.encode()
         self.error = ""
         self.task: Task | None = None
+        self.started = started
         self._finished = False
         try:
             self.task = Task.from_json(body)
@@ -57,12 +76,18 @@ class DatabaseDelivery(Delivery):
         return sa.and_(_table.c.task_id == self.task_id, _table.c.lease_owner == self._queue.owner,
                        _table.c.deliveries == self.attempt)
 
-    def ack(self) -> None:
-        self._finish(sa.delete(_table).where(self._guard()))
+    def ack(self, connection: Connection | None = None) -> None:
+        self._finish(sa.delete(_table).where(self._guard()), connection)
 
-    def nack(self, delay: float = 0.0) -> None:
+    def nack(self, delay: float = 0.0, connection: Connection | None = None) -> None:
         values = {"available_at": self._queue.now_plus(timedelta(seconds=delay)), "lease_owner": None}
-        self._finish(sa.update(_table).where(self._guard()).values(values))
+        self._finish(sa.update(_table).where(self._guard()).values(values), connection)
+
+    def release(self, connection: Connection | None = None) -> None:
+        """Back at once, and this delivery does not count against the delivery cap."""
+        values = {"available_at": self._queue.now_plus(timedelta(0)), "lease_owner": None,
+                  "deliveries": _table.c.deliveries - 1}
+        self._finish(sa.update(_table).where(self._guard()).values(values), connection)
 
     def renew(self) -> None:
         if not self._finished:
@@ -70,17 +95,19 @@ class DatabaseDelivery(Delivery):
                 sa.update(_table).where(self._guard()).values(available_at=self._queue.now_plus(self._queue.lease))
             )
 
-    def _finish(self, statement: Any) -> None:
+    def _finish(self, statement: Any, connection: Connection | None) -> None:
         if self._finished:
             return
+        if connection is not None:
+            changed = connection.execute(statement).rowcount
+        else:
+            changed = self._queue.execute(statement)
         self._finished = True
-        if self._queue.execute(statement) == 0:
+        if changed == 0:
             log.warning("task %s: lease was lost before it was settled (another executor may have it)", self.task_id)
 
 
 class DatabaseTaskQueue(TaskQueue):
-    transactional = True
-
     @dataclass
     class Settings:
         lease: timedelta = timedelta(seconds=60)
@@ -92,14 +119,16 @@ class DatabaseTaskQueue(TaskQueue):
 
     @classmethod
     def from_settings(cls, settings: Settings, components: Any) -> DatabaseTaskQueue:
-        return cls(components.engine, settings)
+        return cls(components.engine, settings, lifecycle=components.lifecycle)
 
-    def __init__(self, engine: Engine, settings: Settings | None = None, owner: str | None = None) -> None:
+    def __init__(self, engine: Engine, settings: Settings | None = None, owner: str | None = None,
+                 lifecycle: TaskLifecycle | None = None) -> None:
         self.engine = engine
         self.settings = settings or self.Settings()
         self.lease = self.settings.lease
         self.owner = owner or default_owner()
-        self.ledger = Ledger(engine)
+        self.lifecycle = lifecycle
+        """When given, a claim also starts the task in the ledger, in the same transaction."""
         self._sqlite = is_sqlite(engine)
         self._wakeup = threading.Condition()
         self._listener: _Listener | None = None
@@ -130,12 +159,10 @@ class DatabaseTaskQueue(TaskQueue):
         now = datetime.now(timezone.utc)
         rows = [{"task_id": t.task_id, "body": t.to_json(), "enqueued_at": now, "deliveries": 0,
                  "available_at": now} for t in tasks]
-        statement = dialect_insert(connection, _table).on_conflict_do_nothing(index_elements=["task_id"])
-        connection.execute(statement, rows)
-        self.ledger.record_enqueued(connection, tasks)
-        if not self._sqlite:
+        new = insert_new(connection, _table, rows, "task_id")
+        if new and not self._sqlite:
             connection.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
-        return len(rows)
+        return len(new)
 
     # ------------------------------------------------------------------ consuming
     def get(self, timeout: float) -> DatabaseDelivery | None:
@@ -143,7 +170,7 @@ class DatabaseTaskQueue(TaskQueue):
         self._ensure_listener()
         while not self._closed:
             seen = self._notifications  # a notification after this point must not be slept through
-            delivery = self._claim()
+            delivery = self._claim_and_start()
             if delivery is not None:
                 return delivery
             remaining = deadline - time.monotonic()
@@ -154,10 +181,28 @@ class DatabaseTaskQueue(TaskQueue):
                     self._wakeup.wait(min(remaining, self.settings.poll_interval.total_seconds()))
         return None
 
-    def _claim(self) -> DatabaseDelivery | None:
+    def _claim_and_start(self) -> DatabaseDelivery | None:
+        if self.lifecycle is None:
+            return self._claim(start=False)
+        try:
+            return self._claim(start=True)
+        except Exception as exc:
+            if is_infrastructure_fault(exc):
+                raise
+            # The ledger refused the start (a value it cannot hold): claim without it, and let the executor
+            # find out on its own and dead-letter the message, instead of failing this claim forever.
+            log.warning("the ledger refused to start a claimed task (%s); handing it over unstarted", _describe(exc))
+            return self._claim(start=False)
+
+    def _claim(self, start: bool) -> DatabaseDelivery | None:
         with write_transaction(self.engine) as connection:
             row = self._claim_pg(connection) if not self._sqlite else self._claim_sqlite(connection)
-        return DatabaseDelivery(self, row.task_id, row.body, row.deliveries) if row else None
+            if row is None:
+                return None
+            delivery = DatabaseDelivery(self, row.task_id, row.body, row.deliveries)
+            if start and delivery.task is not None and self.lifecycle is not None:
+                delivery.started = self.lifecycle.start(connection, delivery.task, self.owner)
+        return delivery
 
     def _claim_values(self) -> dict[str, Any]:
         return {"available_at": self.now_plus(self.lease), "lease_owner": self.owner,
@@ -183,12 +228,16 @@ class DatabaseTaskQueue(TaskQueue):
                      .returning(_table.c.task_id, _table.c.body, _table.c.deliveries))
         return connection.execute(statement).first()
 
-    def backlog(self) -> int:
+    def gauges(self) -> QueueGauges:
         now = sa.func.now() if not self._sqlite else sa.literal(datetime.now(timezone.utc), UtcDateTime)
         with self.engine.connect() as connection:
-            return connection.execute(
-                sa.select(sa.func.count()).select_from(_table).where(_table.c.available_at <= now)
-            ).scalar_one()
+            waiting = connection.execute(
+                sa.select(sa.func.count()).select_from(_table).where(_table.c.available_at <= now)).scalar_one()
+            total, oldest = connection.execute(
+                sa.select(sa.func.count(), sa.func.min(_table.c.enqueued_at)).select_from(_table)).one()
+        oldest = _utc(oldest)
+        age = (datetime.now(timezone.utc) - oldest).total_seconds() if oldest else None
+        return QueueGauges(waiting=waiting, in_queue=total, oldest_age_seconds=age)
 
     def size(self) -> int:
         """Every task still in the queue, leased ones included."""

@@ -21,6 +21,8 @@ seen going quiet after idle periods and looping on reconnects).
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import re
 import threading
@@ -36,11 +38,11 @@ from azure.eventhub import EventData, EventHubConsumerClient, EventHubProducerCl
 from sqlalchemy.engine import Engine
 
 from latigo.errors import ConfigError, PermanentError, TransientError
-from latigo.interfaces import Delivery, TaskQueue
+from latigo.errors import describe_exception as _describe
+from latigo.interfaces import Delivery, QueueGauges, TaskQueue
 from latigo.queues.checkpoint_store import SqlCheckpointStore
 from latigo.queues.partition_tracker import PartitionTracker, Position
-from latigo.secrets import mask_text, register_secret
-from latigo.storage.ledger import Ledger
+from latigo.secrets import register_secret
 from latigo.types import Task
 
 log = logging.getLogger(__name__)
@@ -49,12 +51,6 @@ START_OF_STREAM = "-1"
 ERRORS_BEFORE_RESTART = 5
 STATS_LOG_INTERVAL = 60.0
 _REBALANCING = re.compile(r"link:stolen|higher epoch|epoch of", re.IGNORECASE)
-
-
-def _describe(exc: BaseException) -> str:
-    """One line for logs and errors: the class and the (masked) message, never the connection string."""
-    text = " ".join(mask_text(str(exc)).split())[:300]
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @dataclass
@@ -87,7 +83,7 @@ class EventHubDelivery(Delivery):
         self.partition_id = tracker.partition_id
         self.sequence_number: int = event.sequence_number
         self.offset: str = event.offset
-        self.task_id: str | None = None if event.message_id is None else str(event.message_id)
+        self.message_id = None if event.message_id is None else str(event.message_id)
         self.attempt = 1
         self.task: Task | None = None
         self.error = ""
@@ -98,7 +94,7 @@ class EventHubDelivery(Delivery):
         except Exception as exc:  # whatever is wrong with it, it becomes a dead letter, never a crash
             self.error = str(exc) or type(exc).__name__
 
-    def ack(self) -> None:
+    def ack(self, connection: Any = None) -> None:
         if self._settled:
             return
         self._settled = True
@@ -106,13 +102,28 @@ class EventHubDelivery(Delivery):
         if position is not None:
             self._queue.write_checkpoint(self.tracker, position)
 
-    def nack(self, delay: float = 0.0) -> None:
-        # Event Hubs cannot redeliver one event: it stays below the checkpoint and comes back with the
-        # partition's next owner (after a restart, shutdown or rebalance).
+    def nack(self, delay: float = 0.0, connection: Any = None) -> None:
+        """Hand it to a worker again after `delay` seconds, from this consumer's delay heap (Event Hubs
+        cannot redeliver one event). It stays below the checkpoint meanwhile, so if this consumer stops
+        first, the partition's next owner delivers it."""
+        self._again(delay, retry=True)
+
+    def release(self, connection: Any = None) -> None:
+        self._again(0.0, retry=False)
+
+    def _again(self, delay: float, retry: bool) -> None:
+        if self._settled:
+            return
         self._settled = True
+        if self.tracker.closed or self._queue.closing:
+            return
+        self._settled = False
+        if retry:
+            self.attempt += 1
+        self._queue.deliver_later(self, delay)
 
     def __repr__(self) -> str:
-        return f"<EventHubDelivery partition={self.partition_id} seq={self.sequence_number} task={self.task_id}>"
+        return f"<EventHubDelivery partition={self.partition_id} seq={self.sequence_number} task={self.message_id}>"
 
 
 def _raw_body(event: EventData) -> bytes:
@@ -134,12 +145,20 @@ def _raw_body(event: EventData) -> bytes:
 
 
 class HandOff:
-    """A bounded queue between the receive thread and the workers that can drop a lost partition's items."""
+    """A bounded queue between the receive thread and the workers that can drop a lost partition's items,
+    with a heap of deliveries handed back for later (retries wait there, not in a worker)."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._items: deque[EventHubDelivery] = deque()
+        self._later: list[tuple[float, int, EventHubDelivery]] = []
+        self._order = itertools.count()
         self._changed = threading.Condition()
+
+    def put_later(self, item: EventHubDelivery, delay: float) -> None:
+        with self._changed:
+            heapq.heappush(self._later, (time.monotonic() + max(0.0, delay), next(self._order), item))
+            self._changed.notify_all()
 
     def put(self, item: EventHubDelivery, give_up: Callable[[], bool], on_wait: Callable[[], None]) -> bool:
         """Wait for room (calling `on_wait` every half second) unless `give_up()`; False when given up."""
@@ -156,24 +175,39 @@ class HandOff:
             return True
 
     def get(self, timeout: float) -> EventHubDelivery | None:
+        """A due delivery from the heap first, else the next received one."""
         deadline = time.monotonic() + max(0.0, timeout)
         with self._changed:
-            while not self._items:
-                remaining = deadline - time.monotonic()
+            while True:
+                now = time.monotonic()
+                if self._later and self._later[0][0] <= now:
+                    return heapq.heappop(self._later)[2]
+                if self._items:
+                    item = self._items.popleft()
+                    self._changed.notify_all()
+                    return item
+                remaining = deadline - now
                 if remaining <= 0:
                     return None
-                self._changed.wait(remaining)
-            item = self._items.popleft()
-            self._changed.notify_all()
-            return item
+                if self._later:
+                    remaining = min(remaining, self._later[0][0] - now)
+                self._changed.wait(max(remaining, 0.001))
 
     def discard(self, tracker: PartitionTracker) -> int:
         with self._changed:
             kept = [item for item in self._items if item.tracker is not tracker]
-            dropped = len(self._items) - len(kept)
+            later = [entry for entry in self._later if entry[2].tracker is not tracker]
+            dropped = len(self._items) - len(kept) + len(self._later) - len(later)
             self._items = deque(kept)
+            self._later = later
+            heapq.heapify(self._later)
             self._changed.notify_all()
             return dropped
+
+    @property
+    def delayed(self) -> int:
+        with self._changed:
+            return len(self._later)
 
     def wake(self) -> None:
         with self._changed:
@@ -219,7 +253,6 @@ class _Run:
 
 class EventHubTaskQueue(TaskQueue):
     Settings = EventHubSettings
-    transactional = False
 
     @classmethod
     def from_settings(cls, settings: EventHubSettings, components: Any) -> EventHubTaskQueue:
@@ -241,7 +274,6 @@ class EventHubTaskQueue(TaskQueue):
         self.fully_qualified_namespace: str = parsed.fully_qualified_namespace
         self.consumer_group = settings.consumer_group
         self.store = SqlCheckpointStore(engine)
-        self._ledger = Ledger(engine)
         self._lock = threading.RLock()
         self._producer: EventHubProducerClient | None = None
         self._producer_lock = threading.Lock()
@@ -265,7 +297,7 @@ class EventHubTaskQueue(TaskQueue):
         """Send the tasks, batched per model; raises TransientError if a batch could not be sent.
 
         Batches sent before a failure stay sent (the caller retries the whole call; the ledger dedupes).
-        With a database `connection`, the tasks' ledger rows are added in it."""
+        `connection` is not used: the hub is not in latigo's database."""
         if not tasks:
             return 0
         by_model: dict[str, list[Task]] = defaultdict(list)
@@ -275,8 +307,6 @@ class EventHubTaskQueue(TaskQueue):
         with self._producer_lock:
             for model, group in by_model.items():
                 sent += self._send_model(model, group)
-        if connection is not None:
-            self._ledger.record_enqueued(connection, tasks)
         return sent
 
     def _send_model(self, model: str, tasks: list[Task]) -> int:
@@ -352,8 +382,16 @@ class EventHubTaskQueue(TaskQueue):
                 return delivery
         return None
 
-    def backlog(self) -> int:
-        return len(self._handoff)
+    @property
+    def closing(self) -> bool:
+        return self._closed.is_set()
+
+    def deliver_later(self, delivery: EventHubDelivery, delay: float) -> None:
+        self._handoff.put_later(delivery, delay)
+
+    def gauges(self) -> QueueGauges:
+        return QueueGauges(waiting=len(self._handoff), in_queue=len(self._handoff) + self._handoff.delayed,
+                           lag_by_partition=self.checkpoint_lag())
 
     def owned_partitions(self) -> list[str]:
         """Partitions the current consumer holds (as the SDK reported them)."""

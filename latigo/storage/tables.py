@@ -81,15 +81,21 @@ class ScheduleState(Base):
 
 
 class TaskRecord(Base):
-    """The ledger: one row per task id with its state, attempts and last error."""
+    """The ledger: one row per task id with its state, how its runs ended and the last error.
+
+    `attempts` counts runs in which the model ran and failed in a way worth retrying (what
+    executor.max_attempts caps); `lost` counts runs that never finished (the executor died); `runs`
+    counts every start. A release on shutdown or an infrastructure fault counts in neither."""
 
     __tablename__ = "tasks"
     task_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     model: Mapped[str] = mapped_column(String(255))
     window_start: Mapped[datetime] = mapped_column(UtcDateTime)
     window_end: Mapped[datetime] = mapped_column(UtcDateTime)
-    state: Mapped[str] = mapped_column(String(16))  # queued | running | done | failed
+    state: Mapped[str] = mapped_column(String(16))  # queued | running | done | failed | cancelled
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    runs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    lost: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     executor: Mapped[str | None] = mapped_column(String(255), nullable=True)
     enqueued_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
@@ -152,7 +158,8 @@ class EventHubCheckpoint(Base):
 
 
 class DeadLetter(Base):
-    """Messages that could not be decoded, kept with their raw body for a human to look at."""
+    """Messages that could not be decoded or recorded, kept once per (source, message id) with their raw
+    body for a human to look at."""
 
     __tablename__ = "dead_letters"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -162,4 +169,4 @@ class DeadLetter(Base):
     error: Mapped[str] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
-    __table_args__ = (Index(None, "source", "message_id"),)
+    __table_args__ = (Index(None, "source", "message_id", unique=True),)

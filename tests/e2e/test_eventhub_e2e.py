@@ -47,7 +47,7 @@ def summary(engine):
             sa.select(Prediction.model, Prediction.output, Prediction.tag, Prediction.ts).distinct().subquery()
         )).scalar()
         executors = c.execute(sa.select(sa.func.count(sa.distinct(TaskRecord.executor)))).scalar()
-        rerun = c.execute(sa.select(sa.func.count()).select_from(TaskRecord).where(TaskRecord.attempts > 1)).scalar()
+        rerun = c.execute(sa.select(sa.func.count()).select_from(TaskRecord).where(TaskRecord.runs > 1)).scalar()
         checkpoints = dict(c.execute(sa.select(EventHubCheckpoint.partition_id, EventHubCheckpoint.sequence_number))
                            .all())
     return states, rows, distinct, executors, rerun, checkpoints

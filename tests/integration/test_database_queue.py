@@ -7,9 +7,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
+from latigo.lifecycle import TaskLifecycle
 from latigo.queues.database import DatabaseTaskQueue
 from latigo.storage.tables import QueuedTask, TaskRecord
-from latigo.types import Task, TimeRange
+from latigo.types import Started, Task, TimeRange
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -25,19 +26,33 @@ def queue(engine, owner="exec-1", lease=60.0, **kw):
                                                                 poll_interval=timedelta(seconds=0.05), **kw), owner)
 
 
-def test_put_get_ack_round_trip_and_ledger_rows(engine):
+def test_put_get_ack_round_trip(engine):
     q = queue(engine)
     sent = tasks(3)
     assert q.put_many(sent) == 3
     got = [q.get(timeout=1) for _ in range(3)]
     assert sorted(d.task.task_id for d in got) == sorted(t.task_id for t in sent)
-    assert all(d.attempt == 1 for d in got)
+    assert all(d.attempt == 1 and d.message_id == d.task.task_id and d.started is None for d in got)
     assert q.get(timeout=0.1) is None  # all leased
     for delivery in got:
         delivery.ack()
     assert q.size() == 0
+
+
+def test_a_claim_starts_the_task_in_the_ledger_in_the_same_transaction(engine):
+    lifecycle = TaskLifecycle(engine)
+    q = DatabaseTaskQueue(engine, owner="exec-1", lifecycle=lifecycle)
+    with lifecycle.transaction() as c:
+        q.put_many(lifecycle.enqueue(c, tasks(2)).to_send, c)
+    delivery = q.get(timeout=1)
+    assert delivery.started == Started(True, "queued", 0, 0)
     with engine.connect() as c:
-        assert c.execute(sa.select(sa.func.count()).select_from(TaskRecord)).scalar() == 3
+        states = dict(c.execute(sa.select(TaskRecord.task_id, TaskRecord.state)).all())
+        runs = c.execute(sa.select(TaskRecord.runs, TaskRecord.executor)
+                         .where(TaskRecord.task_id == delivery.task.task_id)).one()
+    assert states[delivery.task.task_id] == "running" and sorted(states.values()) == ["queued", "running"]
+    assert tuple(runs) == (1, "exec-1")
+    q.close()
 
 
 def test_the_same_task_enqueued_twice_is_queued_once(engine):

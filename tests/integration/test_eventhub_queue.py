@@ -121,7 +121,7 @@ def test_tasks_round_trip_in_model_order_and_acks_checkpoint(backend, request, m
     assert queue.put_many(tasks) == 60
     got = drain(queue, 60)
     assert sorted(d.task.task_id for d in got) == sorted(t.task_id for t in tasks)
-    assert all(d.task_id == d.task.task_id and d.error == "" and d.attempt == 1 for d in got)
+    assert all(d.message_id == d.task.task_id and d.error == "" and d.attempt == 1 for d in got)
     by_model = {}
     for delivery in got:
         by_model.setdefault(delivery.task.model, []).append(delivery)
@@ -132,8 +132,8 @@ def test_tasks_round_trip_in_model_order_and_acks_checkpoint(backend, request, m
     counts = broker.event_counts()
     expected = {pid: Position(str(_last_offset(got, pid)), n - 1) for pid, n in counts.items() if n}
     assert wait_for(lambda: queue.checkpoints() == expected)
-    assert queue.backlog() == 0
-    assert set(queue.checkpoint_lag().values()) == {0}
+    assert queue.gauges().waiting == 0
+    assert set(queue.gauges().lag_by_partition.values()) == {0}
     assert queue.owned_partitions() == ["0", "1", "2", "3"]
     assert queue.put_many([]) == 0
     if engine is not None:
@@ -158,7 +158,7 @@ def test_the_hand_off_is_bounded(make_queue):
     first = queue.get(10)
     assert first is not None
     time.sleep(1.5)  # the receive thread fills the hand-off and waits
-    assert queue.backlog() <= 3
+    assert queue.gauges().waiting <= 3
     rest = drain(queue, 39)
     assert len(rest) == 39
 
@@ -175,7 +175,7 @@ def test_out_of_order_acks_never_checkpoint_past_an_unfinished_task(make_queue, 
     assert wait_for(lambda: queue.checkpoints().get(pid) == Position(got[1].offset, got[1].sequence_number))
     time.sleep(0.5)
     assert queue.checkpoints()[pid].sequence_number == got[1].sequence_number  # not past task 2
-    assert queue.checkpoint_lag()[pid] == 4
+    assert queue.gauges().lag_by_partition[pid] == 4
     queue.close()  # the executor dies with tasks 2 and 4 unfinished
     successor = make_queue()
     replayed = drain(successor, 4, ack=False)
@@ -205,13 +205,29 @@ def test_a_poison_event_yields_one_delivery_and_acking_it_moves_past_it(make_que
 
 
 @pytest.mark.slow
-def test_a_nack_leaves_the_event_below_the_checkpoint_for_the_next_owner(make_queue):
+def test_a_nack_redelivers_after_its_delay_and_holds_the_checkpoint_meanwhile(make_queue):
     queue = make_queue()
     tasks = tasks_for(["n"], 3)
     queue.put_many(tasks)
     first, second, third = drain(queue, 3, ack=False)
     first.ack()
-    second.nack(0)
+    began = time.monotonic()
+    second.nack(1.0)
+    third.ack()
+    again = queue.get(5.0)
+    assert again is second and again.attempt == 2 and time.monotonic() - began >= 0.9
+    assert wait_for(lambda: queue.checkpoints().get(first.partition_id) is not None)
+    assert queue.checkpoints()[first.partition_id].sequence_number == first.sequence_number  # held at the nack
+
+
+@pytest.mark.slow
+def test_a_delayed_event_left_at_shutdown_comes_back_with_the_next_owner(make_queue):
+    queue = make_queue()
+    tasks = tasks_for(["n"], 3)
+    queue.put_many(tasks)
+    first, second, third = drain(queue, 3, ack=False)
+    first.ack()
+    second.nack(60)
     third.ack()
     assert wait_for(lambda: queue.checkpoints().get(first.partition_id) is not None)
     queue.close()
@@ -224,7 +240,7 @@ def test_a_lost_partition_drops_its_queued_work_and_its_acks_stop_checkpointing(
     first = make_queue(handoff_size=100)
     first.put_many(tasks_for([f"model-{i}" for i in range(12)], 4))
     held = drain(first, 20, ack=False)  # in flight at the first executor
-    assert wait_for(lambda: first.backlog() >= 20)
+    assert wait_for(lambda: first.gauges().waiting >= 20)
     second = make_queue(handoff_size=100)
     second.get(0.1)  # starts its consumer: the balancer moves partitions to it
     assert wait_for(lambda: len(second.owned_partitions()) >= 2 and len(first.owned_partitions()) <= 2)

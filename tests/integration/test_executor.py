@@ -1,4 +1,4 @@
-"""The executor's per-task pipeline with the real queue, ledger and storage on both databases."""
+"""The executor's per-task pipeline with the real queue, lifecycle and storage on both databases."""
 
 import logging
 import threading
@@ -9,10 +9,12 @@ import sqlalchemy as sa
 
 from latigo.config import ExecutorSettings
 from latigo.executor import Executor, Outcome
+from latigo.lifecycle import TaskLifecycle
 from latigo.queues.database import DatabaseTaskQueue
 from latigo.storage.tables import DeadLetter, Prediction, QueuedTask, TaskRecord
 from latigo.types import Task, TimeRange
 from tests.support.providers import StaticModels, expected_rows
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -24,8 +26,16 @@ def make_executor(engine, models, max_attempts=3, **kw):
     settings = ExecutorSettings(concurrency=2, max_attempts=max_attempts, retry_base_delay=timedelta(0),
                                 retry_max_delay=timedelta(0), poll_timeout=timedelta(seconds=0.1),
                                 shutdown_timeout=timedelta(seconds=5))
-    queue = DatabaseTaskQueue(engine, DatabaseTaskQueue.Settings(poll_interval=timedelta(seconds=0.05)))
-    return Executor(settings, queue, StaticModels(models, **kw), engine, OUTPUTS, name="test-exec")
+    lifecycle = TaskLifecycle(engine)
+    queue = DatabaseTaskQueue(engine, DatabaseTaskQueue.Settings(poll_interval=timedelta(seconds=0.05)),
+                              lifecycle=lifecycle)
+    return Executor(settings, queue, StaticModels(models, **kw), lifecycle, OUTPUTS, name="test-exec")
+
+
+def enqueue(executor, *tasks):
+    """As the scheduler does: ledger rows and queue rows in one transaction."""
+    with executor.lifecycle.transaction() as connection:
+        executor.queue.put_many(executor.lifecycle.enqueue(connection, tasks).to_send, connection)
 
 
 def ledger(engine, task):
@@ -38,17 +48,26 @@ def prediction_count(engine):
         return c.execute(sa.select(sa.func.count()).select_from(Prediction)).scalar()
 
 
-def run_one(executor, task):
-    executor.queue.put_many([task])
-    return executor.handle(executor.queue.get(timeout=1))
+def run_until_settled(executor, task, limit=20):
+    """Take deliveries of `task` until one is settled for good (retries come back through the queue)."""
+    outcomes = []
+    for _ in range(limit):
+        delivery = executor.queue.get(timeout=2)
+        assert delivery is not None, f"no delivery after {outcomes}"
+        outcomes.append(executor.handle(delivery))
+        if outcomes[-1] is not Outcome.RETRYING:
+            return outcomes
+    raise AssertionError(f"not settled after {limit} deliveries: {outcomes}")
 
 
 def test_a_task_runs_stores_only_configured_outputs_and_is_marked_done(engine):
     executor = make_executor(engine, ["m"])
     task = Task("m", WINDOW)
-    assert run_one(executor, task) is Outcome.DONE
+    enqueue(executor, task)
+    assert run_until_settled(executor, task) == [Outcome.DONE]
     row = ledger(engine, task)
-    assert (row.state, row.attempts, row.rows) == ("done", 1, expected_rows(WINDOW.start, WINDOW.end))
+    assert (row.state, row.attempts, row.runs, row.lost) == ("done", 0, 1, 0)
+    assert row.rows == expected_rows(WINDOW.start, WINDOW.end)
     assert prediction_count(engine) == expected_rows(WINDOW.start, WINDOW.end)  # model-input not stored
     assert executor.queue.size() == 0
 
@@ -56,25 +75,42 @@ def test_a_task_runs_stores_only_configured_outputs_and_is_marked_done(engine):
 def test_a_finished_task_enqueued_again_is_skipped_and_rewrites_nothing(engine):
     executor = make_executor(engine, ["m"])
     task = Task("m", WINDOW)
-    run_one(executor, task)
+    enqueue(executor, task)
+    run_until_settled(executor, task)
     executor.execution.models.clear()  # a second run would now fail: proves it is not run at all
-    assert run_one(executor, task) is Outcome.SKIPPED
+    executor.queue.put_many([task])  # a duplicate message, as a broker may deliver
+    assert run_until_settled(executor, task) == [Outcome.SKIPPED]
     assert ledger(engine, task).state == "done"
     assert executor.execution.calls[("m", WINDOW.start)] == 1
+    assert executor.queue.size() == 0
 
 
-def test_transient_failures_are_retried_and_the_attempts_recorded(engine):
+def test_transient_failures_are_retried_by_redelivery_and_counted(engine):
     executor = make_executor(engine, ["transient-2-m"], max_attempts=5)
     task = Task("transient-2-m", WINDOW)
-    assert run_one(executor, task) is Outcome.DONE
+    enqueue(executor, task)
+    assert run_until_settled(executor, task) == [Outcome.RETRYING, Outcome.RETRYING, Outcome.DONE]
     row = ledger(engine, task)
-    assert (row.state, row.attempts) == ("done", 3)
+    assert (row.state, row.attempts, row.runs) == ("done", 2, 3)
+
+
+def test_a_retry_waits_in_the_queue_not_in_a_worker(engine):
+    executor = make_executor(engine, ["transient-1-m"], max_attempts=5)
+    executor.settings.retry_base_delay = executor.settings.retry_max_delay = timedelta(seconds=30)
+    task = Task("transient-1-m", WINDOW)
+    enqueue(executor, task)
+    assert executor.handle(executor.queue.get(timeout=2)) is Outcome.RETRYING
+    with engine.connect() as c:
+        available, owner = c.execute(sa.select(QueuedTask.available_at, QueuedTask.lease_owner)).one()
+    assert owner is None and available > datetime.now(timezone.utc) + timedelta(seconds=10)
+    assert executor.queue.get(timeout=0.2) is None  # not visible before its delay
 
 
 def test_transient_failures_past_max_attempts_fail_with_the_reason(engine):
     executor = make_executor(engine, ["transient-9-m"], max_attempts=3)
     task = Task("transient-9-m", WINDOW)
-    assert run_one(executor, task) is Outcome.FAILED
+    enqueue(executor, task)
+    assert run_until_settled(executor, task)[-1] is Outcome.FAILED
     row = ledger(engine, task)
     assert (row.state, row.attempts) == ("failed", 3)
     assert row.error.startswith("transient: simulated outage 3")
@@ -84,9 +120,10 @@ def test_transient_failures_past_max_attempts_fail_with_the_reason(engine):
 def test_a_permanent_failure_is_not_retried(engine):
     executor = make_executor(engine, ["broken-m"], max_attempts=5)
     task = Task("broken-m", WINDOW)
-    assert run_one(executor, task) is Outcome.FAILED
+    enqueue(executor, task)
+    assert run_until_settled(executor, task) == [Outcome.FAILED]
     row = ledger(engine, task)
-    assert (row.state, row.attempts) == ("failed", 1)
+    assert (row.state, row.attempts, row.runs) == ("failed", 0, 1)
     assert row.error == "permanent: simulated bad request: Unexpected features"
     assert executor.execution.calls[("broken-m", WINDOW.start)] == 1
 
@@ -94,55 +131,86 @@ def test_a_permanent_failure_is_not_retried(engine):
 def test_an_unknown_model_fails_with_its_reason(engine):
     executor = make_executor(engine, ["m"])
     task = Task("ghost", WINDOW)
-    assert run_one(executor, task) is Outcome.FAILED
+    enqueue(executor, task)
+    assert run_until_settled(executor, task) == [Outcome.FAILED]
     assert ledger(engine, task).error == "unknown_model: unknown model 'ghost'"
 
 
 def test_a_provider_bug_fails_the_task_and_the_worker_survives(engine, caplog):
-    executor = make_executor(engine, ["crash-m"])
-    task = Task("crash-m", WINDOW)
-    with caplog.at_level(logging.ERROR):
-        assert run_one(executor, task) is Outcome.FAILED
-    assert ledger(engine, task).error.startswith("internal: KeyError")
+    executor = make_executor(engine, ["crash-m", "m"])
+    enqueue(executor, Task("crash-m", WINDOW), Task("m", WINDOW))
+    with caplog.at_level(logging.ERROR, logger="latigo.executor"):
+        stats = executor.run(exit_when_idle=0.5)  # real worker threads
+    assert (stats.failed, stats.done) == (1, 1)
+    assert ledger(engine, Task("crash-m", WINDOW)).error.startswith("internal: KeyError")
+    assert "unexpected error" in caplog.text and "KeyError: 'simulated bug'" in caplog.text
 
 
-def test_an_undecodable_message_is_dead_lettered_and_the_executor_keeps_running(engine):
+def test_an_undecodable_message_is_dead_lettered_once_and_the_executor_keeps_running(engine):
     executor = make_executor(engine, ["m"])
     with engine.begin() as c:
         c.execute(sa.insert(QueuedTask), {"task_id": "junk", "body": "\x01garbage", "deliveries": 0,
                                           "available_at": T0, "enqueued_at": T0})
-    executor.queue.put_many([Task("m", WINDOW)])
+    enqueue(executor, Task("m", WINDOW))
     stats = executor.run(exit_when_idle=0.5)
     assert (stats.dead_letter, stats.done) == (1, 1)
     with engine.connect() as c:
         letter = c.execute(sa.select(DeadLetter)).one()
-    assert letter.body == b"\x01garbage" and "not JSON" in letter.error
+    assert letter.body == b"\x01garbage" and "not JSON" in letter.error and letter.message_id == "junk"
     assert executor.queue.size() == 0
 
 
-def test_a_redelivery_after_too_many_dead_attempts_is_failed_not_looped(engine):
-    executor = make_executor(engine, ["m"], max_attempts=2)
+def test_a_task_whose_runs_never_finish_is_abandoned_not_looped(engine):
+    executor = make_executor(engine, ["m"])
+    executor.settings.max_lost_runs = 2
     task = Task("m", WINDOW)
-    executor.ledger.mark_running(task, "died-1")
-    executor.ledger.mark_running(task, "died-2")
-    assert run_one(executor, task) is Outcome.FAILED
-    assert "gave up after 2 attempts" in ledger(engine, task).error
+    enqueue(executor, task)
+    for died in ("died-1", "died-2"):  # two executors started it and died (their leases expired)
+        with executor.lifecycle.transaction() as connection:
+            executor.lifecycle.start(connection, task, died)
+    assert run_until_settled(executor, task) == [Outcome.FAILED]
+    row = ledger(engine, task)
+    assert row.state == "failed" and "abandoned: 2 runs never finished" in row.error
+    assert executor.execution.calls == {}
+
+
+def test_releases_and_redeliveries_do_not_count_as_attempts(engine):
+    executor = make_executor(engine, ["m"], max_attempts=1)
+    task = Task("m", WINDOW)
+    enqueue(executor, task)
+    for _ in range(5):  # five shutdowns hand it back before it runs
+        delivery = executor.queue.get(timeout=2)
+        executor._release_on_shutdown(delivery)
+    assert run_until_settled(executor, task) == [Outcome.DONE]
+    row = ledger(engine, task)
+    assert (row.state, row.attempts, row.lost, row.runs) == ("done", 0, 0, 6)
+
+
+def test_a_message_delivered_too_often_is_dead_lettered_once(engine):
+    executor = make_executor(engine, ["m"])
+    executor.settings.max_deliveries = 3
+    task = Task("m", WINDOW)
+    enqueue(executor, task)
+    with engine.begin() as c:
+        c.execute(sa.update(QueuedTask).values(deliveries=3))
+    assert run_until_settled(executor, task) == [Outcome.DEAD_LETTER]
+    with engine.connect() as c:
+        assert c.execute(sa.select(sa.func.count()).select_from(DeadLetter)).scalar() == 1
+    assert ledger(engine, task).state == "failed" and executor.queue.size() == 0
 
 
 def test_stop_releases_tasks_that_have_not_finished(engine):
-    executor = make_executor(engine, ["transient-99-m"], max_attempts=50)
-    executor.settings.retry_base_delay = timedelta(seconds=30)
-    executor.settings.retry_max_delay = timedelta(seconds=30)
-    executor.queue.put_many([Task("transient-99-m", WINDOW)])
+    executor = make_executor(engine, ["m"], sleep=3.0)
+    executor.settings.shutdown_timeout = timedelta(seconds=0.2)
+    enqueue(executor, Task("m", WINDOW))
     runner = threading.Thread(target=executor.run)
     runner.start()
-    while not executor.execution.calls:
-        threading.Event().wait(0.05)
+    assert wait_for(lambda: executor.execution.calls, timeout=10)
     executor.stop()
     runner.join(10)
     assert not runner.is_alive()
     assert executor.stats.released == 1
     with engine.connect() as c:
-        leased = c.execute(sa.select(QueuedTask.lease_owner)).scalar_one()
-    assert leased is None  # handed back, visible to the next executor at once
-    assert ledger(engine, Task("transient-99-m", WINDOW)).state == "queued"
+        leased, deliveries = c.execute(sa.select(QueuedTask.lease_owner, QueuedTask.deliveries)).one()
+    assert leased is None and deliveries == 0  # handed back, visible at once, not counted as a delivery
+    assert ledger(engine, Task("m", WINDOW)).state == "queued"

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 
 from latigo.config import SchedulerSettings
 from latigo.errors import ConfigError
+from latigo.lifecycle import TaskLifecycle
 from latigo.queues.database import DatabaseTaskQueue
 from latigo.scheduler import Scheduler
 from latigo.storage.tables import QueuedTask, ScheduleState
@@ -24,7 +25,7 @@ def make(engine, models=("a", "b"), batch_size=1000, **settings):
     provider = StaticModels(list(models))
     config = SchedulerSettings(interval=timedelta(minutes=30), delay=timedelta(minutes=5),
                                batch_size=batch_size, **settings)
-    return Scheduler(config, provider, queue, engine), provider, queue
+    return Scheduler(config, provider, queue, TaskLifecycle(engine)), provider, queue
 
 
 def queued(engine):

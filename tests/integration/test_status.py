@@ -6,11 +6,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from latigo.lifecycle import TaskLifecycle
 from latigo.queues.database import DatabaseTaskQueue
 from latigo.status import collect_status
-from latigo.storage.db import write_transaction
-from latigo.storage.ledger import Ledger
-from latigo.storage.predictions import write_predictions
 from latigo.types import PredictionFrame, PredictionRow, Task, TimeRange
 from tests.support.processes import latigo_ok, write_config
 
@@ -24,21 +22,23 @@ def window(i):
 
 @pytest.fixture
 def populated(engine):
-    queue, ledger = DatabaseTaskQueue(engine), Ledger(engine)
-    queue.put_many([Task("pump-1", window(i)) for i in range(3)] + [Task("pump-2", window(0)),
-                                                                     Task("pump-3", window(5))])
+    lifecycle = TaskLifecycle(engine)
+    queue = DatabaseTaskQueue(engine, lifecycle=lifecycle)
+    tasks = [Task("pump-1", window(i)) for i in range(3)] + [Task("pump-2", window(0)), Task("pump-3", window(5))]
+    with lifecycle.transaction() as c:
+        queue.put_many(lifecycle.enqueue(c, tasks).to_send, c)
     for _ in range(2):  # pump-1 windows 0 and 1 done
         delivery = queue.get(timeout=1)
-        ledger.mark_running(delivery.task, "x")
-        with write_transaction(engine) as c:
-            rows = write_predictions(c, PredictionFrame(delivery.task.model, [
-                PredictionRow("model-output", "A", delivery.task.window.start, 1.0)]))
-            ledger.mark_done(c, delivery.task, rows, 5)
-        delivery.ack()
+        frame = PredictionFrame(delivery.task.model, [PredictionRow("model-output", "A", delivery.task.window.start,
+                                                                    1.0)])
+        with lifecycle.transaction() as c:
+            lifecycle.finish(c, delivery.task, frame, 5)
+            delivery.ack(c)
     failed = queue.get(timeout=1)  # pump-1 window 2
-    ledger.mark_running(failed.task, "x")
-    ledger.mark_failed(failed.task, "permanent: Gordo said\nUnexpected features")
-    failed.ack()
+    with lifecycle.transaction() as c:
+        lifecycle.fail(c, failed.task, "permanent: Gordo said\nUnexpected features")
+        failed.ack(c)
+    queue.close()
     return engine
 
 
@@ -58,7 +58,9 @@ def test_text_and_json_through_the_command(populated, tmp_path, db_url):
     config = write_config(tmp_path / "c.yaml", database={"url": db_url})
     text = latigo_ok(config, "status")
     assert "done 2, failed 1, queued 2" in text
-    assert "pump-1 2026-01-01T00:20:00+00:00 (attempts 1): permanent: Gordo said Unexpected features" in text
+    failure = "pump-1 2026-01-01T00:20:00+00:00 (runs 1, failed attempts 0): permanent: Gordo said Unexpected features"
+    assert failure in text
+    assert "alembic" not in text  # its plugin INFO lines are silenced
     data = json.loads(latigo_ok(config, "status", "--json", stderr=subprocess.DEVNULL))
     assert data["tasks"] == {"done": 2, "failed": 1, "queued": 2}
     assert data["last_predicted_window"] == {"pump-1": "2026-01-01T00:20:00+00:00"}

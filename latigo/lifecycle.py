@@ -1,0 +1,263 @@
+"""The one owner of task state: every change of a task's state in the ledger, and its SQL.
+
+The scheduler, the executor, the queues and the CLI call these; none of them writes the ledger itself.
+Every change takes the caller's connection, so it joins the caller's transaction: the database queue
+claims and starts a task in one transaction, and the executor writes the predictions, marks the task
+done and removes the queue row in another — two transactions per task.
+
+States: queued → running → done | failed, back to queued on a retry or a release, cancelled by hand.
+`attempts` counts runs where the model ran and failed in a way worth retrying (capped by
+executor.max_attempts); `lost` counts runs that never finished because their executor died (capped by
+executor.max_lost_runs, so a task that kills its executor cannot loop forever). A release on shutdown
+or after an infrastructure fault counts in neither.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, NamedTuple
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from latigo.storage.db import write_transaction
+from latigo.storage.predictions import write_predictions
+from latigo.storage.tables import DeadLetter, ScheduleState, TaskRecord
+from latigo.storage.upsert import dialect_insert, insert_new
+from latigo.types import PredictionFrame, Started, Task, TimeRange
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+STATES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
+FINAL = frozenset({DONE, FAILED, CANCELLED})
+MAX_ERROR_LENGTH = 2000
+MAX_NAME_LENGTH = 255
+"""The longest model name the ledger holds (tasks.model)."""
+
+_tasks = TaskRecord.__table__
+_letters = DeadLetter.__table__
+_schedule = ScheduleState.__table__
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def one_line(text: str, limit: int = MAX_ERROR_LENGTH) -> str:
+    flat = " ".join(str(text).split())
+    return flat[:limit]
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    """Which tasks a recovery command acts on."""
+
+    states: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    window: TimeRange | None = None
+    task_ids: tuple[str, ...] = ()
+
+    def where(self) -> Any:
+        clauses = []
+        if self.task_ids:
+            clauses.append(_tasks.c.task_id.in_(self.task_ids))
+        if self.states:
+            clauses.append(_tasks.c.state.in_(self.states))
+        if self.models:
+            clauses.append(_tasks.c.model.in_(self.models))
+        if self.window is not None:
+            clauses.append(_tasks.c.window_start >= self.window.start)
+            clauses.append(_tasks.c.window_end <= self.window.end)
+        return sa.and_(sa.true(), *clauses)
+
+
+class TaskLifecycle:
+    """Task state changes; see the module docstring."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with write_transaction(self.engine) as connection:
+            yield connection
+
+    # ------------------------------------------------------------------ scheduling
+
+    def enqueue(self, connection: Connection, tasks: Sequence[Task]) -> Enqueued:
+        """Ledger rows for new task ids; a task already known keeps its state (a done task stays done).
+        Returns the new count and the tasks to put on the queue: the new ones and those still queued
+        (putting a queued task again is harmless; a done, failed or running one is left alone)."""
+        if not tasks:
+            return Enqueued(0, [])
+        rows = [_new_row(task, QUEUED, utcnow()) for task in tasks]
+        new = set(insert_new(connection, _tasks, rows, "task_id"))
+        others = [task.task_id for task in tasks if task.task_id not in new]
+        queued = self._in_state(connection, others, QUEUED) if others else set()
+        return Enqueued(len(new), [task for task in tasks if task.task_id in new or task.task_id in queued])
+
+    def _in_state(self, connection: Connection, task_ids: Sequence[str], state: str) -> set[str]:
+        found: set[str] = set()
+        for index in range(0, len(task_ids), 1000):
+            chunk = list(task_ids[index:index + 1000])
+            found.update(connection.execute(sa.select(_tasks.c.task_id).where(
+                _tasks.c.task_id.in_(chunk), _tasks.c.state == state)).scalars())
+        return found
+
+    def advance_schedule(self, connection: Connection, tasks: Iterable[Task]) -> None:
+        """Move each model's last scheduled window end forward (never back)."""
+        newest: dict[str, datetime] = {}
+        for task in tasks:
+            newest[task.model] = max(newest.get(task.model, task.window.end), task.window.end)
+        if not newest:
+            return
+        statement = dialect_insert(connection, _schedule)
+        greatest = sa.func.max if connection.dialect.name == "sqlite" else sa.func.greatest
+        statement = statement.on_conflict_do_update(
+            index_elements=["model"],
+            set_={"last_window_end": greatest(_schedule.c.last_window_end, statement.excluded.last_window_end),
+                  "updated_at": statement.excluded.updated_at},
+        )
+        now = utcnow()
+        rows = [{"model": model, "last_window_end": end, "updated_at": now} for model, end in newest.items()]
+        connection.execute(statement, rows)
+
+    def requeue(self, connection: Connection, which: TaskFilter) -> list[Task]:
+        """Back to queued with fresh counters (a retry by hand, or a re-run of done windows); returns
+        the tasks, for the caller to put on the queue."""
+        rows = connection.execute(
+            sa.update(_tasks).where(which.where(), _tasks.c.state != RUNNING)
+            .values(state=QUEUED, attempts=0, lost=0, error=None, finished_at=None, enqueued_at=utcnow())
+            .returning(_tasks.c.model, _tasks.c.window_start, _tasks.c.window_end)
+        ).all()
+        return [Task(model, TimeRange(start, end)) for model, start, end in rows]
+
+    def cancel(self, connection: Connection, which: TaskFilter) -> list[str]:
+        """Queued tasks become cancelled (an executor that receives one skips it); returns their ids."""
+        return list(connection.execute(
+            sa.update(_tasks).where(which.where(), _tasks.c.state == QUEUED)
+            .values(state=CANCELLED, finished_at=utcnow(), error="cancelled by hand")
+            .returning(_tasks.c.task_id)
+        ).scalars())
+
+    # ------------------------------------------------------------------ executing
+
+    def start(self, connection: Connection, task: Task, executor: str) -> Started:
+        """Mark the task running unless it is finished. A task found `running` was started by an executor
+        that never finished it: that run counts as lost."""
+        now = utcnow()
+        was_running = _tasks.c.state == RUNNING
+        row = connection.execute(
+            sa.update(_tasks).where(_tasks.c.task_id == task.task_id, _tasks.c.state.in_((QUEUED, RUNNING)))
+            .values(state=RUNNING, runs=_tasks.c.runs + 1, executor=executor, started_at=now,
+                    lost=_tasks.c.lost + sa.case((was_running, 1), else_=0))
+            .returning(_tasks.c.attempts, _tasks.c.lost)
+        ).first()
+        if row is not None:
+            return Started(True, QUEUED, row.attempts, row.lost)
+        state = connection.execute(sa.select(_tasks.c.state).where(_tasks.c.task_id == task.task_id)).scalar()
+        if state is not None:
+            return Started(False, state)
+        # Unknown to the ledger (pruned, or sent by a producer that did not record it): record it now.
+        connection.execute(_tasks.insert().values(**_new_row(task, RUNNING, now), runs=1, executor=executor,
+                                                  started_at=now))
+        return Started(True, QUEUED)
+
+    def finish(self, connection: Connection, task: Task, frame: PredictionFrame, duration_ms: int) -> int:
+        """The task's predictions and its `done` mark, in the caller's transaction; returns the rows."""
+        rows = write_predictions(connection, frame)
+        connection.execute(
+            sa.update(_tasks).where(_tasks.c.task_id == task.task_id)
+            .values(state=DONE, rows=rows, duration_ms=duration_ms, finished_at=utcnow(),
+                    error=one_line(frame.note) if frame.note else None)
+        )
+        return rows
+
+    def retry_later(self, connection: Connection, task: Task, error: str) -> int:
+        """The model ran and failed in a way worth retrying: back to queued, one attempt more; returns
+        the attempts so far."""
+        return connection.execute(
+            sa.update(_tasks).where(_tasks.c.task_id == task.task_id)
+            .values(state=QUEUED, attempts=_tasks.c.attempts + 1, error=one_line(error))
+            .returning(_tasks.c.attempts)
+        ).scalar_one()
+
+    def fail(self, connection: Connection, task: Task, reason: str, duration_ms: int | None = None) -> None:
+        connection.execute(
+            sa.update(_tasks).where(_tasks.c.task_id == task.task_id)
+            .values(state=FAILED, error=one_line(reason), finished_at=utcnow(), duration_ms=duration_ms)
+        )
+
+    def release(self, connection: Connection, task: Task) -> None:
+        """Handed back unfinished (shutdown, infrastructure fault): queued again, counting nothing."""
+        connection.execute(
+            sa.update(_tasks).where(_tasks.c.task_id == task.task_id, _tasks.c.state == RUNNING).values(state=QUEUED)
+        )
+
+    def dead_letter(self, connection: Connection, source: str, message_id: str | None, body: bytes,
+                    error: str) -> bool:
+        """Keep an undecodable or unrecordable message once per (source, message id); False when it
+        was kept already. A message without an id is known by its body's hash."""
+        message_id = message_id or "sha256:" + hashlib.sha256(body).hexdigest()
+        statement = dialect_insert(connection, _letters).on_conflict_do_nothing(index_elements=["source", "message_id"])
+        inserted = connection.execute(statement.values(source=source[:255], message_id=message_id[:255], body=body,
+                                                       error=one_line(error), received_at=utcnow()))
+        return _rowcount(inserted) > 0
+
+    # ------------------------------------------------------------------ retention
+
+    def prune(self, retention: Retention, batch_size: int = 5000, now: datetime | None = None) -> dict[str, int]:
+        """Delete finished tasks, dead letters and the schedule state of models gone for longer than
+        their retention, in batches (no long lock, no huge transaction). Returns rows deleted per table."""
+        now = now or utcnow()
+        deleted = {"tasks": 0, "dead_letters": 0, "schedule_state": 0}
+        if retention.tasks is not None:
+            deleted["tasks"] = self._prune(_tasks, _tasks.c.task_id, sa.and_(
+                _tasks.c.state.in_(tuple(FINAL)), _tasks.c.finished_at < now - retention.tasks), batch_size)
+        if retention.dead_letters is not None:
+            deleted["dead_letters"] = self._prune(
+                _letters, _letters.c.id, _letters.c.received_at < now - retention.dead_letters, batch_size)
+        if retention.schedule_state is not None:
+            deleted["schedule_state"] = self._prune(
+                _schedule, _schedule.c.model, _schedule.c.updated_at < now - retention.schedule_state, batch_size)
+        return deleted
+
+    def _prune(self, table: sa.Table, key: sa.Column, condition: Any, batch_size: int) -> int:
+        total = 0
+        while True:
+            with write_transaction(self.engine) as connection:
+                batch = sa.select(key).where(condition).limit(batch_size).scalar_subquery()
+                count = _rowcount(connection.execute(sa.delete(table).where(key.in_(batch))))
+            total += count
+            if count < batch_size:
+                return total
+
+
+class Enqueued(NamedTuple):
+    new: int
+    """Tasks the ledger did not know."""
+    to_send: list[Task]
+    """Tasks to put on the queue."""
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long finished rows are kept; None keeps them forever."""
+
+    tasks: timedelta | None = timedelta(days=30)
+    dead_letters: timedelta | None = timedelta(days=30)
+    schedule_state: timedelta | None = timedelta(days=30)
+
+
+def _new_row(task: Task, state: str, now: datetime) -> dict[str, Any]:
+    return {"task_id": task.task_id, "model": task.model, "window_start": task.window.start,
+            "window_end": task.window.end, "state": state, "attempts": 0, "runs": 0, "lost": 0,
+            "enqueued_at": now}
+
+
+def _rowcount(result: Any) -> int:
+    count = result.rowcount
+    return max(count, 0) if count is not None else 0
