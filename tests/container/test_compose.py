@@ -39,7 +39,9 @@ def published_ports() -> list[int]:
 
 
 @pytest.fixture
-def project(base_images: None, tmp_path: Path) -> Iterator[ComposeProject]:
+def project(latigo_image: str, tmp_path: Path) -> Iterator[ComposeProject]:
+    """A compose project with its own name. Depends on the image test's build only to fill podman's layer
+    cache first: podman-compose builds the three latigo services in parallel."""
     busy = [port for port in published_ports() if not containers.port_is_free(port)]
     if busy:
         raise ContainerError(f"docker-compose.yml publishes ports {busy} on 127.0.0.1, which are in use here")
@@ -69,7 +71,7 @@ def psql(compose: ComposeProject, sql: str) -> str:
 def test_compose_runs_the_stack_into_its_postgresql_and_comes_down_clean(project: ComposeProject) -> None:
     compose = project
     began = time.monotonic()
-    compose.run("--podman-build-args=--network=host", "build", timeout=900)
+    compose.run("build", timeout=900)
     built = time.monotonic()
 
     compose.run("up", "-d", "postgres", "influxdb")
