@@ -1,11 +1,12 @@
 """The deployment files agree with the code: Dockerfile, docker-compose.yml, deploy/k8s, supervisord.conf
 and the container entrypoint.
 
-Docker and Kubernetes cannot run here, so the files are parsed and cross-checked: every `latigo ...`
-command they run is one the CLI accepts, every LATIGO_* variable they set is one latigo reads, ports and
-probe paths are the ones latigo.observability serves, and supervisord.conf is read by supervisor's own
-parser with exactly the variables the entrypoint exports. The entrypoint itself runs for real, with
-stand-ins for `supervisord` and `latigo` that record how they were called.
+The files are cross-checked here, in milliseconds: every `latigo ...` command they run is one the CLI
+accepts, every LATIGO_* variable they set is one latigo reads, ports and probe paths are the ones
+latigo.observability serves, and supervisord.conf is read by supervisor's own parser with exactly the
+variables the entrypoint exports. The entrypoint itself runs for real, with stand-ins for `supervisord`
+and `latigo` that record how they were called. The image and the compose stack are built and run with
+podman by tests/container; the Kubernetes manifests are schema-checked by tests/unit/test_k8s_manifests.py.
 """
 
 from __future__ import annotations
@@ -623,6 +624,27 @@ def test_compose_passes_the_shell_latigo_variables_through():
         assert env["LATIGO_DATABASE__URL"] == "postgresql://me@db/x"
         assert env["LATIGO_INTERNAL_EVENT_HUB"] == "Endpoint=sb://x/"
         assert "LATIGO_INTERNAL_EVENT_HUB" not in compose_env(service), "unset pass-through stays unset"
+
+
+def test_the_readme_recipe_leaves_compose_its_postgresql(tmp_path):
+    """`eval "$(./set_env.py)"` on a config made from the template exports no database URL, so every
+    latigo container gets compose's PostgreSQL, not a SQLite file of its own."""
+    config = tmp_path / "local_config.yaml"
+    set_env = [sys.executable, str(ROOT / "set_env.py"), "--file", str(config)]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LATIGO_")}
+    subprocess.run(set_env, cwd=tmp_path, env=clean, check=True, capture_output=True)  # creates the file
+    dump = f"{shlex.quote(sys.executable)} -c 'import json, os; print(json.dumps(dict(os.environ)))'"
+    script = f'eval "$({" ".join(shlex.quote(a) for a in set_env)})" && {dump}'
+    result = subprocess.run(["bash", "--norc", "--noprofile", "-c", script], cwd=tmp_path, env=clean, check=True,
+                            capture_output=True, text=True)
+    shell = {k: v for k, v in json.loads(result.stdout).items() if k.startswith("LATIGO_")}
+    assert shell, "the template exports its values"
+    assert not {"LATIGO_DATABASE__URL", "LATIGO_INTERNAL_DATABASE"} & set(shell)
+    (postgres,) = [s for s in compose()["services"].values() if str(s.get("image", "")).startswith("postgres")]
+    env = postgres["environment"]
+    expected = f"postgresql://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}@postgres:5432/{env['POSTGRES_DB']}"
+    for name, service in latigo_services().items():
+        assert compose_env(service, shell)["LATIGO_DATABASE__URL"] == expected, name
 
 
 def test_compose_scheduler_publishes_its_metrics_port():
