@@ -58,6 +58,12 @@ class DatabaseSettings:
     url: str = "sqlite:///latigo.db"
     pool_size: int = _spec(10, min=1)
     connect_timeout: timedelta = timedelta(seconds=10)
+    synchronous_commit: bool = False
+    """PostgreSQL: wait for each commit to reach disk. Off by default because nothing latigo commits has
+    an effect outside this database that a lost commit could orphan: if the server crashes, the last
+    moments of commits roll back together (a task's predictions, its `done` and its queue row's removal
+    are one transaction), and the task simply runs again. Saves a disk flush (about 1.3 ms here) per
+    transaction."""
 
 
 @dataclass

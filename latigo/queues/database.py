@@ -52,6 +52,43 @@ def _utc(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value)).replace(tzinfo=timezone.utc)
 
 
+@dataclass(frozen=True)
+class _Statements:
+    """The queue's hot-path SQL for one dialect, written out once (see the lifecycle's _START)."""
+
+    claim: Any
+    nack: Any
+    release: Any
+    renew: Any
+
+
+def _statements(later: str, now: str, sqlite: bool) -> _Statements:
+    """`later`/`now`: the dialect's "now + :seconds" and "now" expressions."""
+    skip_locked = "" if sqlite else " FOR UPDATE SKIP LOCKED"
+    guard = "task_id = :task_id AND lease_owner = :owner AND deliveries = :deliveries"
+    texts = {
+        "claim": f"UPDATE task_queue SET available_at = {later}, lease_owner = :owner, deliveries = deliveries + 1 "
+                 f"WHERE task_id = (SELECT task_id FROM task_queue WHERE available_at <= {now} "
+                 f"ORDER BY available_at LIMIT 1{skip_locked}) RETURNING task_id, body, deliveries",
+        "nack": f"UPDATE task_queue SET available_at = {later}, lease_owner = NULL WHERE {guard}",
+        "release": f"UPDATE task_queue SET available_at = {later}, lease_owner = NULL, deliveries = deliveries - 1 "
+                   f"WHERE {guard}",
+        "renew": f"UPDATE task_queue SET available_at = {later} WHERE {guard}",
+    }
+    typed = [sa.bindparam("until", type_=UtcDateTime), sa.bindparam("now", type_=UtcDateTime)] if sqlite else []
+    statements = {}
+    for name, text in texts.items():
+        statement = sa.text(text)
+        used = [param for param in typed if f":{param.key}" in text]
+        statements[name] = statement.bindparams(*used) if used else statement
+    return _Statements(**statements)
+
+
+_POSTGRESQL = _statements("now() + make_interval(secs => :seconds)", "now()", sqlite=False)
+_SQLITE = _statements(":until", ":now", sqlite=True)
+_ACK = sa.text("DELETE FROM task_queue WHERE task_id = :task_id AND lease_owner = :owner AND deliveries = :deliveries")
+
+
 class DatabaseDelivery(Delivery):
     """A claimed queue row. Settling it touches the row only while it still carries this claim (owner and
     delivery count), so an executor whose lease expired cannot settle another executor's delivery."""
@@ -72,36 +109,30 @@ class DatabaseDelivery(Delivery):
         except ValueError as exc:
             self.error = str(exc)
 
-    def _guard(self) -> Any:
-        return sa.and_(_table.c.task_id == self.task_id, _table.c.lease_owner == self._queue.owner,
-                       _table.c.deliveries == self.attempt)
+    def _claim(self) -> dict[str, Any]:
+        return {"task_id": self.task_id, "owner": self._queue.owner, "deliveries": self.attempt}
 
     def ack(self, connection: Connection | None = None) -> None:
-        self._finish(sa.delete(_table).where(self._guard()), connection)
+        self._finish(_ACK, self._claim(), connection)
 
     def nack(self, delay: float = 0.0, connection: Connection | None = None) -> None:
-        values = {"available_at": self._queue.now_plus(timedelta(seconds=delay)), "lease_owner": None}
-        self._finish(sa.update(_table).where(self._guard()).values(values), connection)
+        self._finish(self._queue.sql.nack, {**self._claim(), **self._queue.after(delay)}, connection)
 
     def release(self, connection: Connection | None = None) -> None:
         """Back at once, and this delivery does not count against the delivery cap."""
-        values = {"available_at": self._queue.now_plus(timedelta(0)), "lease_owner": None,
-                  "deliveries": _table.c.deliveries - 1}
-        self._finish(sa.update(_table).where(self._guard()).values(values), connection)
+        self._finish(self._queue.sql.release, {**self._claim(), **self._queue.after(0.0)}, connection)
 
     def renew(self) -> None:
         if not self._finished:
-            self._queue.execute(
-                sa.update(_table).where(self._guard()).values(available_at=self._queue.now_plus(self._queue.lease))
-            )
+            self._queue.execute(self._queue.sql.renew, {**self._claim(), **self._queue.after(self._queue.lease)})
 
-    def _finish(self, statement: Any, connection: Connection | None) -> None:
+    def _finish(self, statement: Any, params: dict[str, Any], connection: Connection | None) -> None:
         if self._finished:
             return
         if connection is not None:
-            changed = connection.execute(statement).rowcount
+            changed = connection.execute(statement, params).rowcount
         else:
-            changed = self._queue.execute(statement)
+            changed = self._queue.execute(statement, params)
         self._finished = True
         if changed == 0:
             log.warning("task %s: lease was lost before it was settled (another executor may have it)", self.task_id)
@@ -125,26 +156,29 @@ class DatabaseTaskQueue(TaskQueue):
                  lifecycle: TaskLifecycle | None = None) -> None:
         self.engine = engine
         self.settings = settings or self.Settings()
-        self.lease = self.settings.lease
+        self.lease = self.settings.lease.total_seconds()
         self.owner = owner or default_owner()
         self.lifecycle = lifecycle
         """When given, a claim also starts the task in the ledger, in the same transaction."""
         self._sqlite = is_sqlite(engine)
+        self.sql = _SQLITE if self._sqlite else _POSTGRESQL
         self._wakeup = threading.Condition()
         self._listener: _Listener | None = None
         self._notifications = 0
         self._closed = False
 
     # ------------------------------------------------------------------ clock
-    def now_plus(self, delta: timedelta) -> Any:
-        """Now + delta on the database clock (PostgreSQL), or this host's for SQLite (a single host)."""
+    def after(self, seconds: float) -> dict[str, Any]:
+        """The parameters for "now + seconds": on the database clock for PostgreSQL (executors on several
+        hosts agree), this host's for SQLite (a single host)."""
         if self._sqlite:
-            return sa.literal(datetime.now(timezone.utc) + delta, UtcDateTime)
-        return sa.func.now() + sa.literal(delta, sa.Interval)
+            now = datetime.now(timezone.utc)
+            return {"now": now, "until": now + timedelta(seconds=seconds)}
+        return {"seconds": seconds}
 
-    def execute(self, statement: Any) -> int:
+    def execute(self, statement: Any, params: dict[str, Any] | None = None) -> int:
         with write_transaction(self.engine) as connection:
-            return connection.execute(statement).rowcount
+            return connection.execute(statement, params or {}).rowcount
 
     # ------------------------------------------------------------------ producing
     def put_many(self, tasks: Sequence[Task], connection: Connection | None = None) -> int:
@@ -196,37 +230,13 @@ class DatabaseTaskQueue(TaskQueue):
 
     def _claim(self, start: bool) -> DatabaseDelivery | None:
         with write_transaction(self.engine) as connection:
-            row = self._claim_pg(connection) if not self._sqlite else self._claim_sqlite(connection)
+            row = connection.execute(self.sql.claim, {"owner": self.owner, **self.after(self.lease)}).first()
             if row is None:
                 return None
             delivery = DatabaseDelivery(self, row.task_id, row.body, row.deliveries)
             if start and delivery.task is not None and self.lifecycle is not None:
                 delivery.started = self.lifecycle.start(connection, delivery.task, self.owner)
         return delivery
-
-    def _claim_values(self) -> dict[str, Any]:
-        return {"available_at": self.now_plus(self.lease), "lease_owner": self.owner,
-                "deliveries": _table.c.deliveries + 1}
-
-    def _claim_pg(self, connection: Connection) -> Any:
-        candidate = (
-            sa.select(_table.c.task_id).where(_table.c.available_at <= sa.func.now())
-            .order_by(_table.c.available_at).limit(1).with_for_update(skip_locked=True).scalar_subquery()
-        )
-        statement = (sa.update(_table).where(_table.c.task_id == candidate).values(self._claim_values())
-                     .returning(_table.c.task_id, _table.c.body, _table.c.deliveries))
-        return connection.execute(statement).first()
-
-    def _claim_sqlite(self, connection: Connection) -> Any:
-        now = sa.literal(datetime.now(timezone.utc), UtcDateTime)
-        task_id = connection.execute(
-            sa.select(_table.c.task_id).where(_table.c.available_at <= now).order_by(_table.c.available_at).limit(1)
-        ).scalar()
-        if task_id is None:
-            return None
-        statement = (sa.update(_table).where(_table.c.task_id == task_id).values(self._claim_values())
-                     .returning(_table.c.task_id, _table.c.body, _table.c.deliveries))
-        return connection.execute(statement).first()
 
     def gauges(self) -> QueueGauges:
         now = sa.func.now() if not self._sqlite else sa.literal(datetime.now(timezone.utc), UtcDateTime)

@@ -34,8 +34,11 @@ def create_engine_for(settings: DatabaseSettings) -> Engine:
         executemany_batch_page_size=1000,
         pool_size=settings.pool_size,
         max_overflow=settings.pool_size,
-        pool_pre_ping=True,
-        connect_args={"connect_timeout": timeout, "application_name": "latigo"},
+        # No ping before each transaction (a round trip on every claim and finish): a connection found dead
+        # invalidates the whole pool, and the work that hit it is released and redone (storage/faults.py).
+        pool_pre_ping=False,
+        connect_args={"connect_timeout": timeout, "application_name": "latigo",
+                      "options": f"-c synchronous_commit={'on' if settings.synchronous_commit else 'off'}"},
     )
 
 

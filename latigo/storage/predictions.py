@@ -1,9 +1,10 @@
 """Bulk, idempotent prediction writes.
 
 Rows are keyed by (model, output, tag, ts): a redelivered task rewrites the same
-rows instead of adding new ones. PostgreSQL gets COPY into a session-temporary
-staging table and one INSERT ... ON CONFLICT; SQLite one executemany upsert.
-Never one statement per row on the hot path.
+rows instead of adding new ones. On PostgreSQL a task's few hundred rows go in one
+multi-row INSERT ... ON CONFLICT (one round trip); large frames go through COPY into
+a session-temporary staging table and one INSERT ... SELECT ON CONFLICT. SQLite gets
+one executemany upsert. Never one statement per row on the hot path.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import math
 from collections.abc import Mapping
 from datetime import datetime
 
+import sqlalchemy as sa
+from psycopg2.extras import execute_values
 from sqlalchemy.engine import Connection
 
-from latigo.storage.tables import Prediction
-from latigo.storage.upsert import dialect_insert
+from latigo.storage.tables import UtcDateTime
 from latigo.types import PredictionFrame
 
 Key = tuple[str, str, datetime]  # (output, tag, ts) within one model
@@ -32,17 +34,40 @@ _MERGE = (
 )
 
 
+COPY_FROM_ROWS = 2000
+"""Frames at least this large are written with COPY (faster per row, but three statements more)."""
+_UPSERT_VALUES = (
+    "INSERT INTO predictions (model, output, tag, ts, value) VALUES %s "
+    "ON CONFLICT (model, output, tag, ts) DO UPDATE SET value = EXCLUDED.value"
+)
+_SQLITE_UPSERT = sa.text(
+    "INSERT INTO predictions (model, output, tag, ts, value) VALUES (:model, :output, :tag, :ts, :value) "
+    "ON CONFLICT (model, output, tag, ts) DO UPDATE SET value = excluded.value"
+).bindparams(sa.bindparam("ts", type_=UtcDateTime))
+
+
 def write_predictions(connection: Connection, frame: PredictionFrame) -> int:
     """Upsert the frame's rows inside the caller's transaction; returns the row count."""
     if not frame.rows:
         return 0
     # One row per key, the last value winning: ON CONFLICT cannot update a row twice in one statement.
     unique = {(row.output, row.tag, row.ts): row.value for row in frame.rows}
-    if connection.dialect.name == "postgresql":
+    if connection.dialect.name != "postgresql":
+        _executemany_upsert(connection, frame.model, unique)
+    elif len(unique) >= COPY_FROM_ROWS:
         _copy_merge(connection, frame.model, unique)
     else:
-        _executemany_upsert(connection, frame.model, unique)
+        _values_upsert(connection, frame.model, unique)
     return len(unique)
+
+
+def _values_upsert(connection: Connection, model: str, rows: Mapping[Key, float]) -> None:
+    cursor = connection.connection.cursor()
+    try:
+        execute_values(cursor, _UPSERT_VALUES, [(model, o, t, ts, v) for (o, t, ts), v in rows.items()],
+                       page_size=COPY_FROM_ROWS)
+    finally:
+        cursor.close()
 
 
 def _copy_merge(connection: Connection, model: str, rows: Mapping[Key, float]) -> None:
@@ -78,10 +103,7 @@ def _copy_float(value: float) -> str:
 
 
 def _executemany_upsert(connection: Connection, model: str, rows: Mapping[Key, float]) -> None:
-    statement = dialect_insert(connection, Prediction.__table__)
-    statement = statement.on_conflict_do_update(
-        index_elements=["model", "output", "tag", "ts"], set_={"value": statement.excluded.value}
-    )
     connection.execute(
-        statement, [{"model": model, "output": o, "tag": t, "ts": ts, "value": v} for (o, t, ts), v in rows.items()]
+        _SQLITE_UPSERT,
+        [{"model": model, "output": o, "tag": t, "ts": ts, "value": v} for (o, t, ts), v in rows.items()],
     )

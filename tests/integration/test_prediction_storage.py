@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from latigo.storage.db import write_transaction
-from latigo.storage.predictions import write_predictions
+from latigo.storage.predictions import COPY_FROM_ROWS, write_predictions
 from latigo.storage.tables import Prediction
 from latigo.types import PredictionFrame, PredictionRow
 
@@ -26,22 +26,24 @@ def stored(engine):
         return {(r.model, r.output, r.tag, r.ts): r.value for r in c.execute(sa.select(Prediction))}
 
 
-def test_rows_land_exactly_with_their_names_and_timestamps(engine):
+@pytest.mark.parametrize("steps", [6, COPY_FROM_ROWS // len(AWKWARD) + 1], ids=["values", "copy"])
+def test_rows_land_exactly_with_their_names_and_timestamps(engine, steps):
     with write_transaction(engine) as c:
-        assert write_predictions(c, frame()) == len(AWKWARD) * 6
+        assert write_predictions(c, frame(steps=steps)) == len(AWKWARD) * steps
     rows = stored(engine)
-    assert len(rows) == len(AWKWARD) * 6
+    assert len(rows) == len(AWKWARD) * steps
     assert {tag for (_, _, tag, _) in rows} == set(AWKWARD)
     assert rows[("model-ä", "model-output", "tab\there", T0 + timedelta(minutes=20))] == 2.0
     assert all(ts.tzinfo is not None for (_, _, _, ts) in rows)
 
 
-def test_rewriting_a_window_overwrites_and_never_duplicates(engine):
+@pytest.mark.parametrize("steps", [6, COPY_FROM_ROWS // len(AWKWARD) + 1], ids=["values", "copy"])
+def test_rewriting_a_window_overwrites_and_never_duplicates(engine, steps):
     for offset in (0.0, 100.0):
         with write_transaction(engine) as c:
-            write_predictions(c, frame(offset))
+            write_predictions(c, frame(offset, steps=steps))
     rows = stored(engine)
-    assert len(rows) == len(AWKWARD) * 6
+    assert len(rows) == len(AWKWARD) * steps
     assert rows[("model-ä", "model-output", "plain", T0)] == 100.0
 
 
