@@ -269,13 +269,19 @@ class Build:
 
 
 def build(context: Path, tag: str, timeout: float = 900, dockerfile: Path | None = None) -> Build:
-    """`podman build --network host` in the docker format (which keeps HEALTHCHECK)."""
+    """`podman build --network host` in the docker format (which keeps HEALTHCHECK). The image the tag
+    named before is removed when nothing else uses it, so repeated runs do not pile up images."""
+    previous = podman("image", "inspect", "--format", "{{.Id}}", tag, check=False).stdout.strip()
     began = time.monotonic()
     args = ["build", "--network", "host", "--format", "docker", "-t", tag]
     if dockerfile is not None:
         args += ["-f", str(dockerfile)]
     result = podman(*args, str(context), timeout=timeout)
-    return Build(time.monotonic() - began, result.stdout + result.stderr)
+    seconds = time.monotonic() - began
+    current = podman("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip()
+    if previous and previous != current:
+        podman("rmi", previous, check=False)  # refused while a container or another tag uses it
+    return Build(seconds, result.stdout + result.stderr)
 
 
 def free_port_run(count: int, start: int = 20000, end: int = 60000) -> int:
