@@ -16,8 +16,10 @@ from latigo.secrets import mask_text
 
 log = logging.getLogger("latigo")
 
+EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_SCHEMA = 3
+EXIT_DATABASE = 4
 
 Handler = Callable[[argparse.Namespace, Config], int]
 COMMANDS: dict[str, Handler] = {}
@@ -43,8 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    check = sub.add_parser("check-config", help="validate and print the effective config (secrets masked)")
+    check = sub.add_parser("check-config", help="validate and print the effective config (secrets masked), and "
+                           "build every configured part")
     check.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="as `latigo --config FILE`")
+    check.add_argument("--connect", action="store_true",
+                       help="also connect: the database, the task queue, the model provider, the sensor source")
 
     db = sub.add_parser("db", help="database schema (alembic migrations)")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION")
@@ -110,8 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 @command("check-config")
 def check_config(args: argparse.Namespace, config: Config) -> int:
+    from latigo.config_check import build_all, probe_all
+    from latigo.factory import Components
+
     sys.stdout.write(describe_config(config))
-    return 0
+    components = Components(config)
+    checks = build_all(components)
+    if args.connect and all(check.ok for check in checks):
+        checks += probe_all(components)
+    print("# parts" + (" and their peers" if args.connect else " (built; --connect also connects)"))
+    for check in checks:
+        print("#" + check.line())
+    return 0 if all(check.ok for check in checks) else EXIT_USAGE
 
 
 @command("db")
@@ -262,9 +277,17 @@ def sensors(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _first_line(exc: BaseException) -> str:
+    """The driver's own first line ("connection refused", "unable to open database file"), masked."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return mask_text(lines[0] if lines else type(cause).__name__)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    config: Config | None = None
     try:
         config = load_config(args.config)
         setup_logging(config.logging.level, config.logging.format)
@@ -277,7 +300,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_SCHEMA
     except LatigoError as exc:
         print(f"latigo: error: {mask_text(str(exc))}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        from latigo.storage.faults import is_infrastructure_fault
+
+        if not is_infrastructure_fault(exc) or config is None:
+            raise
+        from latigo.storage.db import database_location
+
+        print(f"latigo: cannot reach the database ({database_location(config.database.url)}): "
+              f"{_first_line(exc)}", file=sys.stderr)
+        return EXIT_DATABASE
 

@@ -36,6 +36,13 @@ ENV_ALIASES = {
     EVENT_HUB_ALIAS: ("task_queue", "connection_string"),
     "LATIGO_INTERNAL_DATABASE": ("database", "url"),
 }
+PROCESS_VARIABLES = frozenset({
+    CONFIG_FILE_ENV, "LATIGO_ROLE", "LATIGO_EXECUTORS", "LATIGO_METRICS_BASE_PORT", "LATIGO_RUN_DIR",
+    "LATIGO_MIGRATE", "LATIGO_SCHEDULER_AUTOSTART", "LATIGO_EXECUTOR_AUTOSTART", "LATIGO_SUPERVISORD_CONF",
+})
+"""LATIGO_* variables that are not config keys: the container entrypoint's and supervisord's."""
+RESERVED_PREFIXES = ("LATIGO_TEST_",)
+"""LATIGO_* names kept for the test suite."""
 COMPONENT_SECTIONS = ("task_queue", "sensor_information", "sensor_data", "model_information", "model_execution")
 DEFAULT_OUTPUTS = (
     "model-output",
@@ -291,8 +298,33 @@ def find_config_file(explicit: str | os.PathLike | None, env: Mapping[str, str])
     return local if local.exists() else None
 
 
+def check_env_names(env: Mapping[str, str]) -> None:
+    """A LATIGO_* variable that is neither a config key (LATIGO_<SECTION>__<KEY>), a seed alias nor one of
+    the process variables is a typo: refused by name, with the closest known spelling."""
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or "__" in name or name in ENV_ALIASES or name in PROCESS_VARIABLES:
+            continue
+        if name.startswith(RESERVED_PREFIXES):
+            continue
+        raise ConfigError(f"environment variable {name}: not a latigo setting" + _env_suggestion(name))
+
+
+def _env_suggestion(name: str) -> str:
+    """The alias or process variable it resembles, or the LATIGO_<SECTION>__<KEY> it would be."""
+    known = [*ENV_ALIASES, *PROCESS_VARIABLES]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+    if close:
+        return f" (did you mean {close[0]}?)"
+    rest = name[len(ENV_PREFIX):].lower()
+    for section in (*PLAIN_SECTIONS, *COMPONENT_SECTIONS):
+        if rest.startswith(section + "_") and len(rest) > len(section) + 1:
+            return f" (did you mean {ENV_PREFIX}{section.upper()}__{rest[len(section) + 1:].upper()}?)"
+    return f" (settings are {ENV_PREFIX}<SECTION>__<KEY>, e.g. {ENV_PREFIX}SCHEDULER__INTERVAL)"
+
+
 def env_overrides(env: Mapping[str, str]) -> list[tuple[tuple[str, ...], EnvText, str]]:
     """(key path, value, variable) for every LATIGO_<SECTION>__<KEY>[__<KEY>...] and seed alias."""
+    check_env_names(env)
     found = []
     for name, (section, key) in ENV_ALIASES.items():
         if name in env:

@@ -145,6 +145,12 @@ class TaskQueue(ABC):
         """What the queue can tell cheaply about its backlog (None where it cannot)."""
         return QueueGauges()
 
+    def probe(self) -> str:
+        """Connect to the transport and say what it holds (for `check-config --connect`); raises when it
+        does not answer."""
+        gauges = self.gauges()
+        return f"reachable; {gauges.in_queue if gauges.in_queue is not None else '?'} tasks in the queue"
+
 
 @dataclass(frozen=True)
 class QueueGauges:

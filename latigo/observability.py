@@ -12,6 +12,7 @@ program supervisord runs in the container (see supervisord.conf for the port lay
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -236,7 +237,17 @@ def start_http_server(settings: MetricsSettings, health: Health, max_silence: fl
     """Serve /healthz, /readyz and /metrics in a daemon thread; None when metrics are disabled."""
     if not settings.enabled:
         return None
-    server = MetricsServer((settings.host, settings.port), health, max_silence).start()
+    try:
+        server = MetricsServer((settings.host, settings.port), health, max_silence).start()
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE or settings.port == 0:
+            raise
+        # Another process on this host has the port (two executors started by hand): keep running, on a
+        # free port, and say which; under supervisord each process gets its own port (METRICS_BASE_PORT + N).
+        server = MetricsServer((settings.host, 0), health, max_silence).start()
+        log.warning("metrics port %d is in use by another process; serving %s %s %s on port %d instead (set "
+                    "metrics.port to choose)", settings.port, HEALTH_PATH, READY_PATH, METRICS_PATH, server.port)
+        return server
     log.info("serving %s %s %s on %s:%d", HEALTH_PATH, READY_PATH, METRICS_PATH, settings.host, server.port)
     return server
 

@@ -389,6 +389,12 @@ class EventHubTaskQueue(TaskQueue):
     def deliver_later(self, delivery: EventHubDelivery, delay: float) -> None:
         self._handoff.put_later(delivery, delay)
 
+    def probe(self) -> str:
+        """Ask the service for the hub's partitions (a management request over AMQP)."""
+        with self._producer_lock:
+            partitions = self._producer_client().get_partition_ids()
+        return f"event hub {self.eventhub_name} at {self.fully_qualified_namespace}: {len(partitions)} partitions"
+
     def gauges(self) -> QueueGauges:
         return QueueGauges(waiting=len(self._handoff), in_queue=len(self._handoff) + self._handoff.delayed,
                            lag_by_partition=self.checkpoint_lag())

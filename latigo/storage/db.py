@@ -64,6 +64,18 @@ def _sqlite_engine(url: Any) -> Engine:
     return engine
 
 
+def database_location(url: str) -> str:
+    """Where the database is, for people: host:port/name for PostgreSQL, the file for SQLite (never the
+    password)."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return "the configured database"
+    if parsed.get_backend_name() == "sqlite":
+        return f"SQLite file {parsed.database or ':memory:'}"
+    return f"PostgreSQL at {parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
+
+
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 

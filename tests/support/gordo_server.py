@@ -52,7 +52,7 @@ _REPO = Path(__file__).resolve().parents[2]
 
 def fixtures_dir() -> Path:
     """The samples captured from a real Gordo 6 server (tests/fixtures/gordo/README.md says how)."""
-    return Path(os.environ.get("LATIGO_GORDO_FIXTURES") or _REPO / "tests" / "fixtures" / "gordo")
+    return Path(os.environ.get("LATIGO_TEST_GORDO_FIXTURES") or _REPO / "tests" / "fixtures" / "gordo")
 
 
 FIXTURES = fixtures_dir()
