@@ -51,11 +51,16 @@ def project(latigo_image: str, tmp_path: Path) -> Iterator[ComposeProject]:
     # The README's recipe: the first run creates the file from the template, the second exports it.
     prefix = f'set -e\n{set_env}\neval "$({set_env})"\nexport {exports}'
     compose = ComposeProject(f"latigotest{uuid.uuid4().hex[:8]}", COMPOSE_FILE, prefix)
+    image = "localhost/" + yaml.safe_load(COMPOSE_FILE.read_text())["x-latigo"]["image"]
+    previous = containers.podman("image", "inspect", "--format", "{{.Id}}", image, check=False).stdout.strip()
     try:
         yield compose
     finally:
         compose.run("down", "-v", "-t", "5", check=False, timeout=300)
         compose.force_remove()
+        current = containers.podman("image", "inspect", "--format", "{{.Id}}", image, check=False).stdout.strip()
+        if previous and previous != current:
+            containers.podman("rmi", previous, check=False)  # the image compose's build replaced
 
 
 def healthy(compose: ComposeProject, names: list[str]) -> bool:
