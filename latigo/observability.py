@@ -73,8 +73,18 @@ CHECKPOINT_LAG = Gauge(
     registry=REGISTRY,
 )
 LAST_SCHEDULE_TIME = Gauge(
-    "latigo_last_schedule_time_seconds", "When the scheduler last finished a cycle (Unix time).", registry=REGISTRY
+    "latigo_last_schedule_time_seconds", "When the scheduler last finished a cycle (Unix time).", registry=None
 )
+"""Registered by the scheduler process only (`scheduler_metrics`): an executor exporting 0 would look like a
+scheduler that never ran to an alert on max() or absent()."""
+
+
+def scheduler_metrics() -> None:
+    """Export the scheduler's own series from this process."""
+    try:
+        REGISTRY.register(LAST_SCHEDULE_TIME)
+    except ValueError:
+        pass  # registered already
 TASKS_RETRIED = Counter("latigo_tasks_retried", "Tasks handed back for a retry after a transient failure.",
                         registry=REGISTRY)
 SINK_FAILURES = Counter("latigo_sink_failures", "Prediction sink writes that failed for good.", ["sink"],

@@ -18,6 +18,7 @@ from latigo.observability import (
     Health,
     MetricsServer,
     database_ready_check,
+    scheduler_metrics,
     start_http_server,
 )
 from latigo.scheduler import Scheduler
@@ -62,6 +63,7 @@ def run_scheduler(config: Config, once: bool = False) -> int:
     components = Components(config)
     ensure_schema_current(components.engine)
     scheduler = build_scheduler(components, retention=True)
+    scheduler_metrics()
     if once:
         scheduler.run_cycle()
         return 0

@@ -263,8 +263,22 @@ def test_each_program_serves_health_and_metrics_on_its_own_port(stack):
         assert status == 200, f"{name}: {body}"
         status, body = _get(f"http://127.0.0.1:{port}/metrics")
         assert status == 200 and "latigo_" in body, name
-    _, executor_metrics = _get(f"http://127.0.0.1:{stack.base_port + 1}/metrics")
-    assert "latigo_tasks_done_total" in executor_metrics
+    wait_for("tasks done by an executor", lambda: stack.task_states().get("done", 0) >= 1)
+    done = sum(_sample(_get(f"http://127.0.0.1:{stack.base_port + n}/metrics")[1], "latigo_tasks_done_total")
+               for n in (1, 2))
+    assert done >= 1  # the executors count what they did, not just declare the counter
+    scheduler = _get(f"http://127.0.0.1:{stack.base_port}/metrics")[1]
+    assert _sample(scheduler, "latigo_last_schedule_time_seconds") > 1_700_000_000
+    for n in (1, 2):  # only the scheduler says when it last scheduled: an executor's 0 would look like a stall
+        assert "latigo_last_schedule_time_seconds" not in _get(f"http://127.0.0.1:{stack.base_port + n}/metrics")[1]
+
+
+def _sample(text: str, name: str) -> float:
+    """The value of an unlabelled sample in the Prometheus text format."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not exported")
 
 
 def _get(url: str) -> tuple[int, str] | None:

@@ -181,6 +181,7 @@ def test_metrics_move_as_they_are_incremented(server):
     obs.PROVIDER_LATENCY.labels(provider="gordo", call="execute").observe(0.3)
     obs.QUEUE_BACKLOG.set(17)
     obs.CHECKPOINT_LAG.labels(partition="0").set(4)
+    obs.scheduler_metrics()
     obs.LAST_SCHEDULE_TIME.set(1_700_000_000)
     _, after = get(url(server, "/metrics"))
 
