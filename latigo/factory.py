@@ -56,6 +56,7 @@ REGISTRY: dict[str, dict[str, str]] = {
     },
     "prediction_sink": {
         "influx": "latigo.sensors.influx_sink:InfluxPredictionSink",
+        "data_api": "latigo.sensors.data_api_sink:DataApiPredictionSink",
     },
 }
 

@@ -1,12 +1,17 @@
 """A local Time Series API (the "Data API") speaking the real wire format, for tests and benchmarks.
 
 Endpoints (under `base_path`): GET `?name=&facility=&limit=&continuationToken=` (find/list series),
-GET `/{id}`, GET `/{id}/data`, POST `/query/data` (at most 100 ids, per-item continuation
-tokens), POST `/data` (write), and an Azure AD style token endpoint
-`/{tenant}/oauth2/v2.0/token`. Pages are cut at `page_size` points whatever `limit` asks,
-so several pages per series are the rule. `endTime` is inclusive here, as the safest
-assumption a client can be tested against. Every request is recorded; faults (a status,
-with headers, for the next N matching requests) can be injected.
+POST `` (create `{name, description, step, unit, facility, externalId}`: 201 with the new series,
+409 when the facility already has a series of that name), GET `/{id}`, GET `/{id}/data`,
+POST `/query/data` (at most 100 ids, per-item continuation tokens), POST `/data` (bulk write
+`{items: [{id, datapoints: [{time, value, status}]}]}`, at most 100 items; a point at a time the
+series already has replaces it), and an Azure AD style token endpoint `/{tenant}/oauth2/v2.0/token`.
+Pages are cut at `page_size` points whatever `limit` asks, so several pages per series are the
+rule. `endTime` is inclusive here, as the safest assumption a client can be tested against.
+`name_match="contains"` makes a name search also answer series whose names merely contain the
+name asked for, so that a client is tested to pick the exact match itself. Every request is
+recorded; faults (a status, with headers, for the next N matching requests) can be injected;
+`revoke_tokens()` expires every issued token; `by_name()` and `stored()` read back what was written.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from tests.support.loopback import LoopbackServer
 
 BASE_PATH = "/plant/timeseries/v1.6"
 MAX_IDS_PER_QUERY = 100
+MAX_ITEMS_PER_WRITE = 100
 
 
 def rfc3339(moment: datetime) -> str:
@@ -46,6 +52,11 @@ class Series:
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     points: list[dict[str, Any]] = field(default_factory=list)
     """Datapoints {time, value, status} sorted by time (time as RFC 3339 text)."""
+    description: str | None = None
+    """None: "<name> (test)"."""
+    step: bool = False
+    unit: str = ""
+    external_id: str = ""
 
     _times: list[datetime] | None = field(default=None, repr=False, compare=False)
 
@@ -55,9 +66,16 @@ class Series:
         return self._times
 
     def metadata(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "description": f"{self.name} (test)", "step": False,
-                "unit": "", "assetId": "", "facility": self.facility, "externalId": "",
+        description = f"{self.name} (test)" if self.description is None else self.description
+        return {"id": self.id, "name": self.name, "description": description, "step": self.step,
+                "unit": self.unit, "assetId": "", "facility": self.facility, "externalId": self.external_id,
                 "changedTime": "2020-01-01T00:00:00.000Z", "createdTime": "2020-01-01T00:00:00.000Z"}
+
+    def merge(self, datapoints: Iterable[dict[str, Any]]) -> None:
+        """Write points: one per instant, a new point at an instant already held replaces it."""
+        merged = {_parse_time(p["time"]): p for p in self.points}
+        merged.update({_parse_time(p["time"]): dict(p) for p in datapoints})
+        self.points = [merged[moment] for moment in sorted(merged)]
 
 
 @dataclass
@@ -93,6 +111,7 @@ class DataApiServer(LoopbackServer):
         subscription_key: str | None = None,
         token_lifetime: int = 3599,
         paging: str = "item",
+        name_match: str = "exact",
     ) -> None:
         self.series = {s.id: s for s in series}
         self.page_size = page_size
@@ -100,6 +119,9 @@ class DataApiServer(LoopbackServer):
         self.subscription_key = subscription_key
         self.token_lifetime = token_lifetime
         self.paging = paging  # "item": per-item continuation tokens; "top": one token for the whole answer
+        self.name_match = name_match  # "exact", or "contains": a name search also finds longer names
+        self.created: list[str] = []
+        """Names of the series created through POST {base}, in order (a 409 adds nothing)."""
         self.tokens: set[str] = set()
         self.requests: list[Recorded] = []
         self.faults: list[Fault] = []
@@ -135,6 +157,22 @@ class DataApiServer(LoopbackServer):
         """The next `times` matching requests are answered only after `seconds`."""
         with self._lock:
             self.faults.append(Fault(method, path_suffix, None, times, {}, seconds))
+
+    def by_name(self, name: str, facility: str | None = None) -> Series | None:
+        """The series called `name` (in `facility` when given); None when there is none."""
+        with self._lock:
+            found = [s for s in self.series.values() if s.name == name and (facility is None or s.facility == facility)]
+        assert len(found) <= 1, f"{len(found)} series are named {name!r}"
+        return found[0] if found else None
+
+    def stored(self, name: str, facility: str | None = None) -> list[dict[str, Any]]:
+        """The datapoints {time, value, status} the series called `name` holds, in time order ([] when
+        there is no such series)."""
+        series = self.by_name(name, facility)
+        if series is None:
+            return []
+        with self._lock:
+            return [dict(p) for p in series.points]
 
     def revoke_tokens(self) -> None:
         """Every issued token becomes invalid (as when it expires early or is revoked)."""
@@ -268,6 +306,8 @@ class _Handler(BaseHTTPRequestHandler):
         segments = rest.split("/") if rest else []
         if method == "GET" and not segments:
             return self._find(query)
+        if method == "POST" and not segments:
+            return self._create(body)
         if method == "POST" and segments == ["query", "data"]:
             return self._query_data(query, body)
         if method == "POST" and segments == ["data"]:
@@ -305,8 +345,11 @@ class _Handler(BaseHTTPRequestHandler):
             if state is None:
                 return self._error(400, "Invalid continuation token")
             offset = state[1]
-        matches = [s for s in self.api.series.values()
-                   if (name is None or s.name == name) and (facility is None or s.facility == facility)]
+        contains = self.api.name_match == "contains"
+        with self.api._lock:
+            matches = [s for s in self.api.series.values()
+                       if (name is None or s.name == name or (contains and name in s.name))
+                       and (facility is None or s.facility == facility)]
         page = matches[offset : offset + limit]
         body: dict[str, Any] = {"data": {"items": [s.metadata() for s in page]}, "count": len(page)}
         if offset + limit < len(matches):
@@ -373,17 +416,74 @@ class _Handler(BaseHTTPRequestHandler):
             answer["continuationToken"] = self.api.new_cursor(("top", following))
         self._send(200, answer)
 
+    def _create(self, body: Any) -> None:
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not body["name"].strip():
+            return self._error(400, "The request body must be {name, description, step, unit, facility, externalId} "
+                                    "with a non-empty name")
+        for key in ("description", "unit", "facility", "externalId"):
+            if body.get(key) is not None and not isinstance(body[key], str):
+                return self._error(400, f"{key} must be a string")
+        if body.get("step") is not None and not isinstance(body["step"], bool):
+            return self._error(400, "step must be a boolean")
+        facility = body.get("facility") or ""
+        with self.api._lock:
+            if any(s.name == body["name"] and s.facility == facility for s in self.api.series.values()):
+                taken = True
+            else:
+                taken = False
+                series = Series(name=body["name"], facility=facility, description=body.get("description") or "",
+                                step=bool(body.get("step")), unit=body.get("unit") or "",
+                                external_id=body.get("externalId") or "")
+                self.api.series[series.id] = series
+                self.api.created.append(series.name)
+        if taken:
+            return self._error(409, f"A timeseries with name {body['name']} already exists in facility '{facility}'")
+        self._send(201, {"data": {"items": [series.metadata()]}})
+
     def _write(self, body: Any) -> None:
         if not isinstance(body, dict) or not isinstance(body.get("items"), list):
             return self._error(400, "The request body must be {items: [{id, datapoints}]}")
+        if len(body["items"]) > MAX_ITEMS_PER_WRITE:
+            return self._error(400, f"A maximum of {MAX_ITEMS_PER_WRITE} items is allowed per request; "
+                                    f"got {len(body['items'])}")
         for item in body["items"]:
-            series = self.api.series.get(item.get("id"))
-            if series is None:
-                return self._error(404, f"Timeseries with id {item.get('id')} not found")
-            merged = {p["time"]: p for p in series.points}
-            merged.update({p["time"]: p for p in item.get("datapoints", [])})
-            series.points = sorted(merged.values(), key=lambda p: _parse_time(p["time"]))
+            if not isinstance(item, dict) or not isinstance(item.get("datapoints"), list):
+                return self._error(400, "Each item must be {id, datapoints: [...]}")
+            for point in item["datapoints"]:
+                problem = _invalid_point(point)
+                if problem:
+                    return self._error(400, f"Invalid datapoint {point!r} for id {item.get('id')}: {problem}")
+        with self.api._lock:
+            unknown = [item.get("id") for item in body["items"] if item.get("id") not in self.api.series]
+            if not unknown:
+                for item in body["items"]:
+                    self.api.series[item["id"]].merge(item["datapoints"])
+        if unknown:  # nothing written: the request is refused as a whole
+            return self._error(404, f"Timeseries with id {unknown[0]} not found")
         self._send(200, {"statusCode": 200, "message": "Data was written", "traceId": uuid.uuid4().hex})
+
+
+def _invalid_point(point: Any) -> str:
+    """Why a datapoint to write is refused ("" when it is fine): an RFC 3339 time with a zone, a
+    finite number, an integer status."""
+    if not isinstance(point, dict):
+        return "not an object"
+    time_text = point.get("time")
+    if not isinstance(time_text, str):
+        return "time is missing"
+    try:
+        moment = datetime.fromisoformat(time_text.replace("Z", "+00:00"))
+    except ValueError:
+        return "time is not RFC 3339"
+    if moment.tzinfo is None:
+        return "time has no zone"
+    value = point.get("value")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+        return "value is not a finite number"
+    status = point.get("status", 192)
+    if isinstance(status, bool) or not isinstance(status, int):
+        return "status is not an integer"
+    return ""
 
 
 DataApiServer.handler = _Handler
