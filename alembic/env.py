@@ -4,7 +4,7 @@
 `alembic` CLI gets its URL from latigo's config (file + LATIGO_* environment)."""
 
 from alembic import context
-from latigo.storage.tables import Base, UtcDateTime
+from latigo.storage.tables import Base, UtcDateTime, is_managed_elsewhere
 
 config = context.config
 target_metadata = Base.metadata
@@ -17,6 +17,11 @@ def _render_item(type_, obj, autogen_context):
     return False
 
 
+def include_object(obj, name, type_, reflected, compare_to) -> bool:
+    """Leave prediction_values' partitions to latigo.storage.partitions."""
+    return not (type_ == "table" and is_managed_elsewhere(name))
+
+
 def _configure(**kwargs) -> None:
     # render_as_batch: SQLite cannot ALTER most things; batch mode recreates tables instead.
     context.configure(
@@ -24,6 +29,7 @@ def _configure(**kwargs) -> None:
         render_as_batch=True,
         compare_type=True,
         render_item=_render_item,
+        include_object=include_object,
         **kwargs,
     )
     with context.begin_transaction():

@@ -139,6 +139,8 @@ def db(args: argparse.Namespace, config: Config) -> int:
         if args.db_command == "upgrade":
             migrations.upgrade(engine, args.revision)
             print(f"database schema at {migrations.current_revision(engine)}")
+            if migrations.current_revision(engine) == migrations.head_revision():
+                _partitions_ahead(engine, config)
         elif args.db_command == "downgrade":
             migrations.downgrade(engine, args.revision)
             print(f"database schema at {migrations.current_revision(engine) or 'base (empty)'}")
@@ -157,6 +159,18 @@ def db(args: argparse.Namespace, config: Config) -> int:
     finally:
         engine.dispose()
     return 0
+
+
+def _partitions_ahead(engine, config: Config) -> None:
+    from datetime import datetime, timezone
+
+    from latigo.storage.partitions import Partitions
+
+    partitions = Partitions(engine, config.predictions.partition_size)
+    created = partitions.ensure_ahead(datetime.now(timezone.utc), behind=config.scheduler.catch_up_limit,
+                                      ahead=config.predictions.partitions_ahead)
+    if created:
+        print(f"created {created} prediction partitions")
 
 
 def _timestamp(text: str):

@@ -111,6 +111,10 @@ class PredictionSettings:
     """Which of the model's output groups are stored."""
     sinks: list[Any] = _spec(factory=list)
     """Extra destinations besides the database, each {type: ..., options...}; ComponentSettings once loaded."""
+    partition_size: timedelta = timedelta(days=1)
+    """PostgreSQL: the time span of one partition of prediction_values (retention drops whole ones)."""
+    partitions_ahead: timedelta = timedelta(days=3)
+    """PostgreSQL: partitions are created this far ahead by the scheduler and `latigo db upgrade`."""
 
 
 @dataclass
@@ -118,6 +122,8 @@ class RetentionSettings:
     """How long finished rows are kept (null: forever); pruned in batches by the scheduler and
     `latigo db prune`."""
 
+    predictions: timedelta | None = timedelta(days=400)
+    """Stored predictions: whole partitions older than this are dropped (SQLite: deleted in batches)."""
     tasks: timedelta | None = timedelta(days=30)
     dead_letters: timedelta | None = timedelta(days=30)
     schedule_state: timedelta | None = timedelta(days=30)

@@ -238,6 +238,7 @@ class Executor:
         except TransientError as exc:
             return self._retry_later(task, delivery, exc, began)
         try:
+            self.lifecycle.ready_for(frame)
             with self.lifecycle.transaction() as connection:
                 rows = self.lifecycle.finish(connection, task, frame, int(_ms_since(began)))
                 if delivery.transactional:

@@ -108,7 +108,7 @@ class Components:
     def lifecycle(self) -> TaskLifecycle:
         from latigo.lifecycle import TaskLifecycle
 
-        return TaskLifecycle(self.engine)
+        return TaskLifecycle(self.engine, self.config.predictions.partition_size)
 
     @cached_property
     def task_queue(self) -> TaskQueue:

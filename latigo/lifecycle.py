@@ -25,7 +25,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from latigo.storage.db import write_transaction
-from latigo.storage.predictions import write_predictions
+from latigo.storage.partitions import Partitions
+from latigo.storage.predictions import MissingPartition, write_predictions
 from latigo.storage.tables import DeadLetter, ScheduleState, TaskRecord, UtcDateTime
 from latigo.storage.upsert import dialect_insert, insert_new
 from latigo.types import PredictionFrame, Started, Task, TimeRange
@@ -48,6 +49,10 @@ _START = sa.text(
     "lost = lost + CASE WHEN state = 'running' THEN 1 ELSE 0 END "
     "WHERE task_id = :task_id AND state IN ('queued', 'running') RETURNING attempts, lost"
 ).bindparams(sa.bindparam("now", type_=UtcDateTime))
+_PRUNE_VALUES_SQLITE = sa.text(
+    "DELETE FROM prediction_values WHERE (series_id, ts) IN "
+    "(SELECT series_id, ts FROM prediction_values WHERE ts < :cutoff LIMIT :limit)"
+).bindparams(sa.bindparam("cutoff", type_=UtcDateTime))
 _FINISH = sa.text(
     "UPDATE tasks SET state = 'done', rows = :rows, duration_ms = :duration_ms, finished_at = :now, "
     "error = :note WHERE task_id = :task_id"
@@ -89,8 +94,9 @@ class TaskFilter:
 class TaskLifecycle:
     """Task state changes; see the module docstring."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, partition_size: timedelta = timedelta(days=1)) -> None:
         self.engine = engine
+        self.partitions = Partitions(engine, partition_size)
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -172,9 +178,20 @@ class TaskLifecycle:
                                                   started_at=now))
         return Started(True, QUEUED)
 
+    def ready_for(self, frame: PredictionFrame) -> None:
+        """Before the finishing transaction: the partitions the frame's rows go to exist (on PostgreSQL;
+        created in their own short transaction, never inside a task's)."""
+        if frame.rows:
+            stamps = [row.ts for row in frame.rows]
+            self.partitions.ensure(min(stamps), max(stamps) + timedelta(microseconds=1))
+
     def finish(self, connection: Connection, task: Task, frame: PredictionFrame, duration_ms: int) -> int:
         """The task's predictions and its `done` mark, in the caller's transaction; returns the rows."""
-        rows = write_predictions(connection, frame)
+        try:
+            rows = write_predictions(connection, frame)
+        except MissingPartition:
+            self.partitions.forget()  # dropped by retention elsewhere: the next attempt creates it
+            raise
         connection.execute(_FINISH, {"task_id": task.task_id, "rows": rows, "duration_ms": duration_ms,
                                      "now": utcnow(), "note": one_line(frame.note) if frame.note else None})
         return rows
@@ -216,7 +233,9 @@ class TaskLifecycle:
         """Delete finished tasks, dead letters and the schedule state of models gone for longer than
         their retention, in batches (no long lock, no huge transaction). Returns rows deleted per table."""
         now = now or utcnow()
-        deleted = {"tasks": 0, "dead_letters": 0, "schedule_state": 0}
+        deleted = {"predictions": 0, "tasks": 0, "dead_letters": 0, "schedule_state": 0}
+        if retention.predictions is not None:
+            deleted["predictions"] = self._prune_predictions(now - retention.predictions, batch_size)
         if retention.tasks is not None:
             deleted["tasks"] = self._prune(_tasks, _tasks.c.task_id, sa.and_(
                 _tasks.c.state.in_(tuple(FINAL)), _tasks.c.finished_at < now - retention.tasks), batch_size)
@@ -227,6 +246,19 @@ class TaskLifecycle:
             deleted["schedule_state"] = self._prune(
                 _schedule, _schedule.c.model, _schedule.c.updated_at < now - retention.schedule_state, batch_size)
         return deleted
+
+    def _prune_predictions(self, cutoff: datetime, batch_size: int) -> int:
+        """PostgreSQL: drop the partitions that end before the cutoff (no DELETE, no bloat); returns how
+        many partitions. SQLite: delete the rows in batches; returns how many rows."""
+        if self.partitions.enabled:
+            return len(self.partitions.drop_before(cutoff))
+        total = 0
+        while True:
+            with write_transaction(self.engine) as connection:
+                count = _rowcount(connection.execute(_PRUNE_VALUES_SQLITE, {"cutoff": cutoff, "limit": batch_size}))
+            total += count
+            if count < batch_size:
+                return total
 
     def _prune(self, table: sa.Table, key: sa.Column, condition: Any, batch_size: int) -> int:
         total = 0
@@ -250,6 +282,7 @@ class Enqueued(NamedTuple):
 class Retention:
     """How long finished rows are kept; None keeps them forever."""
 
+    predictions: timedelta | None = timedelta(days=400)
     tasks: timedelta | None = timedelta(days=30)
     dead_letters: timedelta | None = timedelta(days=30)
     schedule_state: timedelta | None = timedelta(days=30)

@@ -159,6 +159,7 @@ class Scheduler:
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
         on_cycle: Callable[[int], None] | None = None,
         retention: RetentionSettings | None = None,
+        partitions_ahead: timedelta | None = None,
     ) -> None:
         self.settings = settings
         self.grid = grid_from_settings(settings)
@@ -166,6 +167,8 @@ class Scheduler:
         self.clock = clock
         self.on_cycle = on_cycle
         self.retention = retention
+        self.partitions_ahead = partitions_ahead
+        """When set, each cycle makes sure prediction partitions exist this far ahead (PostgreSQL)."""
         self._pruned_at: float | None = None
         self.rejected: dict[str, str] = {}
         """Models left out of the last cycle, with the reason."""
@@ -173,6 +176,9 @@ class Scheduler:
     def run_cycle(self, now: datetime | None = None) -> int:
         """Enqueue every due window of every current model; returns the number of new tasks."""
         now = now or self.clock()
+        if self.partitions_ahead is not None:
+            self.lifecycle.partitions.ensure_ahead(now, behind=self.settings.catch_up_limit + self.settings.interval,
+                                                   ahead=self.partitions_ahead)
         names = self._schedulable(self.models.get_model_list())
         states = self._load_state()
         tasks: list[Task] = []
@@ -314,7 +320,7 @@ class Scheduler:
 
 
 def retention_of(settings: RetentionSettings) -> Retention:
-    return Retention(tasks=settings.tasks, dead_letters=settings.dead_letters,
+    return Retention(predictions=settings.predictions, tasks=settings.tasks, dead_letters=settings.dead_letters,
                      schedule_state=settings.schedule_state)
 
 

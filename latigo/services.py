@@ -46,7 +46,8 @@ def record_cycle(count: int) -> None:
 def build_scheduler(components: Components, retention: bool = False) -> Scheduler:
     config = components.config
     return Scheduler(config.scheduler, components.model_information, components.task_queue, components.lifecycle,
-                     on_cycle=record_cycle, retention=config.retention if retention else None)
+                     on_cycle=record_cycle, retention=config.retention if retention else None,
+                     partitions_ahead=config.predictions.partitions_ahead)
 
 
 def serve_health(components: Components, loop: str, max_silence: float,

@@ -1,6 +1,7 @@
 """Extra destinations for predictions besides the database, written after the primary commit.
 
-A sink is best-effort by default: its failure is retried a little, logged and counted
+A sink is best-effort by default: a failure (after the sink's own client retried, as each sink's HTTP
+or InfluxDB client does: one retry owner per call path) is logged and counted
 (latigo_sink_failures_total), and the task stays done — its predictions are safe in the database.
 A sink marked `required: true` is written before the commit instead: the task is not done until the
 sink has its rows, and a sink failure retries the task (sinks are idempotent, so a retried write
@@ -10,8 +11,7 @@ rewrites the same points).
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from latigo.errors import TransientError, describe_exception
 from latigo.interfaces import PredictionSink
@@ -20,17 +20,12 @@ from latigo.types import PredictionFrame
 
 log = logging.getLogger(__name__)
 
-BEST_EFFORT_TRIES = 3
-
-
 class SinkSet:
     """The configured sinks: (sink, required) pairs."""
 
-    def __init__(self, sinks: Sequence[tuple[PredictionSink, bool]], sleep: Callable[[float], None] = time.sleep,
-                 retry_delay: float = 1.0) -> None:
+    def __init__(self, sinks: Sequence[tuple[PredictionSink, bool]]) -> None:
         self.required = [sink for sink, required in sinks if required]
         self.optional = [sink for sink, required in sinks if not required]
-        self._sleep, self._delay = sleep, retry_delay
 
     def write_required(self, frame: PredictionFrame) -> None:
         """Before the commit; a failure is the task's TransientError (the task is retried)."""
@@ -46,17 +41,12 @@ class SinkSet:
         if not frame.rows:
             return
         for sink in self.optional:
-            for attempt in range(1, BEST_EFFORT_TRIES + 1):
-                try:
-                    sink.write(frame)
-                    break
-                except Exception as exc:
-                    if attempt == BEST_EFFORT_TRIES:
-                        SINK_FAILURES.labels(sink=_name(sink)).inc()
-                        log.warning("sink %s failed %d times (%s); the predictions are in the database only",
-                                    _name(sink), attempt, describe_exception(exc))
-                    else:
-                        self._sleep(self._delay * attempt)
+            try:
+                sink.write(frame)
+            except Exception as exc:
+                SINK_FAILURES.labels(sink=_name(sink)).inc()
+                log.warning("sink %s failed (%s); these predictions are in the database only", _name(sink),
+                            describe_exception(exc))
 
     def close(self) -> None:
         for sink in [*self.required, *self.optional]:

@@ -8,10 +8,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
-from latigo.lifecycle import DONE, FAILED, QUEUED
-from latigo.storage.tables import DeadLetter, Prediction, QueuedTask, TaskRecord
+from latigo.lifecycle import FAILED, QUEUED
+from latigo.storage.tables import DeadLetter, PredictionValue, QueuedTask, TaskRecord
 
 
 @dataclass
@@ -33,6 +33,7 @@ class StatusReport:
     oldest_queued_age_seconds: float | None
     prediction_rows: int
     dead_letters: int
+    prediction_rows_estimated: bool = False
     last_failures: list[Failure] = field(default_factory=list)
     last_predicted_window: dict[str, str] = field(default_factory=dict)
 
@@ -46,7 +47,8 @@ class StatusReport:
             f"tasks:            {states}",
             f"queue:            {self.queue_size} queued ({self.queue_available} claimable now)",
             f"oldest queued:    {age}",
-            f"prediction rows:  {self.prediction_rows}",
+            f"prediction rows:  {'~' if self.prediction_rows_estimated else ''}{self.prediction_rows}"
+            + (" (PostgreSQL's statistics)" if self.prediction_rows_estimated else ""),
             f"dead letters:     {self.dead_letters}",
         ]
         if self.last_failures:
@@ -66,6 +68,41 @@ def _age(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s"
 
 
+EXACT_COUNT_BELOW = 1_000_000
+"""Below this many rows (by PostgreSQL's statistics) status counts them exactly; above, it reports the
+statistics: counting tens of millions of rows on every call is what made status slow."""
+
+
+def prediction_rows(connection: Connection) -> tuple[int, bool]:
+    """(stored prediction rows, whether that is PostgreSQL's estimate rather than a count)."""
+    if connection.dialect.name == "postgresql":
+        estimate = connection.execute(sa.text(
+            "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0) FROM pg_class c JOIN pg_inherits i "
+            "ON c.oid = i.inhrelid WHERE i.inhparent = CAST('prediction_values' AS regclass)")).scalar_one()
+        if estimate >= EXACT_COUNT_BELOW:
+            return int(estimate), True
+    return connection.execute(sa.select(sa.func.count()).select_from(PredictionValue)).scalar_one(), False
+
+
+_LAST_DONE = sa.text("""
+WITH RECURSIVE known(model) AS (
+    SELECT min(model) FROM tasks
+    UNION ALL
+    SELECT (SELECT min(t.model) FROM tasks t WHERE t.model > known.model) FROM known WHERE known.model IS NOT NULL
+)
+SELECT known.model, (SELECT t.window_end FROM tasks t WHERE t.model = known.model AND t.state = 'done'
+                     ORDER BY t.window_end DESC LIMIT 1) AS window_end
+FROM known WHERE known.model IS NOT NULL
+""")
+
+
+def last_done_windows(connection: Connection) -> list[tuple[str, Any]]:
+    """Per model, the end of its newest done window. The models are walked along the tasks(model,
+    window_end) index one probe each (a skip scan), and each model's newest done window is read backwards
+    from it: milliseconds for thousands of models, whatever the size of the ledger."""
+    return [(model, end) for model, end in connection.execute(_LAST_DONE).all() if end is not None]
+
+
 def task_counts(engine: Engine) -> dict[str, int]:
     """Tasks per ledger state."""
     with engine.connect() as connection:
@@ -82,17 +119,16 @@ def collect_status(engine: Engine, failures: int = 10, now: datetime | None = No
                               .where(QueuedTask.available_at <= sa.literal(now, QueuedTask.available_at.type))
                               ).scalar_one()
         oldest = c.execute(sa.select(sa.func.min(TaskRecord.enqueued_at)).where(TaskRecord.state == QUEUED)).scalar()
-        rows = c.execute(sa.select(sa.func.count()).select_from(Prediction)).scalar_one()
+        rows, estimated = prediction_rows(c)
         letters = c.execute(sa.select(sa.func.count()).select_from(DeadLetter)).scalar_one()
         failed = c.execute(sa.select(TaskRecord).where(TaskRecord.state == FAILED)
                            .order_by(TaskRecord.finished_at.desc()).limit(failures)).all()
-        last = c.execute(sa.select(TaskRecord.model, sa.func.max(TaskRecord.window_end))
-                         .where(TaskRecord.state == DONE).group_by(TaskRecord.model)).all()
+        last = last_done_windows(c)
     oldest = _utc(oldest)
     return StatusReport(
         tasks=tasks, queue_size=queue_size, queue_available=available,
         oldest_queued_age_seconds=(now - oldest).total_seconds() if oldest else None,
-        prediction_rows=rows, dead_letters=letters,
+        prediction_rows=rows, prediction_rows_estimated=estimated, dead_letters=letters,
         last_failures=[Failure(f.task_id, f.model, f.window_start.isoformat(), f.attempts, f.runs, f.error or "",
                                f.finished_at.isoformat() if f.finished_at else None) for f in failed],
         last_predicted_window={model: _utc(end).isoformat() for model, end in last},

@@ -175,7 +175,7 @@ class DataApiSensors(SensorInformationProvider, SensorDataProvider):
                 list(pool.map(self.series_id, unknown))
         return {name: self.series_id(name) for name in names}
 
-    def _forget(self, ids: Sequence[str]) -> None:
+    def forget(self, ids: Sequence[str]) -> None:
         with self._lock:
             for name in [n for n, i in self._ids.items() if i in ids]:
                 del self._ids[name]
@@ -278,7 +278,7 @@ class DataApiSensors(SensorInformationProvider, SensorDataProvider):
         response = self.http.request("POST", f"{self.base}/query/data", json=request, params=dict(params),
                                      accept=(404,))
         if response.status_code == 404:
-            self._forget(list(pending))
+            self.forget(list(pending))
             raise PermanentError(f"data_api: POST /query/data: unknown series ({describe_response(response)}); "
                                  f"ids asked: {', '.join(pending)}")
         return self._json(response, "reading data")

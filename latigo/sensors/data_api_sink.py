@@ -176,7 +176,7 @@ class DataApiPredictionSink(PredictionSink):
         except (TransientError, PermanentError) as exc:
             raise type(exc)(f"data_api sink: {what}: {exc}") from None
         if response.status_code == 404:  # a series deleted since its id was cached: create it again next time
-            self._forget([name for name, _, _ in batch])
+            self.forget([name for name, _, _ in batch])
             raise TransientError(f"data_api sink: {what}: a series is unknown to the API "
                                  f"({describe_response(response)}); their ids are forgotten and the series will "
                                  "be created again on the next write")
@@ -238,10 +238,10 @@ class DataApiPredictionSink(PredictionSink):
                                  f"{where}")
         return found
 
-    def _forget(self, names: Sequence[str]) -> None:
+    def forget(self, names: Sequence[str]) -> None:
         with self._lock:
             ids = [self._ids.pop(name) for name in names if name in self._ids]
-        self.api._forget(ids)  # its lookup cache too, or a 409 would bring the dead id back
+        self.api.forget(ids)  # its lookup cache too, or a 409 would bring the dead id back
 
 
 def _created_id(response: requests.Response, name: str) -> str | None:

@@ -17,8 +17,11 @@ _SQLITE_BUSY = ("database is locked", "database table is locked", "database is b
 
 
 def is_infrastructure_fault(exc: BaseException) -> bool:
-    """True for errors of the database itself or the way to it (see module docstring)."""
-    if isinstance(exc, (sa_exc.DisconnectionError, sa_exc.TimeoutError)):
+    """True for errors of the database itself or the way to it (see module docstring), and a partition
+    that disappeared under a task (it is created again on the next attempt)."""
+    from latigo.storage.predictions import MissingPartition
+
+    if isinstance(exc, (sa_exc.DisconnectionError, sa_exc.TimeoutError, MissingPartition)):
         return True
     if isinstance(exc, sa_exc.DBAPIError):
         if exc.connection_invalidated or isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):

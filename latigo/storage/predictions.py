@@ -1,10 +1,15 @@
-"""Bulk, idempotent prediction writes.
+"""Bulk, idempotent prediction writes into series + prediction_values.
 
-Rows are keyed by (model, output, tag, ts): a redelivered task rewrites the same
-rows instead of adding new ones. On PostgreSQL a task's few hundred rows go in one
-multi-row INSERT ... ON CONFLICT (one round trip); large frames go through COPY into
-a session-temporary staging table and one INSERT ... SELECT ON CONFLICT. SQLite gets
-one executemany upsert. Never one statement per row on the hot path.
+Values are keyed by (series_id, ts): a redelivered task rewrites the same rows instead of adding new
+ones. A series (model, output, tag) is created the first time it is written, in the task's own
+transaction, so a rolled-back task leaves no half-made series behind.
+
+PostgreSQL: a task's few hundred rows go in one INSERT ... SELECT from unnest() of four arrays joined to
+`series` (one round trip once the series exist, and a plan whose cost does not grow with the rows, unlike
+a VALUES list; when some series do not exist yet, they are inserted and the statement runs again).
+Large frames: series ids are read once, then COPY of (series_id, ts, value) into a session-temporary
+staging table and one merge. SQLite: the same upserts, by executemany. Never one
+statement per row on the hot path.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import io
 import math
 from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from psycopg2.extras import execute_values
@@ -23,27 +29,36 @@ from latigo.types import PredictionFrame
 
 Key = tuple[str, str, datetime]  # (output, tag, ts) within one model
 
+COPY_FROM_ROWS = 2000
+"""Frames at least this large are written with COPY (faster per row, but a few statements more)."""
+
+_PG_UNNEST = (
+    "INSERT INTO prediction_values (series_id, ts, value) SELECT s.id, u.ts, u.value "
+    "FROM unnest(%(outputs)s::text[], %(tags)s::text[], %(stamps)s::timestamptz[], %(values)s::float8[]) "
+    "AS u(output, tag, ts, value) JOIN series s ON s.model = %(model)s AND s.output = u.output AND s.tag = u.tag "
+    "ON CONFLICT (series_id, ts) DO UPDATE SET value = EXCLUDED.value"
+)
+_PG_SERIES = ("INSERT INTO series (model, output, tag) VALUES %s "
+              "ON CONFLICT (model, output, tag) DO NOTHING")
 _STAGING_DDL = (
     "CREATE TEMPORARY TABLE IF NOT EXISTS prediction_staging "
-    "(model text, output text, tag text, ts timestamptz, value double precision) ON COMMIT DELETE ROWS"
+    "(series_id integer, ts timestamptz, value double precision) ON COMMIT DELETE ROWS"
 )
 _MERGE = (
-    "INSERT INTO predictions (model, output, tag, ts, value) "
-    "SELECT model, output, tag, ts, value FROM prediction_staging "
-    "ON CONFLICT (model, output, tag, ts) DO UPDATE SET value = EXCLUDED.value"
+    "INSERT INTO prediction_values (series_id, ts, value) SELECT series_id, ts, value FROM prediction_staging "
+    "ON CONFLICT (series_id, ts) DO UPDATE SET value = EXCLUDED.value"
 )
-
-
-COPY_FROM_ROWS = 2000
-"""Frames at least this large are written with COPY (faster per row, but three statements more)."""
-_UPSERT_VALUES = (
-    "INSERT INTO predictions (model, output, tag, ts, value) VALUES %s "
-    "ON CONFLICT (model, output, tag, ts) DO UPDATE SET value = EXCLUDED.value"
-)
-_SQLITE_UPSERT = sa.text(
-    "INSERT INTO predictions (model, output, tag, ts, value) VALUES (:model, :output, :tag, :ts, :value) "
-    "ON CONFLICT (model, output, tag, ts) DO UPDATE SET value = excluded.value"
+_SQLITE_SERIES = sa.text("INSERT INTO series (model, output, tag) VALUES (:model, :output, :tag) "
+                         "ON CONFLICT (model, output, tag) DO NOTHING")
+_SQLITE_VALUES = sa.text(
+    "INSERT INTO prediction_values (series_id, ts, value) "
+    "SELECT id, :ts, :value FROM series WHERE model = :model AND output = :output AND tag = :tag "
+    "ON CONFLICT (series_id, ts) DO UPDATE SET value = excluded.value"
 ).bindparams(sa.bindparam("ts", type_=UtcDateTime))
+
+
+class MissingPartition(Exception):
+    """A value fell outside every partition (dropped by retention meanwhile): create it and retry."""
 
 
 def write_predictions(connection: Connection, frame: PredictionFrame) -> int:
@@ -53,7 +68,7 @@ def write_predictions(connection: Connection, frame: PredictionFrame) -> int:
     # One row per key, the last value winning: ON CONFLICT cannot update a row twice in one statement.
     unique = {(row.output, row.tag, row.ts): row.value for row in frame.rows}
     if connection.dialect.name != "postgresql":
-        _executemany_upsert(connection, frame.model, unique)
+        _sqlite_upsert(connection, frame.model, unique)
     elif len(unique) >= COPY_FROM_ROWS:
         _copy_merge(connection, frame.model, unique)
     else:
@@ -62,28 +77,55 @@ def write_predictions(connection: Connection, frame: PredictionFrame) -> int:
 
 
 def _values_upsert(connection: Connection, model: str, rows: Mapping[Key, float]) -> None:
+    params = {"model": model, "outputs": [key[0] for key in rows], "tags": [key[1] for key in rows],
+              "stamps": [key[2].isoformat() for key in rows], "values": list(rows.values())}
     cursor = connection.connection.cursor()
     try:
-        execute_values(cursor, _UPSERT_VALUES, [(model, o, t, ts, v) for (o, t, ts), v in rows.items()],
-                       page_size=COPY_FROM_ROWS)
+        written = _pg_insert_unnest(cursor, params)
+        if written < len(rows):  # some series are new: create them, then write again (idempotent)
+            _pg_insert_series(cursor, model, {(output, tag) for output, tag, _ in rows})
+            written = _pg_insert_unnest(cursor, params)
+        if written != len(rows):
+            raise RuntimeError(f"{len(rows) - written} of {len(rows)} prediction rows of {model!r} found no series")
     finally:
         cursor.close()
 
 
+def _pg_insert_unnest(cursor: Any, params: dict[str, Any]) -> int:
+    """One statement (a frame is below COPY_FROM_ROWS); returns the rows written."""
+    try:
+        cursor.execute(_PG_UNNEST, params)
+    except Exception as exc:
+        if "no partition of relation" in str(exc):
+            raise MissingPartition(str(exc).splitlines()[0]) from exc
+        raise
+    return cursor.rowcount
+
+
+def _pg_insert_series(cursor: Any, model: str, names: set[tuple[str, str]]) -> None:
+    execute_values(cursor, _PG_SERIES, [(model, output, tag) for output, tag in sorted(names)])
+
+
 def _copy_merge(connection: Connection, model: str, rows: Mapping[Key, float]) -> None:
-    buffer = io.StringIO()
-    model_field = _copy_text(model)
-    escaped: dict[str, str] = {}  # outputs and tags repeat across rows: escape each once
-    for (output, tag, ts), value in rows.items():
-        out_field = escaped.get(output) or escaped.setdefault(output, _copy_text(output))
-        tag_field = escaped.get(tag) or escaped.setdefault(tag, _copy_text(tag))
-        buffer.write(f"{model_field}\t{out_field}\t{tag_field}\t{ts.isoformat()}\t{_copy_float(value)}\n")
-    buffer.seek(0)
     cursor = connection.connection.cursor()
     try:
+        ids = _series_ids(cursor, model)
+        missing = {(output, tag) for output, tag, _ in rows} - set(ids)
+        if missing:
+            _pg_insert_series(cursor, model, missing)
+            ids = _series_ids(cursor, model)
+        buffer = io.StringIO()
+        for (output, tag, ts), value in rows.items():
+            buffer.write(f"{ids[(output, tag)]}\t{ts.isoformat()}\t{_copy_float(value)}\n")
+        buffer.seek(0)
         cursor.execute(_STAGING_DDL)
-        cursor.copy_expert("COPY prediction_staging (model, output, tag, ts, value) FROM STDIN", buffer)
-        cursor.execute(_MERGE)
+        cursor.copy_expert("COPY prediction_staging (series_id, ts, value) FROM STDIN", buffer)
+        try:
+            cursor.execute(_MERGE)
+        except Exception as exc:
+            if "no partition of relation" in str(exc):
+                raise MissingPartition(str(exc).splitlines()[0]) from exc
+            raise
         # ON COMMIT DELETE ROWS empties the staging table; a second write in the same transaction must not
         # merge the first one's rows again.
         cursor.execute("DELETE FROM prediction_staging")
@@ -91,9 +133,9 @@ def _copy_merge(connection: Connection, model: str, rows: Mapping[Key, float]) -
         cursor.close()
 
 
-def _copy_text(value: str) -> str:
-    """Escape for COPY's text format: backslash, tab, newline and carriage return are special."""
-    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+def _series_ids(cursor: Any, model: str) -> dict[tuple[str, str], int]:
+    cursor.execute("SELECT output, tag, id FROM series WHERE model = %s", (model,))
+    return {(output, tag): series_id for output, tag, series_id in cursor.fetchall()}
 
 
 def _copy_float(value: float) -> str:
@@ -102,8 +144,10 @@ def _copy_float(value: float) -> str:
     return repr(float(value))
 
 
-def _executemany_upsert(connection: Connection, model: str, rows: Mapping[Key, float]) -> None:
+def _sqlite_upsert(connection: Connection, model: str, rows: Mapping[Key, float]) -> None:
+    names = {(output, tag) for output, tag, _ in rows}
+    connection.execute(_SQLITE_SERIES, [{"model": model, "output": o, "tag": t} for o, t in sorted(names)])
     connection.execute(
-        _SQLITE_UPSERT,
+        _SQLITE_VALUES,
         [{"model": model, "output": o, "tag": t, "ts": ts, "value": v} for (o, t, ts), v in rows.items()],
     )

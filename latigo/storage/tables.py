@@ -110,8 +110,51 @@ class TaskRecord(Base):
     )
 
 
-class Prediction(Base):
-    """Model output in long form; the key makes a rewritten task overwrite, never duplicate."""
+class Series(Base):
+    """One predicted series: (model, output group, tag) ↔ a small integer, so each stored value carries
+    4 bytes of key instead of three strings."""
+
+    __tablename__ = "series"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(255))
+    output: Mapped[str] = mapped_column(String(64))
+    tag: Mapped[str] = mapped_column(String(255))
+
+    __table_args__ = (Index(None, "model", "output", "tag", unique=True),)
+
+
+PREDICTION_VALUES = "prediction_values"
+PARTITION_PREFIX = f"{PREDICTION_VALUES}_p"
+"""Partitions of prediction_values on PostgreSQL are named prediction_values_p<start>; they are managed by
+latigo.storage.partitions, not by the migrations."""
+
+
+class PredictionValue(Base):
+    """Stored predictions keyed by (series, ts): a rewritten task overwrites, never duplicates. On
+    PostgreSQL range-partitioned by ts (retention drops whole partitions); on SQLite one table."""
+
+    __tablename__ = PREDICTION_VALUES
+    series_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    ts: Mapped[datetime] = mapped_column(UtcDateTime, primary_key=True)
+    value: Mapped[float] = mapped_column(Double)
+
+    __table_args__ = ({"postgresql_partition_by": "RANGE (ts)", "sqlite_with_rowid": False},)
+
+
+def is_managed_elsewhere(name: str | None) -> bool:
+    """Tables the migrations do not describe: prediction_values' partitions."""
+    return bool(name) and str(name).startswith(PARTITION_PREFIX)
+
+
+class ViewBase(DeclarativeBase):
+    """Read-only mappings of views (their own metadata: the migrations create the views by SQL)."""
+
+    metadata = MetaData()
+
+
+class Prediction(ViewBase):
+    """The `predictions` view (model, output, tag, ts, value): every stored value with its series' names,
+    so queries, `latigo status` and Grafana read predictions as they always did."""
 
     __tablename__ = "predictions"
     model: Mapped[str] = mapped_column(String(255), primary_key=True)
@@ -119,6 +162,12 @@ class Prediction(Base):
     tag: Mapped[str] = mapped_column(String(255), primary_key=True)
     ts: Mapped[datetime] = mapped_column(UtcDateTime, primary_key=True)
     value: Mapped[float] = mapped_column(Double)
+
+
+PREDICTIONS_VIEW_SQL = (
+    "CREATE VIEW predictions AS SELECT s.model, s.output, s.tag, v.ts, v.value "
+    "FROM prediction_values v JOIN series s ON s.id = v.series_id"
+)
 
 
 class QueuedTask(Base):

@@ -327,7 +327,8 @@ def test_a_series_deleted_behind_the_sinks_back_is_created_again(server):
 # ---------------------------------------------------------------- concurrency
 
 
-def test_eight_threads_writing_one_model_create_each_series_once(server):
+def test_eight_threads_writing_one_model_create_each_series_once(server, caplog):
+    caplog.set_level(logging.WARNING, logger="latigo.http")
     sink = make_sink(server)
     frames = [make_frame(start=T0 + timedelta(hours=i), tags=[f"T{t}" for t in range(20)]) for i in range(8)]
     barrier = threading.Barrier(8)
@@ -348,7 +349,10 @@ def test_eight_threads_writing_one_model_create_each_series_once(server):
     assert errors == []
     names = set(expected_points(frames[0]))
     assert sorted(server.created) == sorted(names)
-    assert len(creates(server)) == len(names), "no 409: one creation per name in the process"
+    # One creation per name in the process; a create the HTTP client retried (a slow answer on a loaded
+    # machine) is the only other way a second POST for a name may happen.
+    retried = sum(1 for record in caplog.records if "POST" in record.getMessage() and "retry" in record.getMessage())
+    assert len(creates(server)) == len(names) + retried, "no 409 from a race: one creation per name in the process"
     assert len(writes(server)) == 8
     assert len(server.calls("POST", "/oauth2/v2.0/token")) == 1
     merged: dict[str, list] = {}

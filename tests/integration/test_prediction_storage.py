@@ -5,8 +5,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
+from latigo.lifecycle import Retention, TaskLifecycle
 from latigo.storage.db import write_transaction
-from latigo.storage.predictions import COPY_FROM_ROWS, write_predictions
+from latigo.storage.partitions import Partitions
+from latigo.storage.predictions import COPY_FROM_ROWS, MissingPartition, write_predictions
 from latigo.storage.tables import Prediction
 from latigo.types import PredictionFrame, PredictionRow
 
@@ -19,6 +21,12 @@ def frame(value_offset=0.0, tags=AWKWARD, steps=6):
     rows = [PredictionRow("model-output", tag, T0 + i * timedelta(minutes=10), i + value_offset)
             for tag in tags for i in range(steps)]
     return PredictionFrame("model-ä", rows)
+
+
+@pytest.fixture(autouse=True)
+def partitions(engine):
+    """PostgreSQL stores predictions in time partitions, created before a task writes (TaskLifecycle.ready_for)."""
+    Partitions(engine).ensure(T0 - timedelta(days=1), T0 + timedelta(days=30))
 
 
 def stored(engine):
@@ -60,3 +68,34 @@ def test_extreme_values_survive(engine):
     with write_transaction(engine) as c:
         write_predictions(c, PredictionFrame("m", rows))
     assert sorted(stored(engine).values()) == sorted(values)
+
+
+def test_a_row_outside_every_partition_is_reported_as_such_not_lost(engine):
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no partitions")
+    far = PredictionFrame("m", [PredictionRow("o", "t", T0 + timedelta(days=400), 1.0)])
+    with pytest.raises(MissingPartition), write_transaction(engine) as c:
+        write_predictions(c, far)
+    lifecycle = TaskLifecycle(engine)
+    lifecycle.ready_for(far)
+    with write_transaction(engine) as c:
+        assert write_predictions(c, far) == 1
+    assert len(stored(engine)) == 1
+
+
+def test_retention_drops_whole_partitions_on_postgresql_and_deletes_rows_on_sqlite(engine):
+    lifecycle = TaskLifecycle(engine)
+    old = PredictionFrame("m", [PredictionRow("o", "t", T0 + timedelta(hours=h), 1.0) for h in range(48)])
+    lifecycle.ready_for(old)
+    with write_transaction(engine) as c:
+        write_predictions(c, old)
+    deleted = lifecycle.prune(Retention(predictions=timedelta(days=1), tasks=None, dead_letters=None,
+                                        schedule_state=None), now=T0 + timedelta(days=2, hours=1))
+    kept = sorted(ts for (_, _, _, ts) in stored(engine))
+    if engine.dialect.name == "postgresql":
+        assert deleted["predictions"] == 2  # the partitions of 2025-12-31 and 2026-01-01, whole
+        assert kept[0] == T0 + timedelta(days=1)  # the partition holding the cutoff stays whole
+    else:
+        assert deleted["predictions"] == 25  # rows before the cutoff, T0 + 25 h
+        assert kept[0] == T0 + timedelta(days=1, hours=1)
+    assert kept[-1] == T0 + timedelta(hours=47)

@@ -81,7 +81,7 @@ def test_check_config_builds_every_part_and_reports_what_startup_would_refuse(tm
     assert "#  ok   sensor_data: built (synthetic)" in output
 
 
-def test_check_config_connect_probes_each_peer(tmp_path, pg_url):
+def test_check_config_connect_probes_each_peer(tmp_path, pg_url, pg_engine):
     port = closed_port()
     config = write_config(tmp_path / "c.yaml", database={"url": pg_url},
                           model_information={"type": "gordo", "base_url": f"http://127.0.0.1:{port}",

@@ -31,6 +31,7 @@ def populated(engine):
         delivery = queue.get(timeout=1)
         frame = PredictionFrame(delivery.task.model, [PredictionRow("model-output", "A", delivery.task.window.start,
                                                                     1.0)])
+        lifecycle.ready_for(frame)
         with lifecycle.transaction() as c:
             lifecycle.finish(c, delivery.task, frame, 5)
             delivery.ack(c)
