@@ -43,11 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", metavar="FILE", help="YAML config (default: $LATIGO_CONFIG_FILE or ./local_config.yaml)"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
 
     check = sub.add_parser("check-config", help="validate and print the effective config (secrets masked), and "
                            "build every configured part")
-    check.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="as `latigo --config FILE`")
     check.add_argument("--connect", action="store_true",
                        help="also connect: the database, the task queue, the model provider, the sensor source")
 
@@ -77,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="only this model (repeatable; default: every model)")
     backfill.add_argument("--rerun", action="store_true",
                           help="compute windows that are already done (or failed) again")
+    backfill.add_argument("--dry-run", action="store_true", help="print how many tasks and which windows; enqueue "
+                          "nothing")
+    backfill.add_argument("--yes", action="store_true",
+                          help="go ahead with more tasks than scheduler.backfill_confirm_above")
     backfill.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     tasks = sub.add_parser("tasks", help="list, retry or cancel tasks")
@@ -102,15 +104,40 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--models", type=int, default=5, help="how many models to train (default 5)")
     demo.add_argument("--hours", type=float, default=12, help="how many past hours to predict (default 12)")
     demo.add_argument("--follow", action="store_true", help="then keep predicting live windows until Ctrl-C")
+    demo.add_argument("--model", dest="chart_model", metavar="NAME", help="the model the chart shows (default: the "
+                      "first, demo-model-0)")
 
     status = sub.add_parser("status", help="tasks per state, backlog, failures, last predicted windows")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
-    models = sub.add_parser("models", help="list the models the configured provider sees")
-    models.add_argument("--check", action="store_true",
-                        help="Gordo: which listed models lack metadata, which expected models are not built")
-    sub.add_parser("sensors", help="list the sensors the configured provider sees")
+    models = sub.add_parser("models", help="list, check, register or unregister models")
+    models.add_argument("--check", action="store_true", help="as `latigo models check`")
+    models.add_argument("--json", action="store_true", help="machine-readable output")
+    models_sub = models.add_subparsers(dest="models_command", metavar="ACTION")
+    listing = models_sub.add_parser("list", help="the models the configured provider lists (the default)")
+    listing.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    models_sub.add_parser("check", help="Gordo: listed models without metadata, expected models not built")
+    register = models_sub.add_parser("register", help="register (or replace) a model from a machine description "
+                                     "(YAML or JSON, Gordo's machine format)")
+    register.add_argument("file", type=Path)
+    unregister = models_sub.add_parser("unregister", help="remove a model")
+    unregister.add_argument("name")
+    model_status = models_sub.add_parser("status", help="a model's state, and why when it is not ready")
+    model_status.add_argument("name")
+    model_status.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    sensors = sub.add_parser("sensors", help="list the sensors the configured provider sees")
+    sensors.add_argument("--json", action="store_true", help="machine-readable output")
+    _config_after_command(sub)
     return parser
+
+
+def _config_after_command(sub: argparse._SubParsersAction) -> None:
+    """`latigo status --config FILE` works as `latigo --config FILE status`, on every (sub)command."""
+    for command in sub.choices.values():
+        command.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="as `latigo --config FILE`")
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _config_after_command(action)
 
 
 @command("check-config")
@@ -202,7 +229,8 @@ def backfill(args: argparse.Namespace, config: Config) -> int:
 
     if args.end <= args.start:
         raise ConfigError(f"backfill: --to {args.end.isoformat()} is not after --from {args.start.isoformat()}")
-    return run_backfill(config, args.start, args.end, args.models, progress=not args.no_progress, rerun=args.rerun)
+    return run_backfill(config, args.start, args.end, args.models, progress=not args.no_progress, rerun=args.rerun,
+                        dry_run=args.dry_run, confirmed=args.yes)
 
 
 @command("tasks")
@@ -247,7 +275,7 @@ def demo(args: argparse.Namespace, config: Config) -> int:
 
     if args.models < 1 or args.hours < 1:
         raise ConfigError("demo: --models and --hours must be at least 1")
-    run_demo(args.dir, args.models, args.hours, follow=args.follow)
+    run_demo(args.dir, args.models, args.hours, follow=args.follow, chart_model=args.chart_model)
     return 0
 
 
@@ -267,18 +295,28 @@ def status(args: argparse.Namespace, config: Config) -> int:
 
 @command("models")
 def models(args: argparse.Namespace, config: Config) -> int:
-    from latigo.factory import Components
+    import json
 
-    provider = Components(config).model_information
-    if args.check:
-        check = getattr(provider, "check_report", None)
-        if check is None:
-            raise ConfigError(f"models --check: model_information type {config.model_information.type!r} "
-                              "has no server to check (use gordo)")
-        sys.stdout.write(check())
-        return 0
-    for name in provider.get_model_list():
-        print(name)
+    from latigo.factory import Components
+    from latigo.model_commands import check_report, model_status, read_machine, register, unregister
+
+    components = Components(config)
+    action = "check" if args.check else (args.models_command or "list")
+    if action == "check":
+        sys.stdout.write(check_report(components))
+    elif action == "register":
+        name = register(components, read_machine(args.file))
+        print(f"model {name} registered")
+    elif action == "unregister":
+        unregister(components, args.name)
+        print(f"model {args.name} unregistered")
+    elif action == "status":
+        status = model_status(components, args.name)
+        print(json.dumps(status, indent=2) if args.json else
+              f"{status['name']}: {status['state']}" + (f" ({status['reason']})" if status["reason"] else ""))
+    else:
+        names = components.model_information.get_model_list()
+        print(json.dumps(names) if args.json else "\n".join(names))
     return 0
 
 
@@ -286,8 +324,14 @@ def models(args: argparse.Namespace, config: Config) -> int:
 def sensors(args: argparse.Namespace, config: Config) -> int:
     from latigo.factory import Components
 
-    for name in Components(config).sensor_information.get_sensor_list():
-        print(name)
+    names = Components(config).sensor_information.get_sensor_list()
+    if args.json:
+        import json
+
+        print(json.dumps(names))
+    else:
+        for name in names:
+            print(name)
     return 0
 
 
@@ -301,6 +345,9 @@ def _first_line(exc: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
     config: Config | None = None
     try:
         config = load_config(args.config)

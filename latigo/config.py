@@ -85,6 +85,8 @@ class SchedulerSettings:
     batch_size: int = _spec(1000, min=1)
     check_interval: timedelta = timedelta(seconds=10)
     """How often the loop wakes to look for due windows and model changes."""
+    backfill_confirm_above: int = _spec(10_000, min=0)
+    """`latigo backfill` asks for --yes before enqueueing more tasks than this."""
 
 
 @dataclass

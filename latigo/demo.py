@@ -23,8 +23,10 @@ from pathlib import Path
 import sqlalchemy as sa
 import yaml
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from latigo.config import load_config
+from latigo.errors import ConfigError
 from latigo.factory import Components
 from latigo.lifecycle import DONE, FAILED
 from latigo.models.local import machines_for_groups
@@ -89,10 +91,34 @@ def write_demo_config(directory: Path, anomaly: TimeRange) -> Path:
     return path
 
 
-def run_demo(directory: Path, models: int, hours: float, follow: bool = False, out=sys.stdout) -> DemoSummary:
+DEMO_FILES = ("latigo.yaml", "latigo.db", "latigo.db-wal", "latigo.db-shm", "demo.png", "summary.json")
+"""What a demo run writes (plus executor-N.log); a new run in the same directory replaces exactly these."""
+
+
+def prepare_directory(directory: Path, out) -> None:
+    """A fresh directory for this run: an earlier demo's files are replaced (never mixed into this run's
+    database and chart); a directory holding anything else is refused, naming --dir."""
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"demo: {directory} is a file; choose another place with --dir")
+    if directory.exists():
+        ours = set(DEMO_FILES) | {path.name for path in directory.glob("executor-*.log")}
+        others = sorted(path.name for path in directory.iterdir() if path.name not in ours)
+        if others:
+            raise ConfigError(f"demo: {directory}/ holds files that are not an earlier demo's ({', '.join(others[:3])}"
+                              f"{', ...' if len(others) > 3 else ''}); choose an empty or new directory with --dir")
+        earlier = [path for path in directory.iterdir()]
+        if earlier:
+            print(f"replacing the earlier demo run in {directory}/", file=out)
+            for path in earlier:
+                path.unlink()
+    directory.mkdir(parents=True, exist_ok=True)
+
+
+def run_demo(directory: Path, models: int, hours: float, follow: bool = False, out=sys.stdout,
+             chart_model: str | None = None) -> DemoSummary:
     if models < 1 or hours < 1:
         raise ValueError("latigo demo: --models and --hours must be at least 1")
-    directory.mkdir(parents=True, exist_ok=True)
+    prepare_directory(directory, out)
     backfill_range, anomaly, training = plan_ranges(datetime.now(timezone.utc), hours)
     config_path = write_demo_config(directory, anomaly)
     components = Components(load_config(config_path, env={}))
@@ -101,6 +127,8 @@ def run_demo(directory: Path, models: int, hours: float, follow: bool = False, o
 
     print(f"latigo demo in {directory}/ — {models} models, last {hours:g} h", file=out)
     names = _train(components, models, training, out)
+    if chart_model is not None and chart_model not in names:
+        raise ConfigError(f"demo: --model {chart_model!r} is not one of this run's models: {', '.join(names)}")
     scheduler = Scheduler(components.config.scheduler, components.model_information, components.task_queue,
                           components.lifecycle)
     scheduler.backfill(backfill_range.start, backfill_range.end, names)
@@ -116,7 +144,7 @@ def run_demo(directory: Path, models: int, hours: float, follow: bool = False, o
         _wait_executors(executors)
     wall = time.monotonic() - began
     summary = _summarise(components, names, anomaly, wall, directory)
-    _plot(components, names[0], backfill_range, anomaly, directory / "demo.png")
+    _plot(components, chart_model or names[0], backfill_range, anomaly, directory / "demo.png")
     (directory / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
     print(f"done: {summary.tasks_done} tasks, {summary.tasks_failed} failed, {summary.prediction_rows} prediction "
           f"rows in {summary.wall_seconds:.1f} s ({summary.tasks_per_second:.1f} tasks/s)\n"
@@ -127,8 +155,9 @@ def run_demo(directory: Path, models: int, hours: float, follow: bool = False, o
 
 def _train(components: Components, count: int, training: TimeRange, out) -> list[str]:
     machines = machines_for_groups(components.sensor_data.get_sensor_list(), count, training)
-    for machine in tqdm(machines, desc="training models", unit="model", file=out):
-        components.model_execution.register_model(machine)
+    with logging_redirect_tqdm():  # log lines go above the bar instead of through it
+        for machine in tqdm(machines, desc="training models", unit="model", file=out):
+            components.model_execution.register_model(machine)
     return [m["name"] for m in machines]
 
 
@@ -150,7 +179,7 @@ def _finished(components: Components) -> int:
 
 
 def _show_progress(components: Components, executors: list[subprocess.Popen], total: int, out) -> None:
-    with tqdm(total=total, desc="predicting", unit="task", file=out) as bar:
+    with tqdm(total=total, desc="predicting", unit="task", file=out) as bar, logging_redirect_tqdm():
         while True:
             finished = _finished(components)
             bar.update(finished - bar.n)
@@ -194,6 +223,7 @@ def _plot(components: Components, model: str, shown: TimeRange, anomaly: TimeRan
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
     import pandas as pd
 
@@ -215,9 +245,15 @@ def _plot(components: Components, model: str, shown: TimeRange, anomaly: TimeRan
     bottom.plot(total.index, total["value"], color="tab:red", label="total anomaly (scaled)")
     bottom.set_ylabel("anomaly score")
     bottom.legend(loc="upper left")
-    for axis in (top, bottom):
-        axis.axvspan(anomaly.start, anomaly.end, color="gold", alpha=0.3, label="injected anomaly")
-    top.set_title(f"latigo demo — {model}: sensor vs model, and the anomaly score (shaded: injected anomaly)")
+    if tag == ANOMALY_SENSOR:
+        for axis in (top, bottom):
+            axis.axvspan(anomaly.start, anomaly.end, color="gold", alpha=0.3, label="injected anomaly")
+        top.set_title(f"latigo demo — {model}: sensor vs model, and the anomaly score (shaded: injected anomaly)")
+    else:
+        top.set_title(f"latigo demo — {model}: sensor vs model, and the anomaly score (no injected anomaly in its "
+                      f"sensors: it is in {ANOMALY_SENSOR})")
+    bottom.set_xlabel("time (UTC)")
+    bottom.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M", tz=timezone.utc))
     figure.autofmt_xdate()
     figure.tight_layout()
     figure.savefig(path, dpi=100)

@@ -65,6 +65,14 @@ class ModelInformationProvider(ABC):
         """Tags, resolution and look-back of one model; raises UnknownModelError."""
 
 
+class CheckableProvider(ABC):
+    """A provider that can report on the health of what it serves (`latigo models check`)."""
+
+    @abstractmethod
+    def check_report(self) -> str:
+        """Lines for a terminal: what is served, what is missing, and OK or PROBLEMS FOUND at the end."""
+
+
 class ModelExecutionProvider(ABC):
     """Runs models; also manages their lifecycle where the backend allows it."""
 

@@ -237,8 +237,11 @@ class Scheduler:
         """Enqueue every grid window inside [start, end) for the given (default: all) models; with `rerun`,
         windows already done (or failed) are computed again. Leaves schedule_state alone: a backfill fills
         the past, the live schedule goes on. Returns how many tasks will run."""
-        names = self.backfill_models(models)
-        tasks = self.backfill_tasks(start, end, names)
+        tasks = self.backfill_tasks(start, end, self.backfill_models(models))
+        return self.enqueue_backfill(tasks, rerun, progress)
+
+    def enqueue_backfill(self, tasks: Sequence[Task], rerun: bool = False,
+                         progress: Callable[[int], None] | None = None) -> int:
         if rerun:
             return self._rerun(tasks, progress)
         return self.enqueue(tasks, advance_state=False, progress=progress)

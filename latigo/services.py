@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from latigo.config import Config
+from latigo.errors import ConfigError
 from latigo.executor import Executor
 from latigo.factory import Components
 from latigo.observability import (
@@ -82,16 +83,36 @@ def run_scheduler(config: Config, once: bool = False) -> int:
 
 
 def run_backfill(config: Config, start: datetime, end: datetime, models: Sequence[str] | None,
-                 progress: bool = True, rerun: bool = False) -> int:
+                 progress: bool = True, rerun: bool = False, dry_run: bool = False, confirmed: bool = False) -> int:
+    """Enqueue every window of [start, end) — after saying how many, and asking for --yes above
+    scheduler.backfill_confirm_above."""
     from tqdm import tqdm
 
     components = Components(config)
     ensure_schema_current(components.engine)
     scheduler = build_scheduler(components)
-    with tqdm(unit="task", desc="backfill", disable=not progress) as bar:
-        count = scheduler.backfill(start, end, models, progress=bar.update, rerun=rerun)
+    names = scheduler.backfill_models(models)
+    if not names:
+        print("nothing to backfill: the model provider lists no models")
+        return 0
+    tasks = scheduler.backfill_tasks(start, end, names)
+    if not tasks:
+        print(f"nothing to backfill: no whole window of the schedule lies in [{start.isoformat()}, {end.isoformat()})")
+        return 0
+    first, last = tasks[0].window.start.isoformat(), tasks[-1].window.end.isoformat()
+    summary = f"{len(tasks):,} tasks: {len(names)} models x {len(tasks) // len(names):,} windows from {first} to {last}"
+    if dry_run:
+        print(f"would enqueue {summary}" + (" (windows already done are skipped; --rerun computes them again)"
+                                             if not rerun else ""))
+        return 0
+    limit = config.scheduler.backfill_confirm_above
+    if len(tasks) > limit and not confirmed:
+        raise ConfigError(f"backfill would enqueue {summary}; that is more than scheduler.backfill_confirm_above "
+                          f"({limit:,}): add --yes to go ahead (`latigo tasks cancel --from ... --to ...` undoes it)")
+    with tqdm(total=len(tasks), unit="task", desc="backfill", disable=not progress, mininterval=0.5) as bar:
+        count = scheduler.enqueue_backfill(tasks, rerun=rerun, progress=bar.update)
     what = "to run again" if rerun else "new"
-    print(f"enqueued {count} tasks ({what}) for [{start.isoformat()}, {end.isoformat()})")
+    print(f"enqueued {count:,} tasks ({what}) of {summary}")
     components.task_queue.close()
     return 0
 

@@ -42,7 +42,12 @@ from latigo.errors import (
     UnknownModelError,
 )
 from latigo.http import NO_RETRY, ClientCredentialsToken, HttpClient, RetryPolicy, azure_ad_token
-from latigo.interfaces import ModelExecutionProvider, ModelInformationProvider, SensorDataProvider
+from latigo.interfaces import (
+    CheckableProvider,
+    ModelExecutionProvider,
+    ModelInformationProvider,
+    SensorDataProvider,
+)
 from latigo.model_input import InputSettings, ModelInput, build_model_input
 from latigo.models.gordo_batches import plan_batches
 from latigo.models.gordo_kubernetes import (
@@ -119,7 +124,7 @@ class RevisionGone(TransientError):
     """The server answered 410: the revision asked for is no longer served."""
 
 
-class GordoModels(ModelInformationProvider, ModelExecutionProvider):
+class GordoModels(ModelInformationProvider, ModelExecutionProvider, CheckableProvider):
     """Models served by one Gordo project; see the module docstring."""
 
     Settings = GordoSettings

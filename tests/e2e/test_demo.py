@@ -17,8 +17,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("demo")
-    config = directory / "unused.yaml"
+    directory = tmp_path_factory.mktemp("demo") / "latigo-demo"
+    config = directory.parent / "unused.yaml"
     config.write_text("{}\n")
     output = latigo_ok(config, "demo", "--dir", str(directory), "--models", "2", "--hours", "3", timeout=300)
     summary = json.loads((directory / "summary.json").read_text())
@@ -91,3 +91,28 @@ def test_follow_keeps_scheduling_until_interrupted(tmp_path):
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 0, output[-3000:]
     assert "done:" in output and (directory / "demo.png").exists()
+
+
+def test_a_second_run_in_the_same_directory_is_fresh_and_a_foreign_directory_is_refused(tmp_path):
+    config = tmp_path / "unused.yaml"
+    config.write_text("{}\n")
+    directory = tmp_path / "latigo-demo"
+    latigo_ok(config, "demo", "--dir", str(directory), "--models", "1", "--hours", "1", timeout=300)
+    output = latigo_ok(config, "demo", "--dir", str(directory), "--models", "2", "--hours", "1",
+                       "--model", "demo-model-1", timeout=300)
+    assert f"replacing the earlier demo run in {directory}/" in output
+    summary = json.loads((directory / "summary.json").read_text())
+    engine = create_engine_for(DatabaseSettings(url=f"sqlite:///{directory / 'latigo.db'}"))
+    with engine.connect() as c:
+        tasks = c.execute(sa.select(sa.func.count()).select_from(TaskRecord)).scalar()
+        models = set(c.execute(sa.select(TaskRecord.model).distinct()).scalars())
+    engine.dispose()
+    assert summary["tasks_done"] == tasks and models == {"demo-model-0", "demo-model-1"}  # this run's only
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    from tests.support.processes import latigo
+
+    process = latigo(config, "demo", "--dir", str(tmp_path / "foreign"))
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 2 and "holds files that are not an earlier demo's (notes.txt)" in out
+    assert (tmp_path / "foreign" / "notes.txt").read_text() == "mine"
