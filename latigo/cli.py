@@ -107,8 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", dest="chart_model", metavar="NAME", help="the model the chart shows (default: the "
                       "first, demo-model-0)")
 
+    anomalies = sub.add_parser("anomalies", help="anomaly episodes: runs of total-anomaly-confidence above 1")
+    anomalies.add_argument("--since", type=_duration, default="24h", metavar="DURATION",
+                           help="episodes with buckets in the last DURATION (default 24h)")
+    anomalies.add_argument("--model", dest="models", action="append", metavar="NAME", help="only this model")
+    anomalies.add_argument("--json", action="store_true", help="machine-readable output")
+
     status = sub.add_parser("status", help="tasks per state, backlog, failures, last predicted windows")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    web = sub.add_parser("web", help="a read-only status page: pipeline health, models, anomaly scores")
+    web.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs "
+                     "--token-file)")
+    web.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: a free one)")
+    web.add_argument("--token-file", type=Path, metavar="FILE",
+                     help="a file holding the token every request must carry (?token= or Authorization: Bearer)")
 
     models = sub.add_parser("models", help="list, check, register or unregister models")
     models.add_argument("--check", action="store_true", help="as `latigo models check`")
@@ -185,6 +198,43 @@ def db(args: argparse.Namespace, config: Config) -> int:
             print(f"{current or 'base (empty)'} ({state})")
     finally:
         engine.dispose()
+    return 0
+
+
+def _duration(text: str):
+    from latigo.durations import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+@command("anomalies")
+def anomalies(args: argparse.Namespace, config: Config) -> int:
+    import json
+    from datetime import datetime, timezone
+
+    from latigo.anomalies import find_episodes
+    from latigo.storage.db import create_engine_for
+    from latigo.storage.migrations import ensure_schema_current
+
+    engine = create_engine_for(config.database)
+    ensure_schema_current(engine)
+    since = datetime.now(timezone.utc) - args.since  # argparse applied _duration to the default too
+    with engine.connect() as connection:
+        episodes = find_episodes(connection, since, args.models or ())
+    engine.dispose()
+    if args.json:
+        print(json.dumps([episode.as_dict() for episode in episodes], indent=2))
+        return 0
+    if not episodes:
+        print(f"no anomaly episodes since {since.isoformat(timespec='minutes')}")
+    for e in episodes:
+        end = e.end.isoformat(timespec="minutes") if e.end else "ongoing"
+        tags = ", ".join(f"{tag} {value:.2f}" for tag, value in e.top_tags)
+        print(f"{e.model}  {e.start.isoformat(timespec='minutes')} .. {end}  peak {e.peak:.2f} at "
+              f"{e.peak_at.isoformat(timespec='minutes')}  ({e.buckets} buckets)  top tags: {tags or '-'}")
     return 0
 
 
@@ -291,6 +341,13 @@ def status(args: argparse.Namespace, config: Config) -> int:
     sys.stdout.write(report.to_json() + "\n" if args.json else report.to_text())
     engine.dispose()
     return 0
+
+
+@command("web")
+def web(args: argparse.Namespace, config: Config) -> int:
+    from latigo.web.server import run_web
+
+    return run_web(config, args.host, args.port, args.token_file)
 
 
 @command("models")

@@ -135,6 +135,21 @@ class RetentionSettings:
 
 
 @dataclass
+class AlertSettings:
+    """Anomaly episodes announced to a webhook by the scheduler (latigo.alerts)."""
+
+    webhook_url: str = ""
+    """Where episode events are POSTed as JSON; empty: no alerts."""
+    check_interval: timedelta = timedelta(minutes=1)
+    lookback: timedelta = timedelta(days=1)
+    """Episodes that started longer ago than this are not announced any more."""
+    timeout: timedelta = timedelta(seconds=10)
+    retries: int = _spec(3, min=0)
+    resend_after: timedelta = timedelta(minutes=10)
+    """A claimed event never marked sent (its process died mid-POST) is tried again after this."""
+
+
+@dataclass
 class LoggingSettings:
     level: str = _spec("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
     format: str = _spec("text", choices=("text", "json"))
@@ -169,6 +184,7 @@ class Config:
     model_execution: ComponentSettings
     predictions: PredictionSettings
     retention: RetentionSettings
+    alerts: AlertSettings
     logging: LoggingSettings
     metrics: MetricsSettings
     sources: dict[str, str] = field(default_factory=dict, repr=False)
@@ -183,6 +199,7 @@ PLAIN_SECTIONS: dict[str, type] = {
     "executor": ExecutorSettings,
     "predictions": PredictionSettings,
     "retention": RetentionSettings,
+    "alerts": AlertSettings,
     "logging": LoggingSettings,
     "metrics": MetricsSettings,
 }

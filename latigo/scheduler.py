@@ -158,7 +158,7 @@ class Scheduler:
         lifecycle: TaskLifecycle,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
         on_cycle: Callable[[int], None] | None = None,
-        retention: RetentionSettings | None = None,
+        chores: Sequence[Chore] = (),
         partitions_ahead: timedelta | None = None,
     ) -> None:
         self.settings = settings
@@ -166,10 +166,9 @@ class Scheduler:
         self.models, self.queue, self.lifecycle = models, queue, lifecycle
         self.clock = clock
         self.on_cycle = on_cycle
-        self.retention = retention
+        self.chores = list(chores)
         self.partitions_ahead = partitions_ahead
         """When set, each cycle makes sure prediction partitions exist this far ahead (PostgreSQL)."""
-        self._pruned_at: float | None = None
         self.rejected: dict[str, str] = {}
         """Models left out of the last cycle, with the reason."""
 
@@ -279,7 +278,7 @@ class Scheduler:
 
     def run(self, stop: threading.Event, on_tick: Callable[[], None] | None = None) -> None:
         """Schedule at every tick until `stop` is set. A failed cycle is retried with backoff within
-        seconds (never left to the next tick); retention is applied every `prune_interval`."""
+        seconds (never left to the next tick); the chores (retention, alerts) run at their own intervals."""
         failures = 0
         next_try = self.clock() if self.settings.run_at_once else self.grid.next_tick(self.clock())
         while not stop.is_set():
@@ -293,7 +292,8 @@ class Scheduler:
                 else:
                     failures += 1
                     next_try = now + timedelta(seconds=_retry_delay(failures, self.settings.check_interval))
-            self._maybe_prune()
+            for chore in self.chores:
+                chore.maybe_run()
             wait = min(self.settings.check_interval, max(next_try - self.clock(), timedelta(0)))
             stop.wait(max(wait.total_seconds(), 0.05))
 
@@ -306,20 +306,39 @@ class Scheduler:
                       exc_info=not isinstance(exc, LatigoError) and not is_infrastructure_fault(exc))
             return False
 
-    def _maybe_prune(self) -> None:
-        if self.retention is None:
-            return
+
+
+@dataclass
+class Chore:
+    """Work the scheduler's loop does every `interval` besides scheduling (retention, anomaly alerts). A
+    failure is logged and the chore tried again at its next interval; it never stops the schedule."""
+
+    name: str
+    interval: timedelta
+    work: Callable[[], str]
+    """Does the work; returns a line to log, or ''."""
+    last_run: float | None = None
+
+    def maybe_run(self) -> None:
         now = time.monotonic()
-        if self._pruned_at is not None and now - self._pruned_at < self.retention.prune_interval.total_seconds():
+        if self.last_run is not None and now - self.last_run < self.interval.total_seconds():
             return
-        self._pruned_at = now
+        self.last_run = now
         try:
-            deleted = self.lifecycle.prune(retention_of(self.retention))
+            said = self.work()
         except Exception as exc:
-            log.warning("pruning old rows failed (%s); trying again later", describe_exception(exc))
+            log.warning("%s failed (%s); trying again in %s", self.name, describe_exception(exc), self.interval)
             return
-        if any(deleted.values()):
-            log.info("pruned %s", ", ".join(f"{count} {table}" for table, count in deleted.items() if count))
+        if said:
+            log.info("%s: %s", self.name, said)
+
+
+def retention_chore(lifecycle: TaskLifecycle, settings: RetentionSettings) -> Chore:
+    def prune() -> str:
+        deleted = lifecycle.prune(retention_of(settings))
+        return ", ".join(f"{count} {table}" for table, count in deleted.items() if count)
+
+    return Chore("pruning past retention", settings.prune_interval, prune)
 
 
 def retention_of(settings: RetentionSettings) -> Retention:

@@ -22,7 +22,7 @@ from latigo.observability import (
     scheduler_metrics,
     start_http_server,
 )
-from latigo.scheduler import Scheduler
+from latigo.scheduler import Chore, Scheduler, retention_chore
 from latigo.storage.migrations import ensure_schema_current
 
 log = logging.getLogger(__name__)
@@ -44,11 +44,24 @@ def record_cycle(count: int) -> None:
     LAST_SCHEDULE_TIME.set(time.time())
 
 
-def build_scheduler(components: Components, retention: bool = False) -> Scheduler:
+def build_scheduler(components: Components, chores: bool = False) -> Scheduler:
     config = components.config
     return Scheduler(config.scheduler, components.model_information, components.task_queue, components.lifecycle,
-                     on_cycle=record_cycle, retention=config.retention if retention else None,
+                     on_cycle=record_cycle, chores=build_chores(components) if chores else (),
                      partitions_ahead=config.predictions.partitions_ahead)
+
+
+def build_chores(components: Components) -> list[Chore]:
+    """Retention, and anomaly alerts when a webhook is configured."""
+    config = components.config
+    chores = [retention_chore(components.lifecycle, config.retention)]
+    if config.alerts.webhook_url:
+        from latigo.alerts import AnomalyAlerts
+
+        alerts = AnomalyAlerts(config.alerts, components.engine)
+        chores.append(Chore("anomaly alerts", config.alerts.check_interval,
+                            lambda: f"{posted} events posted" if (posted := alerts.check()) else ""))
+    return chores
 
 
 def serve_health(components: Components, loop: str, max_silence: float,
@@ -64,7 +77,7 @@ def serve_health(components: Components, loop: str, max_silence: float,
 def run_scheduler(config: Config, once: bool = False) -> int:
     components = Components(config)
     ensure_schema_current(components.engine)
-    scheduler = build_scheduler(components, retention=True)
+    scheduler = build_scheduler(components, chores=True)
     scheduler_metrics()
     if once:
         scheduler.run_cycle()

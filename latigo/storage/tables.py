@@ -146,6 +146,19 @@ def is_managed_elsewhere(name: str | None) -> bool:
     return bool(name) and str(name).startswith(PARTITION_PREFIX)
 
 
+class AnomalyAlert(Base):
+    """Anomaly episode events announced to the webhook (latigo.alerts): claimed before the POST, marked sent
+    after it."""
+
+    __tablename__ = "anomaly_alerts"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    event: Mapped[str] = mapped_column(String(16), primary_key=True)  # started | ended
+    model: Mapped[str] = mapped_column(String(255))
+    episode_start: Mapped[datetime] = mapped_column(UtcDateTime)
+    claimed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
 class ViewBase(DeclarativeBase):
     """Read-only mappings of views (their own metadata: the migrations create the views by SQL)."""
 

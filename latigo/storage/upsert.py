@@ -19,12 +19,15 @@ PAGE = 1000
 """Rows per multi-row INSERT: one round trip each, well under both databases' parameter limits."""
 
 
-def insert_new(connection: Connection, table: Table, rows: list[dict[str, Any]], key: str) -> list[Any]:
-    """INSERT ... ON CONFLICT DO NOTHING in pages of multi-row statements; returns the keys of the rows
-    that were new (from RETURNING: executemany row counts are not reliable on PostgreSQL)."""
+def insert_new(connection: Connection, table: Table, rows: list[dict[str, Any]], key: str,
+               conflict: tuple[str, ...] | None = None) -> list[Any]:
+    """INSERT ... ON CONFLICT DO NOTHING in pages of multi-row statements; returns the `key` of each row
+    that was new (from RETURNING: executemany row counts are not reliable on PostgreSQL). `conflict` names
+    the unique columns when they are more than `key`."""
     inserted: list[Any] = []
     for index in range(0, len(rows), PAGE):
         statement = dialect_insert(connection, table).values(rows[index:index + PAGE])
-        statement = statement.on_conflict_do_nothing(index_elements=[key]).returning(table.c[key])
+        statement = statement.on_conflict_do_nothing(index_elements=list(conflict or (key,)))
+        statement = statement.returning(table.c[key])
         inserted.extend(connection.execute(statement).scalars())
     return inserted

@@ -78,7 +78,8 @@ def test_check_config_prints_the_effective_config_with_sources_and_no_secret(tmp
     assert printed["task_queue"]["type"] == THING
     assert printed["predictions"]["sinks"][0]["password"] == "***"
     assert set(printed) == {"database", "task_queue", "scheduler", "executor", "sensor_information", "sensor_data",
-                            "model_information", "model_execution", "predictions", "retention", "logging", "metrics"}
+                            "model_information", "model_execution", "predictions", "retention", "alerts", "logging",
+                            "metrics"}
 
 
 @pytest.mark.slow

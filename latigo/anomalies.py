@@ -1,0 +1,112 @@
+"""Anomaly episodes: contiguous runs of a model's total-anomaly-confidence above 1 (Gordo's threshold),
+read from the stored predictions.
+
+An episode is a maximal run of consecutive predicted buckets whose total-anomaly-confidence exceeds 1;
+a bucket at or below 1, or a hole in the predictions longer than twice the model's usual step, ends it.
+An episode still above the threshold at the newest prediction is open (no end yet). The tags that
+contribute most are those with the highest anomaly-confidence during the episode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+THRESHOLD = 1.0
+TOTAL = "total-anomaly-confidence"
+PER_TAG = "anomaly-confidence"
+TOP_TAGS = 3
+OPEN_ENDED = timedelta(days=3650)
+"""An open episode's tags are looked at from its start to the newest prediction."""
+
+
+@dataclass
+class Episode:
+    model: str
+    start: datetime
+    """The first bucket above the threshold."""
+    end: datetime | None
+    """The last bucket above the threshold, or None while the episode goes on."""
+    peak: float
+    peak_at: datetime
+    buckets: int
+    top_tags: list[tuple[str, float]] = field(default_factory=list)
+    """(tag, its highest anomaly-confidence in the episode), highest first."""
+
+    @property
+    def key(self) -> str:
+        """Stable across runs: the model and where the episode starts."""
+        return hashlib.sha256(f"{self.model}\x00{self.start.isoformat()}".encode()).hexdigest()[:32]
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data.update(start=self.start.isoformat(), end=self.end.isoformat() if self.end else None,
+                    peak_at=self.peak_at.isoformat(), top_tags=[{"tag": t, "peak": v} for t, v in self.top_tags],
+                    key=self.key)
+        return data
+
+
+_SERIES = sa.text("SELECT id, model FROM series WHERE output = :output AND tag = :output")
+_VALUES = sa.text("SELECT ts, value FROM prediction_values WHERE series_id = :series AND ts >= :since ORDER BY ts")
+_TAG_PEAKS = sa.text(
+    "SELECT s.tag, max(v.value) FROM series s JOIN prediction_values v ON v.series_id = s.id "
+    "WHERE s.model = :model AND s.output = :output AND v.ts >= :start AND v.ts <= :end "
+    "GROUP BY s.tag ORDER BY max(v.value) DESC LIMIT :limit")
+
+
+def find_episodes(connection: Connection, since: datetime, models: Sequence[str] = ()) -> list[Episode]:
+    """Episodes of every model (or `models`) whose buckets lie at or after `since`, newest first."""
+    from latigo.storage.tables import UtcDateTime
+
+    values = _VALUES.bindparams(sa.bindparam("since", type_=UtcDateTime)).columns(
+        ts=UtcDateTime(), value=sa.Double())
+    episodes: list[Episode] = []
+    for series_id, model in connection.execute(_SERIES, {"output": TOTAL}).all():
+        if models and model not in models:
+            continue
+        rows = connection.execute(values, {"series": series_id, "since": since}).all()
+        episodes.extend(runs_above(model, [(ts, value) for ts, value in rows]))
+    peaks = _TAG_PEAKS.bindparams(sa.bindparam("start", type_=UtcDateTime), sa.bindparam("end", type_=UtcDateTime))
+    for episode in episodes:
+        last = episode.end or episode.start + OPEN_ENDED
+        episode.top_tags = [(tag, float(value)) for tag, value in connection.execute(
+            peaks, {"model": episode.model, "output": PER_TAG, "start": episode.start, "end": last,
+                    "limit": TOP_TAGS}).all()]
+    return sorted(episodes, key=lambda e: e.start, reverse=True)
+
+
+def runs_above(model: str, rows: list[tuple[datetime, float]], threshold: float = THRESHOLD) -> list[Episode]:
+    """The episodes in one model's (ts, total-anomaly-confidence) rows, oldest first (pure)."""
+    if not rows:
+        return []
+    step = _usual_step(rows)
+    episodes: list[Episode] = []
+    current: list[tuple[datetime, float]] = []
+    previous: datetime | None = None
+    for ts, value in rows:
+        broken = previous is not None and step is not None and ts - previous > 2 * step
+        if current and (value <= threshold or broken):
+            episodes.append(_episode(model, current, closed=True))
+            current = []
+        if value > threshold:
+            current.append((ts, value))
+        previous = ts
+    if current:
+        episodes.append(_episode(model, current, closed=False))
+    return episodes
+
+
+def _usual_step(rows: list[tuple[datetime, float]]) -> timedelta | None:
+    gaps = [b[0] - a[0] for a, b in zip(rows, rows[1:], strict=False)]
+    return statistics.median(gaps) if gaps else None
+
+
+def _episode(model: str, run: list[tuple[datetime, float]], closed: bool) -> Episode:
+    peak_at, peak = max(run, key=lambda item: item[1])
+    return Episode(model, run[0][0], run[-1][0] if closed else None, float(peak), peak_at, len(run))
