@@ -14,10 +14,10 @@ from datetime import datetime, timedelta, timezone
 
 from _support import BenchModels, database
 
-from latigo.config import ExecutorSettings
 from latigo.executor import Executor
 from latigo.lifecycle import TaskLifecycle
 from latigo.queues.database import DatabaseTaskQueue
+from latigo.settings import ExecutorSettings
 from latigo.types import Task, TimeRange
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)

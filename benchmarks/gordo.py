@@ -19,11 +19,11 @@ from pathlib import Path
 
 from _support import database
 
-from latigo.config import ExecutorSettings
 from latigo.executor import Executor
 from latigo.lifecycle import TaskLifecycle
 from latigo.models.gordo import GordoModels, GordoSettings
 from latigo.queues.database import DatabaseTaskQueue
+from latigo.settings import ExecutorSettings
 from latigo.types import Task, TimeRange
 from tests.support.gordo_server import RampSensors
 

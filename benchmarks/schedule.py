@@ -9,10 +9,10 @@ from datetime import datetime, timedelta, timezone
 
 from _support import BenchModels, database
 
-from latigo.config import SchedulerSettings
 from latigo.lifecycle import TaskLifecycle
 from latigo.queues.database import DatabaseTaskQueue
 from latigo.scheduler import Scheduler
+from latigo.settings import SchedulerSettings
 
 
 def measure(kind: str, models: int) -> float:

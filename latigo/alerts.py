@@ -17,9 +17,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from latigo.anomalies import Episode, find_episodes
-from latigo.config import AlertSettings
 from latigo.errors import LatigoError, describe_exception
 from latigo.http import HttpClient, RetryPolicy
+from latigo.settings import AlertSettings
 from latigo.storage.db import write_transaction
 from latigo.storage.tables import AnomalyAlert
 from latigo.storage.upsert import insert_new

@@ -9,10 +9,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from latigo import __version__
-from latigo.config import Config, describe_config, load_config
+from latigo.config import describe_config, load_config
 from latigo.errors import ConfigError, LatigoError, SchemaOutdatedError
 from latigo.logs import setup_logging
 from latigo.secrets import mask_text
+from latigo.settings import Config
 
 log = logging.getLogger("latigo")
 

@@ -16,7 +16,7 @@ import re
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,18 @@ import yaml
 from latigo.durations import format_duration, parse_duration
 from latigo.errors import ConfigError
 from latigo.secrets import MASK, is_secret_key, mask_text, mask_url, register_secret
+from latigo.settings import (
+    AlertSettings,
+    ComponentSettings,
+    Config,
+    DatabaseSettings,
+    ExecutorSettings,
+    LoggingSettings,
+    MetricsSettings,
+    PredictionSettings,
+    RetentionSettings,
+    SchedulerSettings,
+)
 
 ENV_PREFIX = "LATIGO_"
 CONFIG_FILE_ENV = "LATIGO_CONFIG_FILE"
@@ -44,155 +56,6 @@ PROCESS_VARIABLES = frozenset({
 RESERVED_PREFIXES = ("LATIGO_TEST_",)
 """LATIGO_* names kept for the test suite."""
 COMPONENT_SECTIONS = ("task_queue", "sensor_information", "sensor_data", "model_information", "model_execution")
-DEFAULT_OUTPUTS = (
-    "model-output",
-    "total-anomaly-scaled",
-    "tag-anomaly-scaled",
-    "anomaly-confidence",
-    "total-anomaly-confidence",
-)
-
-
-def _spec(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **rules: Any) -> Any:
-    """A dataclass field with validation rules (min, choices) kept in its metadata."""
-    if factory is not dataclasses.MISSING:
-        return field(default_factory=factory, metadata=rules)
-    return field(default=default, metadata=rules)
-
-
-@dataclass
-class DatabaseSettings:
-    url: str = "sqlite:///latigo.db"
-    pool_size: int = _spec(10, min=1)
-    connect_timeout: timedelta = timedelta(seconds=10)
-    synchronous_commit: bool = False
-    """PostgreSQL: wait for each commit to reach disk. Off by default because nothing latigo commits has
-    an effect outside this database that a lost commit could orphan: if the server crashes, the last
-    moments of commits roll back together (a task's predictions, its `done` and its queue row's removal
-    are one transaction), and the task simply runs again. Saves a disk flush (about 1.3 ms here) per
-    transaction."""
-
-
-@dataclass
-class SchedulerSettings:
-    start_time: str = "00:00"
-    """Anchor of the tick grid: a UTC time of day "HH:MM" or an ISO 8601 instant."""
-    interval: timedelta = timedelta(minutes=30)
-    delay: timedelta = timedelta(minutes=5)
-    """Data latency: a window is scheduled only once its data is this old."""
-    run_at_once: bool = False
-    catch_up_limit: timedelta = timedelta(hours=24)
-    batch_size: int = _spec(1000, min=1)
-    check_interval: timedelta = timedelta(seconds=10)
-    """How often the loop wakes to look for due windows and model changes."""
-    backfill_confirm_above: int = _spec(10_000, min=0)
-    """`latigo backfill` asks for --yes before enqueueing more tasks than this."""
-
-
-@dataclass
-class ExecutorSettings:
-    concurrency: int = _spec(8, min=1)
-    max_attempts: int = _spec(5, min=1)
-    """Runs in which the model ran and failed in a way worth retrying, before the task fails."""
-    retry_base_delay: timedelta = timedelta(seconds=2)
-    retry_max_delay: timedelta = timedelta(minutes=5)
-    max_lost_runs: int = _spec(10, min=1)
-    """Runs that never finished (their executor died) before the task is given up as abandoned."""
-    max_deliveries: int = _spec(50, min=1)
-    """Deliveries of one message without it being settled before it is dead-lettered (a message that
-    cannot even be recorded)."""
-    max_window: timedelta = timedelta(days=1)
-    """The longest task window taken; longer ones are refused (and scheduler.interval may not exceed it)."""
-    shutdown_timeout: timedelta = timedelta(seconds=30)
-    poll_timeout: timedelta = timedelta(seconds=2)
-
-
-@dataclass
-class PredictionSettings:
-    outputs: list[str] = _spec(factory=lambda: list(DEFAULT_OUTPUTS))
-    """Which of the model's output groups are stored."""
-    sinks: list[Any] = _spec(factory=list)
-    """Extra destinations besides the database, each {type: ..., options...}; ComponentSettings once loaded."""
-    partition_size: timedelta = timedelta(days=1)
-    """PostgreSQL: the time span of one partition of prediction_values (retention drops whole ones)."""
-    partitions_ahead: timedelta = timedelta(days=3)
-    """PostgreSQL: partitions are created this far ahead by the scheduler and `latigo db upgrade`."""
-
-
-@dataclass
-class RetentionSettings:
-    """How long finished rows are kept (null: forever); pruned in batches by the scheduler and
-    `latigo db prune`."""
-
-    predictions: timedelta | None = timedelta(days=400)
-    """Stored predictions: whole partitions older than this are dropped (SQLite: deleted in batches)."""
-    tasks: timedelta | None = timedelta(days=30)
-    dead_letters: timedelta | None = timedelta(days=30)
-    schedule_state: timedelta | None = timedelta(days=30)
-    """Per-model schedule state of models no longer scheduled."""
-    prune_interval: timedelta = timedelta(hours=1)
-    """How often the scheduler prunes."""
-
-
-@dataclass
-class AlertSettings:
-    """Anomaly episodes announced to a webhook by the scheduler (latigo.alerts)."""
-
-    webhook_url: str = ""
-    """Where episode events are POSTed as JSON; empty: no alerts."""
-    check_interval: timedelta = timedelta(minutes=1)
-    lookback: timedelta = timedelta(days=1)
-    """Episodes that started longer ago than this are not announced any more."""
-    timeout: timedelta = timedelta(seconds=10)
-    retries: int = _spec(3, min=0)
-    resend_after: timedelta = timedelta(minutes=10)
-    """A claimed event never marked sent (its process died mid-POST) is tried again after this."""
-
-
-@dataclass
-class LoggingSettings:
-    level: str = _spec("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
-    format: str = _spec("text", choices=("text", "json"))
-
-
-@dataclass
-class MetricsSettings:
-    enabled: bool = True
-    host: str = "0.0.0.0"
-    port: int = _spec(9100, min=0)
-
-
-@dataclass
-class ComponentSettings:
-    """A pluggable part: `type` picks the implementation, the other keys are its typed settings."""
-
-    type: str
-    settings: Any
-    required: bool = False
-    """Prediction sinks only: written before the commit, and the task is retried when it fails."""
-
-
-@dataclass
-class Config:
-    database: DatabaseSettings
-    task_queue: ComponentSettings
-    scheduler: SchedulerSettings
-    executor: ExecutorSettings
-    sensor_information: ComponentSettings
-    sensor_data: ComponentSettings
-    model_information: ComponentSettings
-    model_execution: ComponentSettings
-    predictions: PredictionSettings
-    retention: RetentionSettings
-    alerts: AlertSettings
-    logging: LoggingSettings
-    metrics: MetricsSettings
-    sources: dict[str, str] = field(default_factory=dict, repr=False)
-    """Dotted key -> where its value came from: "default", "file <path>:<line>" or "env <VAR>"."""
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
-    """The merged plain mapping the settings were built from (for printing)."""
-
-
 PLAIN_SECTIONS: dict[str, type] = {
     "database": DatabaseSettings,
     "scheduler": SchedulerSettings,

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from latigo.config import ExecutorSettings
 from latigo.errors import NoDataError, PermanentError, TransientError, UnknownModelError, describe_exception
 from latigo.interfaces import Delivery, ModelExecutionProvider, TaskQueue
 from latigo.lifecycle import MAX_NAME_LENGTH, TaskLifecycle, one_line
@@ -41,6 +40,7 @@ from latigo.observability import (
     TASKS_FAILED,
     TASKS_RETRIED,
 )
+from latigo.settings import ExecutorSettings
 from latigo.sinks import SinkSet
 from latigo.storage.faults import is_infrastructure_fault, is_unrecordable
 from latigo.types import PredictionFrame, Started, Task

@@ -18,7 +18,6 @@ from latigo.errors import ConfigError
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from latigo.config import Config
     from latigo.interfaces import (
         ModelExecutionProvider,
         ModelInformationProvider,
@@ -27,6 +26,7 @@ if TYPE_CHECKING:
         TaskQueue,
     )
     from latigo.lifecycle import TaskLifecycle
+    from latigo.settings import Config
     from latigo.sinks import SinkSet
 
 REGISTRY: dict[str, dict[str, str]] = {

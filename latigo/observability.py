@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from latigo.config import MetricsSettings
+    from latigo.settings import MetricsSettings
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ from typing import NamedTuple
 
 import sqlalchemy as sa
 
-from latigo.config import RetentionSettings, SchedulerSettings
 from latigo.errors import ConfigError, LatigoError, describe_exception
 from latigo.interfaces import ModelInformationProvider, TaskQueue
 from latigo.lifecycle import CANCELLED, DONE, FAILED, MAX_NAME_LENGTH, QUEUED, Retention, TaskFilter, TaskLifecycle
+from latigo.settings import RetentionSettings, SchedulerSettings
 from latigo.storage.faults import is_infrastructure_fault
 from latigo.storage.tables import ScheduleState
 from latigo.types import Task, TimeRange, ensure_utc, parse_timestamp

@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from latigo.config import Config
 from latigo.errors import ConfigError
 from latigo.executor import Executor
 from latigo.factory import Components
@@ -23,6 +22,7 @@ from latigo.observability import (
     start_http_server,
 )
 from latigo.scheduler import Chore, Scheduler, retention_chore
+from latigo.settings import Config
 from latigo.storage.migrations import ensure_schema_current
 
 log = logging.getLogger(__name__)

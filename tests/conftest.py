@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from latigo.config import DatabaseSettings
+from latigo.settings import DatabaseSettings
 from latigo.storage import migrations
 from latigo.storage.db import create_engine_for
 from latigo.storage.tables import Base

@@ -24,7 +24,7 @@ from latigo.errors import (
 from latigo.http import HttpClient, RetryPolicy
 
 if TYPE_CHECKING:
-    from latigo.models.gordo import GordoSettings
+    from latigo.models.gordo_settings import GordoSettings
 
 log = logging.getLogger(__name__)
 

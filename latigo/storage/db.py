@@ -10,8 +10,8 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.url import make_url
 
-from latigo.config import DatabaseSettings
 from latigo.errors import ConfigError
+from latigo.settings import DatabaseSettings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 

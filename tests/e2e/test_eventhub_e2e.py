@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from azure.eventhub import EventData, EventHubProducerClient
 
-from latigo.config import DatabaseSettings
+from latigo.settings import DatabaseSettings
 from latigo.storage.db import create_engine_for
 from latigo.storage.tables import DeadLetter, EventHubCheckpoint, EventHubOwnership, Prediction, TaskRecord
 from tests.support.processes import latigo, latigo_ok, static_models_config

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from latigo.config import DatabaseSettings
+from latigo.settings import DatabaseSettings
 from latigo.storage.db import create_engine_for
 from latigo.storage.tables import Prediction, TaskRecord
 from tests.support.gordo_server import GordoServer, ModelSpec, ramp_value, utc

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
-from latigo.config import DatabaseSettings
+from latigo.settings import DatabaseSettings
 from latigo.storage.db import create_engine_for
 from latigo.storage.tables import Prediction, QueuedTask, TaskRecord
 from tests.support.processes import latigo, latigo_ok, static_models_config

@@ -12,8 +12,8 @@ import pytest
 
 from latigo.alerts import AnomalyAlerts
 from latigo.anomalies import find_episodes, runs_above
-from latigo.config import AlertSettings
 from latigo.lifecycle import TaskLifecycle
+from latigo.settings import AlertSettings
 from latigo.storage.db import write_transaction
 from latigo.types import PredictionFrame, PredictionRow
 from tests.support.loopback import LoopbackServer

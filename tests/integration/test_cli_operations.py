@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from latigo.config import DatabaseSettings
+from latigo.settings import DatabaseSettings
 from latigo.storage.db import create_engine_for
 from latigo.storage.tables import QueuedTask, TaskRecord
 from tests.support.processes import REPO, child_env, latigo, write_config

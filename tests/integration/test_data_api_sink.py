@@ -13,10 +13,11 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from latigo.config import DatabaseSettings, load_config
+from latigo.config import load_config
 from latigo.errors import ConfigError, PermanentError, TransientError
 from latigo.factory import Components
 from latigo.sensors.data_api_sink import DataApiPredictionSink, series_name
+from latigo.settings import DatabaseSettings
 from latigo.storage.db import create_engine_for
 from latigo.storage.tables import Prediction, TaskRecord
 from latigo.types import PredictionFrame, PredictionRow

@@ -7,11 +7,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from azure.eventhub import EventData, EventHubProducerClient
 
-from latigo.config import DatabaseSettings, load_config
+from latigo.config import load_config
 from latigo.errors import ConfigError, TransientError
 from latigo.factory import Components
 from latigo.queues.eventhub import EventHubSettings, EventHubTaskQueue
 from latigo.queues.partition_tracker import Position
+from latigo.settings import DatabaseSettings
 from latigo.storage import migrations
 from latigo.storage.db import create_engine_for
 from latigo.types import Task, TimeRange

@@ -7,10 +7,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
-from latigo.config import ExecutorSettings
 from latigo.executor import Executor, Outcome
 from latigo.lifecycle import TaskLifecycle
 from latigo.queues.database import DatabaseTaskQueue
+from latigo.settings import ExecutorSettings
 from latigo.storage.tables import DeadLetter, Prediction, QueuedTask, TaskRecord
 from latigo.types import Task, TimeRange
 from tests.support.providers import StaticModels, expected_rows

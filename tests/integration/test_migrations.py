@@ -7,8 +7,8 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from latigo.config import DatabaseSettings
 from latigo.errors import SchemaOutdatedError
+from latigo.settings import DatabaseSettings
 from latigo.storage import migrations
 from latigo.storage.db import create_engine_for
 from latigo.storage.tables import Base, is_managed_elsewhere

@@ -6,11 +6,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
-from latigo.config import SchedulerSettings
 from latigo.errors import ConfigError
 from latigo.lifecycle import TaskLifecycle
 from latigo.queues.database import DatabaseTaskQueue
 from latigo.scheduler import Scheduler
+from latigo.settings import SchedulerSettings
 from latigo.storage.tables import QueuedTask, ScheduleState
 from latigo.types import Task
 from tests.support.providers import StaticModels

@@ -96,8 +96,8 @@ def test_check_config_connect_probes_each_peer(tmp_path, pg_url, pg_engine):
 
 
 def test_two_processes_on_one_host_share_the_metrics_port_without_crashing(tmp_path):
-    from latigo.config import MetricsSettings
     from latigo.observability import Health, start_http_server
+    from latigo.settings import MetricsSettings
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

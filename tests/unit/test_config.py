@@ -13,19 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from latigo.config import (
-    COMPONENT_SECTIONS,
-    DEFAULT_OUTPUTS,
-    Config,
-    describe_config,
-    effective_tree,
-    load_config,
-    masked_tree,
-    merge_sources,
-)
+from latigo.config import COMPONENT_SECTIONS, describe_config, effective_tree, load_config, masked_tree, merge_sources
 from latigo.errors import ConfigError
 from latigo.factory import settings_class
 from latigo.secrets import mask_text
+from latigo.settings import DEFAULT_OUTPUTS, Config
 from tests.support.config_components import THING, standin_env
 
 REPO = Path(__file__).resolve().parents[2]

@@ -37,13 +37,12 @@ from latigo.config import (
     DEFAULT_COMPONENTS,
     ENV_ALIASES,
     PLAIN_SECTIONS,
-    ExecutorSettings,
-    MetricsSettings,
     load_config,
 )
 from latigo.durations import parse_duration
 from latigo.errors import ConfigError
 from latigo.factory import REGISTRY, settings_class
+from latigo.settings import ExecutorSettings, MetricsSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from latigo import observability as obs
-from latigo.config import MetricsSettings
+from latigo.settings import MetricsSettings
 
 
 class FakeClock:
