@@ -35,9 +35,9 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from latigo.config import DatabaseSettings
 from latigo.models.gordo import GordoModels, GordoSettings
 from latigo.sensors.influx import InfluxSensors
+from latigo.settings import DatabaseSettings
 from latigo.storage.db import create_engine_for
 from latigo.timegrid import predicted_buckets
 from latigo.types import TimeRange
