@@ -358,56 +358,78 @@ def _convert(value: Any, target: Any, key: str, sources: Mapping[str, _Source]) 
 
 
 def _coerce(value: Any, target: Any, origin: Any, key: str, sources: Mapping[str, _Source]) -> Any:
-    """_convert's work for one non-optional type; raises ValueError (with or without a message) on a misfit."""
-    from_env = isinstance(value, EnvText)
+    """_convert's work for one non-optional type; raises ValueError (with or without a message) on a misfit.
+    Environment text is parsed first (as YAML), except for text and durations, which read it themselves."""
     if target is str:
-        if isinstance(value, str):
-            return str(value)
-        raise ValueError
+        return _as_text(value)
+    from_env = isinstance(value, EnvText)
     if from_env:
         value = _parse_env_text(value, keep_text=target is timedelta)
-    if target is timedelta:
-        if isinstance(value, timedelta):
-            duration = value
-        elif isinstance(value, bool):
-            raise ValueError
-        elif isinstance(value, (int, float)):
-            duration = timedelta(seconds=value)  # a bare number is seconds
-        elif isinstance(value, str):
-            duration = parse_duration(value)
-        else:
-            raise ValueError
-        if duration < timedelta(0):
-            raise ValueError(f"a duration cannot be negative, got {format_duration(duration)}")
-        return duration
-    if target is bool:
-        if isinstance(value, bool):
-            return value
-        raise ValueError
-    if target is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ValueError
-    if target is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ValueError
-    if origin is list or target is list:
-        if from_env and isinstance(value, str):
-            value = [item.strip() for item in value.split(",") if item.strip()]
-        if not isinstance(value, list):
-            raise ValueError
-        (item_type,) = typing.get_args(target) or (Any,)
-        if item_type is Any:
-            return list(value)
-        return [_convert(v, item_type, f"{key}[{i}]", sources) for i, v in enumerate(value)]
-    if origin is dict or target is dict:
+    container = origin or target
+    if container is list:
+        return _as_list(value, target, key, sources, from_env)
+    if container is dict:
         if not isinstance(value, dict):
             raise ValueError
         return _parse_nested_env(value)
     if target is Any:
         return value
-    raise ValueError(f"unsupported setting type {target!r}")
+    scalar = _SCALARS.get(target)
+    if scalar is None:
+        raise ValueError(f"unsupported setting type {target!r}")
+    return scalar(value)
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return str(value)
+    raise ValueError
+
+
+def _as_duration(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        duration = value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        duration = timedelta(seconds=value)  # a bare number is seconds
+    elif isinstance(value, str):
+        duration = parse_duration(value)
+    else:
+        raise ValueError
+    if duration < timedelta(0):
+        raise ValueError(f"a duration cannot be negative, got {format_duration(duration)}")
+    return duration
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ValueError
+
+
+def _as_int(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ValueError
+
+
+def _as_float(value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise ValueError
+
+
+_SCALARS: dict[Any, Any] = {timedelta: _as_duration, bool: _as_bool, int: _as_int, float: _as_float}
+
+
+def _as_list(value: Any, target: Any, key: str, sources: Mapping[str, _Source], from_env: bool) -> list[Any]:
+    if from_env and isinstance(value, str):
+        value = [item.strip() for item in value.split(",") if item.strip()]
+    if not isinstance(value, list):
+        raise ValueError
+    (item_type,) = typing.get_args(target) or (Any,)
+    if item_type is Any:
+        return list(value)
+    return [_convert(v, item_type, f"{key}[{i}]", sources) for i, v in enumerate(value)]
 
 
 def _parse_nested_env(value: Any) -> Any:

@@ -40,7 +40,7 @@ from latigo.errors import (
     TransientError,
     UnknownModelError,
 )
-from latigo.http import NO_RETRY, ClientCredentialsToken, HttpClient, RetryPolicy, azure_ad_token
+from latigo.http import NO_RETRY, ClientCredentialsToken, HttpClient, RetryPolicy, azure_ad_token, describe_response
 from latigo.interfaces import (
     CheckableProvider,
     ModelExecutionProvider,
@@ -58,7 +58,6 @@ from latigo.models.gordo_kubernetes import (
 )
 from latigo.models.gordo_settings import GordoSettings
 from latigo.models.gordo_wire import (
-    describe_error,
     json_columns,
     parquet_bytes,
     parse_model_info,
@@ -194,14 +193,14 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider, CheckablePro
                                      params=query, retry=retry, **kwargs)
         if response.status_code == 410:
             raise RevisionGone(f"gordo project {self.settings.project}: revision {revision} is gone: "
-                               f"{describe_error(response)}")
+                               f"{describe_response(response)}")
         return response
 
     def _json(self, response: requests.Response, what: str) -> dict[str, Any]:
         try:
             body = response.json()
         except ValueError:
-            raise TransientError(f"gordo {what}: answer is not JSON: {describe_error(response)}") from None
+            raise TransientError(f"gordo {what}: answer is not JSON: {describe_response(response)}") from None
         if not isinstance(body, dict):
             raise PermanentError(f"gordo {what}: expected a JSON object, got {type(body).__name__}")
         return body
@@ -307,7 +306,7 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider, CheckablePro
         response = self._request("GET", f"{quote(name, safe='')}/metadata", revision, accept={404})
         if response.status_code == 404:
             raise UnknownModelError(f"gordo project {self.settings.project} has no model {name!r} "
-                                    f"(revision {revision or 'latest'}): {describe_error(response)}")
+                                    f"(revision {revision or 'latest'}): {describe_response(response)}")
         return self._json(response, f"metadata of {name!r}")
 
     # ------------------------------------------------ ModelExecutionProvider: predictions
@@ -360,7 +359,7 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider, CheckablePro
         response = self._send(info, "prediction" if plain else "anomaly/prediction", X, None if plain else y)
         if response.status_code == 422 and not plain:
             log.warning("gordo model %s is not an anomaly detector (%s); using /prediction for it",
-                        info.name, describe_error(response))
+                        info.name, describe_response(response))
             with self._lock:
                 self._plain.add(key)
             response = self._send(info, "prediction", X, None)
@@ -369,12 +368,13 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider, CheckablePro
             with self._lock:
                 self._infos.pop(key, None)
             raise UnknownModelError(f"gordo project {self.settings.project} does not serve model {info.name!r} "
-                                    f"(revision {info.revision or 'latest'}): {describe_error(response)}")
+                                    f"(revision {info.revision or 'latest'}): {describe_response(response)}")
         if status in (400, 422):
-            raise PermanentError(f"gordo model {info.name!r} refused the input ({status}): {describe_error(response)}")
+            raise PermanentError(f"gordo model {info.name!r} refused the input ({status}): "
+                                 f"{describe_response(response)}")
         if status == 500:
             raise PermanentError(f"gordo model {info.name!r} failed on this input (500, {len(X)} rows from "
-                                 f"{X.index[0].isoformat()}): {describe_error(response)}")
+                                 f"{X.index[0].isoformat()}): {describe_response(response)}")
         return parse_prediction(info.name, response)
 
     def _send(self, info: ModelInfo, endpoint: str, X: pd.DataFrame, y: pd.DataFrame | None) -> requests.Response:

@@ -175,16 +175,11 @@ def parse_prediction(model: str, response: requests.Response) -> PredictionFrame
         body = json.loads(content)
     except ValueError:
         raise TransientError(f"gordo model {model!r}: answer is neither JSON nor parquet: "
-                             f"{describe_error(response)}") from None
+                             f"{describe_response(response)}") from None
     data = body.get("data") if isinstance(body, dict) else None
     if not isinstance(data, dict):
         raise PermanentError(f"gordo model {model!r}: prediction answer has no 'data' object")
     return frame_from_groups(model, data)
-
-
-def describe_error(response: requests.Response) -> str:
-    """Gordo's message: the JSON message/error, or the text of an HTML error page."""
-    return describe_response(response)
 
 
 # ---------------------------------------------------------------- model input

@@ -45,14 +45,3 @@ DEFAULT_MODULES = {
     "model_information": "latigo.models.local",
     "model_execution": "latigo.models.local",
 }
-
-
-def standin_env() -> dict[str, str]:
-    """LATIGO_<SECTION>__TYPE=Thing for every default component whose module does not exist."""
-    import importlib.util
-
-    return {
-        f"LATIGO_{section.upper()}__TYPE": THING
-        for section, module in DEFAULT_MODULES.items()
-        if importlib.util.find_spec(module) is None
-    }

@@ -18,7 +18,7 @@ from latigo.errors import ConfigError
 from latigo.factory import settings_class
 from latigo.secrets import mask_text
 from latigo.settings import DEFAULT_OUTPUTS, Config
-from tests.support.config_components import THING, standin_env
+from tests.support.config_components import THING
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "local_config.yaml.template"
@@ -41,7 +41,7 @@ def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
 
 def load(tmp_path: Path, text: str | None = None, env: dict[str, str] | None = None) -> Config:
     path = write(tmp_path, text) if text is not None else None
-    return load_config(path, env={**standin_env(), **(env or {})})
+    return load_config(path, env={**(env or {})})
 
 
 def error(tmp_path: Path, text: str | None = None, env: dict[str, str] | None = None) -> str:
@@ -95,10 +95,10 @@ def test_the_file_overrides_defaults_and_the_environment_overrides_the_file(tmp_
 def test_the_file_is_the_option_else_latigo_config_file_else_local_config_yaml(tmp_path: Path) -> None:
     option = write(tmp_path, "executor: {concurrency: 1}", "option.yaml")
     from_env = write(tmp_path, "executor: {concurrency: 2}", "env.yaml")
-    env = {**standin_env(), "LATIGO_CONFIG_FILE": str(from_env)}
-    assert load_config(None, env={**standin_env()}).executor.concurrency == 8  # no file at all
+    env = {"LATIGO_CONFIG_FILE": str(from_env)}
+    assert load_config(None, env={}).executor.concurrency == 8  # no file at all
     write(tmp_path, "executor: {concurrency: 3}", "local_config.yaml")
-    assert load_config(None, env={**standin_env()}).executor.concurrency == 3
+    assert load_config(None, env={}).executor.concurrency == 3
     assert load_config(None, env=env).executor.concurrency == 2
     assert load_config(option, env=env).executor.concurrency == 1
 
@@ -182,7 +182,7 @@ def test_the_seed_event_hub_variable_alone_means_the_event_hub_queue() -> None:
     assert tree["task_queue"]["type"] == "database"
     if importlib.util.find_spec("latigo.queues.eventhub") is not None:
         try:
-            assert load_config(None, env={**standin_env(), **env}).task_queue.type == "eventhub"
+            assert load_config(None, env={**env}).task_queue.type == "eventhub"
         except ConfigError as exc:  # the queue's own checks may want more than the seed gave
             assert "unknown key" not in str(exc) and "abcd" not in str(exc)
 
@@ -403,7 +403,7 @@ def test_masked_tree_masks_by_key_name_inside_lists_and_mappings() -> None:
 
 
 def test_the_template_holds_exactly_the_built_in_defaults(tmp_path: Path) -> None:
-    from_template = load_config(TEMPLATE, env=standin_env())
+    from_template = load_config(TEMPLATE, env={})
     defaults = load(tmp_path)
     assert effective_tree(from_template) == effective_tree(defaults)
     assert from_template.sources["scheduler.interval"].startswith(f"file {TEMPLATE}:")
@@ -411,7 +411,7 @@ def test_the_template_holds_exactly_the_built_in_defaults(tmp_path: Path) -> Non
 
 def test_the_template_shows_every_section() -> None:
     text = TEMPLATE.read_text()
-    for section in effective_tree(load_config(TEMPLATE, env=standin_env())):
+    for section in effective_tree(load_config(TEMPLATE, env={})):
         assert f"\n{section}:" in text or f"\n# {section}:" in text, section
     for production in ("type: eventhub", "type: influx", "type: data_api", "type: gordo"):
         assert f"# {production}" in text

@@ -17,7 +17,7 @@ import yaml
 
 from latigo import config as latigo_config
 from latigo.config import effective_tree, load_config
-from tests.support.config_components import THING, standin_env
+from tests.support.config_components import THING
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "set_env.py"
@@ -187,9 +187,9 @@ def hostile_config() -> dict:
 def test_latigo_reads_the_exported_environment_as_the_same_typed_settings(tmp_path: Path, quoted: bool) -> None:
     file = tmp_path / "mine.yaml"
     file.write_text(yaml_text(hostile_config()) + "sensor_data:\n  type: '" + THING + "'\n  ratio: .inf\n")
-    from_file = load_config(file, env=standin_env())
+    from_file = load_config(file, env={})
     exported = eval_in_bash(file, tmp_path, quoted)
-    from_env = load_config(None, env={**standin_env(), **exported})
+    from_env = load_config(None, env=dict(exported))
     assert effective_tree(from_env) == effective_tree(from_file)
     assert from_env.task_queue.settings.tags[3:6] == ["12:30", "0o17", "yes"]
     assert from_env.scheduler.start_time == "12:30"
@@ -200,8 +200,8 @@ def test_latigo_reads_the_exported_environment_as_the_same_typed_settings(tmp_pa
 def test_the_template_exported_gives_the_defaults(tmp_path: Path) -> None:
     exported = eval_in_bash(TEMPLATE, tmp_path, quoted=False)
     assert exported["LATIGO_SCHEDULER__START_TIME"] == "00:00"
-    from_env = load_config(None, env={**standin_env(), **exported})
-    assert effective_tree(from_env) == effective_tree(load_config(None, env=standin_env()))
+    from_env = load_config(None, env=dict(exported))
+    assert effective_tree(from_env) == effective_tree(load_config(None, env={}))
 
 
 @pytest.mark.skipif(BASH is None, reason="needs bash")
@@ -224,8 +224,8 @@ sensor_data:
     assert exported["LATIGO_MODEL_INFORMATION__NAME"] == "shared"
     assert exported["LATIGO_SENSOR_DATA__NAME"] == "shared"
     assert exported["LATIGO_SENSOR_DATA__COUNT"] == "9"
-    from_env = load_config(None, env={**standin_env(), **exported})
-    assert effective_tree(from_env) == effective_tree(load_config(file, env=standin_env()))
+    from_env = load_config(None, env=dict(exported))
+    assert effective_tree(from_env) == effective_tree(load_config(file, env={}))
 
 
 # ---------------------------------------------------------------- bad files
