@@ -49,6 +49,7 @@ setup(
             # The container stage (tests/container) and the AKS manifest schemas (tests/unit/test_k8s_manifests.py).
             "podman-compose>=1.1,<2",
             "kubernetes-validate>=1.30,<2",
+            "selenium>=4.20,<5",  # tests/e2e/test_web_browser.py drives Debian's chromium through chromedriver
         ],
     },
     entry_points={"console_scripts": ["latigo=latigo.cli:main"]},

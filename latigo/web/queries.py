@@ -1,0 +1,495 @@
+"""The reads behind `latigo web`, on a read-only engine of their own.
+
+Every query is bounded: by LIMIT, by a time range of at most 24 hours, or by an index prefix. The ledger is
+read along tasks(state, finished_at) and tasks(model, window_end); predictions only for the models and the
+range shown, through series(model, output, tag) and prediction_values' key (series_id, ts) — never a scan of
+the predictions.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine.url import make_url
+
+from latigo.errors import ConfigError
+from latigo.lifecycle import DONE, FAILED, QUEUED, RUNNING
+from latigo.settings import DatabaseSettings
+from latigo.status import _utc, last_done_windows
+from latigo.storage.tables import DeadLetter, ScheduleState, TaskRecord, UtcDateTime
+
+TOTAL_CONFIDENCE = "total-anomaly-confidence"
+TAG_OUTPUTS = ("anomaly-confidence", "tag-anomaly-scaled")
+"""Per-tag anomaly outputs the model page can draw, the preferred one first (its threshold is 1, as the
+total's)."""
+THRESHOLD = 1.0
+"""Gordo's anomaly-confidence scale: a value above 1 is above the model's threshold."""
+REASONS = ("transient", "permanent", "no_data", "unknown_model", "dead_letter", "abandoned", "internal")
+"""The prefixes the executor gives a failed task's error (`reason: detail`)."""
+MAX_HOURS = 24
+SPARK_BUCKET = timedelta(minutes=30)
+CHART_POINTS = 288
+"""At most this many points per line on the model page: the range is cut into this many buckets, each drawn
+as its maximum (a spike survives the downsampling)."""
+MAX_MODELS = 500
+"""Model rows on the overview page; the ranking (above threshold first) still covers every model."""
+COUNT_CAP = 100_000
+"""Counts of rows that are normally few (dead letters) stop here."""
+RECENT_FAILURES = 10
+MODEL_TASKS = 25
+CHUNK = 500
+STATEMENT_TIMEOUT_MS = 15_000
+
+_tasks = TaskRecord.__table__
+_letters = DeadLetter.__table__
+_schedule = ScheduleState.__table__
+
+
+# ---------------------------------------------------------------------------------------------- the engine
+
+def read_only_engine(settings: DatabaseSettings) -> Engine:
+    """A separate engine whose sessions cannot write: PostgreSQL with default_transaction_read_only (and a
+    statement timeout), SQLite opened with mode=ro and query_only. A missing SQLite file is an error, not a
+    new empty database."""
+    try:
+        url = make_url(settings.url)
+    except Exception:
+        raise ConfigError("database.url: not a database URL") from None
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_read_only(url.database or "")
+    if backend != "postgresql":
+        raise ConfigError(f"database.url: unsupported database {backend!r}; use postgresql or sqlite")
+    options = f"-c default_transaction_read_only=on -c statement_timeout={STATEMENT_TIMEOUT_MS}"
+    return sa.create_engine(
+        url, pool_size=4, max_overflow=4, pool_pre_ping=True,
+        connect_args={"connect_timeout": int(settings.connect_timeout.total_seconds()),
+                      "application_name": "latigo-web", "options": options},
+    )
+
+
+def _sqlite_read_only(path: str) -> Engine:
+    if not path or path == ":memory:" or path.startswith("file:"):
+        raise ConfigError(f"database.url: latigo web needs a SQLite file, not {path or 'an empty path'!r}")
+    from urllib.parse import quote
+
+    uri = f"file:{quote(path)}?mode=ro"
+
+    def connect() -> sqlite3.Connection:
+        connection = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False)
+        connection.execute("PRAGMA query_only=ON")
+        return connection
+
+    # A file database: a queue of connections shared by the request threads (the "sqlite://" URL alone would
+    # get the in-memory database's one-connection-per-thread pool).
+    return sa.create_engine("sqlite://", creator=connect, poolclass=sa.pool.QueuePool, pool_size=4, max_overflow=4)
+
+
+# ---------------------------------------------------------------------------------------------- values
+
+@dataclass
+class ReasonCount:
+    reason: str
+    count: int
+    last_at: datetime | None
+    example_model: str = ""
+    example_window: datetime | None = None
+    example_error: str = ""
+
+
+@dataclass
+class FailureRow:
+    model: str
+    window_start: datetime
+    reason: str
+    error: str
+    finished_at: datetime | None
+    runs: int
+    attempts: int
+
+
+@dataclass
+class ExecutorSeen:
+    name: str
+    last_seen: datetime
+    finished_last_hour: int
+    running: int
+
+
+@dataclass
+class Health:
+    now: datetime
+    backlog: int
+    running: int
+    oldest_queued: datetime | None
+    done_last_hour: int
+    failed_last_hour: int
+    failed_24h: int
+    dead_letters: int
+    reasons: list[ReasonCount] = field(default_factory=list)
+    recent_failures: list[FailureRow] = field(default_factory=list)
+    executors: list[ExecutorSeen] = field(default_factory=list)
+    hourly: list[tuple[datetime, int, int]] = field(default_factory=list)
+    """(hour start, done, failed) for each of the last 24 hours, oldest first."""
+
+    @property
+    def oldest_queued_age(self) -> timedelta | None:
+        return None if self.oldest_queued is None else max(self.now - self.oldest_queued, timedelta(0))
+
+
+@dataclass
+class ModelRow:
+    name: str
+    last_done_end: datetime | None = None
+    newest_state: str | None = None
+    newest_window_end: datetime | None = None
+    scheduled_until: datetime | None = None
+    confidence: float | None = None
+    confidence_at: datetime | None = None
+    spark: list[tuple[datetime, float]] = field(default_factory=list)
+
+    @property
+    def above(self) -> bool:
+        return self.confidence is not None and self.confidence > THRESHOLD
+
+
+@dataclass
+class Overview:
+    health: Health
+    models: list[ModelRow]
+    total_models: int
+    since: datetime
+
+
+@dataclass
+class TaskRow:
+    window_start: datetime
+    window_end: datetime
+    state: str
+    runs: int
+    attempts: int
+    lost: int
+    executor: str | None
+    finished_at: datetime | None
+    duration_ms: int | None
+    rows: int | None
+    error: str | None
+
+
+@dataclass
+class ModelDetail:
+    name: str
+    output: str | None
+    """The per-tag output drawn (None: the model has no per-tag anomaly series)."""
+    outputs: list[str]
+    """The per-tag anomaly outputs stored for the model."""
+    lines: dict[str, list[tuple[datetime, float]]]
+    total: list[tuple[datetime, float]]
+    tasks: list[TaskRow]
+    since: datetime
+    until: datetime
+    row: ModelRow | None
+    hours: int = MAX_HOURS
+
+    @property
+    def known(self) -> bool:
+        return bool(self.tasks or self.outputs or self.total or self.row)
+
+
+# ---------------------------------------------------------------------------------------------- pipeline
+
+def _count(connection: Connection, statement: Any) -> int:
+    return int(connection.execute(statement).scalar_one() or 0)
+
+
+def _capped_count(connection: Connection, selectable: Any, cap: int = COUNT_CAP) -> int:
+    return _count(connection, sa.select(sa.func.count()).select_from(selectable.limit(cap).subquery()))
+
+
+def _reason_expression(connection: Connection) -> Any:
+    """The text before the first ':' of tasks.error (the whole error when it has none)."""
+    error = sa.func.coalesce(_tasks.c.error, "")
+    if connection.dialect.name == "postgresql":
+        return sa.func.split_part(error, ":", 1)
+    colon = sa.func.instr(error, ":")
+    return sa.case((colon > 0, sa.func.substr(error, 1, colon - 1)), else_=error)
+
+
+def reason_of(error: str | None) -> str:
+    head = (error or "").split(":", 1)[0].strip()
+    return head if head in REASONS else "other"
+
+
+def _finished(state: str, since: datetime) -> Any:
+    """Tasks of a final state finished since `since`: a range of the tasks(state, finished_at) index."""
+    return sa.and_(_tasks.c.state == state, _tasks.c.finished_at >= since)
+
+
+def pipeline_health(connection: Connection, now: datetime) -> Health:
+    hour, day = now - timedelta(hours=1), now - timedelta(hours=MAX_HOURS)
+    count = sa.select(sa.func.count()).select_from(_tasks)
+    backlog = _count(connection, count.where(_tasks.c.state == QUEUED))
+    running = _count(connection, count.where(_tasks.c.state == RUNNING))
+    oldest = connection.execute(sa.select(sa.func.min(_tasks.c.enqueued_at)).where(_tasks.c.state == QUEUED)).scalar()
+    health = Health(
+        now=now, backlog=backlog, running=running, oldest_queued=_utc(oldest),
+        done_last_hour=_count(connection, count.where(_finished(DONE, hour))),
+        failed_last_hour=_count(connection, count.where(_finished(FAILED, hour))),
+        failed_24h=_count(connection, count.where(_finished(FAILED, day))),
+        dead_letters=_capped_count(connection, sa.select(_letters.c.id)),
+    )
+    health.reasons = _reasons(connection, day)
+    health.recent_failures = [
+        FailureRow(r.model, r.window_start, reason_of(r.error), r.error or "", r.finished_at, r.runs, r.attempts)
+        for r in connection.execute(
+            sa.select(_tasks.c.model, _tasks.c.window_start, _tasks.c.error, _tasks.c.finished_at, _tasks.c.runs,
+                      _tasks.c.attempts)
+            .where(_finished(FAILED, day)).order_by(_tasks.c.finished_at.desc()).limit(RECENT_FAILURES))]
+    health.executors = _executors(connection, hour)
+    health.hourly = _hourly(connection, now)
+    return health
+
+
+def _reasons(connection: Connection, since: datetime) -> list[ReasonCount]:
+    reason = _reason_expression(connection).label("reason")
+    rows = connection.execute(
+        sa.select(reason, sa.func.count().label("n"), sa.func.max(_tasks.c.finished_at).label("last"))
+        .where(_finished(FAILED, since)).group_by(reason).order_by(sa.desc("n")).limit(50)).all()
+    merged: dict[str, ReasonCount] = {}
+    for row in rows:
+        name = reason_of(row.reason + ":")
+        last = _utc(row.last)
+        entry = merged.setdefault(name, ReasonCount(name, 0, last))
+        entry.count += row.n
+        entry.last_at = max(filter(None, (entry.last_at, last)), default=None)
+    for entry in merged.values():
+        condition = _finished(FAILED, since)
+        if entry.reason != "other":
+            prefix = entry.reason + ":"
+            condition = sa.and_(condition, sa.func.substr(_tasks.c.error, 1, len(prefix)) == prefix)
+        example = connection.execute(
+            sa.select(_tasks.c.model, _tasks.c.window_start, _tasks.c.error).where(condition)
+            .order_by(_tasks.c.finished_at.desc()).limit(1 if entry.reason != "other" else 50)).all()
+        for model, start, error in example:
+            if entry.reason != "other" or reason_of(error) == "other":
+                entry.example_model, entry.example_window, entry.example_error = model, start, error or ""
+                break
+    return sorted(merged.values(), key=lambda r: (-r.count, r.reason))
+
+
+def _executors(connection: Connection, since: datetime) -> list[ExecutorSeen]:
+    seen: dict[str, ExecutorSeen] = {}
+    finished = connection.execute(
+        sa.select(_tasks.c.executor, sa.func.count(), sa.func.max(_tasks.c.finished_at))
+        .where(_tasks.c.state.in_((DONE, FAILED)), _tasks.c.finished_at >= since, _tasks.c.executor.is_not(None))
+        .group_by(_tasks.c.executor).limit(1000)).all()
+    for name, count, last in finished:
+        seen[name] = ExecutorSeen(name, _utc(last), count, 0)
+    started = connection.execute(
+        sa.select(_tasks.c.executor, sa.func.count(), sa.func.max(_tasks.c.started_at))
+        .where(_tasks.c.state == RUNNING, _tasks.c.started_at >= since, _tasks.c.executor.is_not(None))
+        .group_by(_tasks.c.executor).limit(1000)).all()
+    for name, count, last in started:
+        entry = seen.setdefault(name, ExecutorSeen(name, _utc(last), 0, 0))
+        entry.running = count
+        entry.last_seen = max(entry.last_seen, _utc(last))
+    return sorted(seen.values(), key=lambda e: e.name)
+
+
+def _hourly(connection: Connection, now: datetime) -> list[tuple[datetime, int, int]]:
+    end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    start = end - timedelta(hours=MAX_HOURS)
+    bucket = _bucket(connection, _tasks.c.finished_at, 3600).label("bucket")
+    rows = connection.execute(
+        sa.select(bucket, _tasks.c.state, sa.func.count())
+        .where(_tasks.c.state.in_((DONE, FAILED)), _tasks.c.finished_at >= start)
+        .group_by(bucket, _tasks.c.state)).all()
+    counts = {(int(b), state): n for b, state, n in rows}
+    hours = []
+    for i in range(MAX_HOURS):
+        at = start + timedelta(hours=i)
+        key = int(at.timestamp()) // 3600
+        hours.append((at, counts.get((key, DONE), 0), counts.get((key, FAILED), 0)))
+    return hours
+
+
+def _bucket(connection: Connection, column: Any, seconds: int) -> Any:
+    """Which `seconds`-wide bucket of the Unix epoch a timestamp falls in (an integer)."""
+    if connection.dialect.name == "postgresql":
+        return sa.cast(sa.func.floor(sa.extract("epoch", column) / seconds), sa.BigInteger)
+    return sa.cast(sa.func.strftime("%s", column), sa.Integer).op("/")(seconds)
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+_NEWEST_TASK = sa.text("""
+WITH RECURSIVE known(model) AS (
+    SELECT min(model) FROM tasks
+    UNION ALL
+    SELECT (SELECT min(t.model) FROM tasks t WHERE t.model > known.model) FROM known WHERE known.model IS NOT NULL
+)
+SELECT known.model,
+       (SELECT t.state FROM tasks t WHERE t.model = known.model ORDER BY t.window_end DESC LIMIT 1) AS state,
+       (SELECT t.window_end FROM tasks t WHERE t.model = known.model ORDER BY t.window_end DESC LIMIT 1) AS window_end
+FROM known WHERE known.model IS NOT NULL
+""").columns(model=sa.String, state=sa.String, window_end=UtcDateTime)
+"""Per model, its newest task (by window): the skip scan of `latigo status`'s last-done query."""
+
+_LATEST_VALUE = sa.text("""
+SELECT s.model, s.id,
+       (SELECT v.ts FROM prediction_values v WHERE v.series_id = s.id AND v.ts >= :since
+        ORDER BY v.ts DESC LIMIT 1) AS ts,
+       (SELECT v.value FROM prediction_values v WHERE v.series_id = s.id AND v.ts >= :since
+        ORDER BY v.ts DESC LIMIT 1) AS value
+FROM series s WHERE s.model IN :models AND s.output = :output
+""").bindparams(sa.bindparam("models", expanding=True), sa.bindparam("since", type_=UtcDateTime)).columns(
+    model=sa.String, id=sa.Integer, ts=UtcDateTime, value=sa.Float)
+
+
+def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+    for index in range(0, len(items), size):
+        yield items[index:index + size]
+
+
+def model_rows(connection: Connection, now: datetime, names: Sequence[str] | None = None) -> list[ModelRow]:
+    """Every model of the ledger (or `names`), with its last done window, newest task, scheduled end and
+    latest total-anomaly-confidence of the last 24 hours."""
+    rows: dict[str, ModelRow] = {}
+    if names is None:
+        for model, state, end in connection.execute(_NEWEST_TASK):
+            rows[model] = ModelRow(model, newest_state=state, newest_window_end=end)
+        for model, end in last_done_windows(connection):
+            if model in rows:
+                rows[model].last_done_end = _utc(end)
+    else:
+        for name in names:
+            newest = connection.execute(
+                sa.select(_tasks.c.state, _tasks.c.window_end).where(_tasks.c.model == name)
+                .order_by(_tasks.c.window_end.desc()).limit(1)).first()
+            done = connection.execute(
+                sa.select(_tasks.c.window_end).where(_tasks.c.model == name, _tasks.c.state == DONE)
+                .order_by(_tasks.c.window_end.desc()).limit(1)).scalar()
+            rows[name] = ModelRow(name, last_done_end=done, newest_state=newest.state if newest else None,
+                                  newest_window_end=newest.window_end if newest else None)
+    models = list(rows)
+    since = now - timedelta(hours=MAX_HOURS)
+    for chunk in _chunks(models):
+        for model, end in connection.execute(
+                sa.select(_schedule.c.model, _schedule.c.last_window_end).where(_schedule.c.model.in_(chunk))):
+            rows[model].scheduled_until = end
+        for model, _series, ts, value in connection.execute(
+                _LATEST_VALUE, {"models": list(chunk), "output": TOTAL_CONFIDENCE, "since": since}):
+            row = rows[model]
+            if ts is not None and (row.confidence_at is None or ts > row.confidence_at):
+                row.confidence, row.confidence_at = value, ts
+    return list(rows.values())
+
+
+def rank(rows: list[ModelRow]) -> list[ModelRow]:
+    """Above the threshold first (highest confidence first), then the others by name."""
+    above = sorted((r for r in rows if r.above), key=lambda r: (-(r.confidence or 0.0), r.name))
+    others = sorted((r for r in rows if not r.above), key=lambda r: r.name)
+    return above + others
+
+
+def _series(connection: Connection, models: Sequence[str], output: str) -> dict[int, tuple[str, str]]:
+    """{series id: (model, tag)} of one output group, along the series(model, output, tag) index."""
+    found: dict[int, tuple[str, str]] = {}
+    series = sa.table("series", sa.column("id"), sa.column("model"), sa.column("output"), sa.column("tag"))
+    for chunk in _chunks(list(models)):
+        for sid, model, tag in connection.execute(
+                sa.select(series.c.id, series.c.model, series.c.tag)
+                .where(series.c.model.in_(chunk), series.c.output == output)):
+            found[sid] = (model, tag)
+    return found
+
+
+def bucketed_values(connection: Connection, series_ids: Sequence[int], since: datetime, until: datetime,
+                    bucket: timedelta) -> dict[int, list[tuple[datetime, float]]]:
+    """Per series, the maximum of each `bucket` between since and until (at the bucket's last timestamp),
+    read along prediction_values' key (series_id, ts)."""
+    # ts untyped in the result: SQLite's text is parsed by _utc (fromisoformat), several times faster than the
+    # column type's processing; the bounds are bound as the column type stores them.
+    values = sa.table("prediction_values", sa.column("series_id"), sa.column("ts"), sa.column("value"))
+    seconds = max(int(bucket.total_seconds()), 1)
+    key = _bucket(connection, values.c.ts, seconds)
+    low, high = sa.bindparam("since", since, type_=UtcDateTime), sa.bindparam("until", until, type_=UtcDateTime)
+    out: dict[int, list[tuple[datetime, float]]] = {}
+    for chunk in _chunks(list(series_ids)):
+        statement = (sa.select(values.c.series_id, sa.func.max(values.c.ts).label("ts"),
+                               sa.func.max(values.c.value).label("value"))
+                     .where(values.c.series_id.in_(chunk), values.c.ts >= low, values.c.ts < high)
+                     .group_by(values.c.series_id, key))
+        for sid, ts, value in connection.execute(statement):
+            out.setdefault(sid, []).append((_utc(ts), float(value)))
+    for points in out.values():
+        points.sort()
+    return out
+
+
+def overview(engine: Engine, now: datetime | None = None, limit: int = MAX_MODELS) -> Overview:
+    now = now or datetime.now(timezone.utc)
+    since = now - timedelta(hours=MAX_HOURS)
+    with engine.connect() as connection:
+        health = pipeline_health(connection, now)
+        ranked = rank(model_rows(connection, now))
+        shown = ranked[:limit]
+        series = _series(connection, [r.name for r in shown], TOTAL_CONFIDENCE)
+        values = bucketed_values(connection, list(series), since, now + timedelta(seconds=1), SPARK_BUCKET)
+    by_name = {r.name: r for r in shown}
+    for sid, points in values.items():
+        row = by_name[series[sid][0]]
+        if len(points) > len(row.spark):  # a model with two total series: the fuller one
+            row.spark = points
+    return Overview(health, shown, len(ranked), since)
+
+
+RANGES = (6, 12, MAX_HOURS)
+"""The hours a model page offers; without a choice it shows the shortest that holds all of the last 24 hours'
+values (a model predicted for 3 hours is not drawn in the last eighth of a 24-hour axis)."""
+
+
+def _first_value_at(connection: Connection, series_ids: Sequence[int], since: datetime) -> datetime | None:
+    values = sa.table("prediction_values", sa.column("series_id"), sa.column("ts"))
+    if not series_ids:
+        return None
+    return _utc(connection.execute(sa.select(sa.func.min(values.c.ts)).where(
+        values.c.series_id.in_(list(series_ids)[:CHUNK]),
+        values.c.ts >= sa.bindparam("since", since, type_=UtcDateTime))).scalar())
+
+
+def model_detail(engine: Engine, name: str, output: str | None = None, hours: int | None = None,
+                 now: datetime | None = None) -> ModelDetail:
+    now = now or datetime.now(timezone.utc)
+    with engine.connect() as connection:
+        per_output = {o: _series(connection, [name], o) for o in TAG_OUTPUTS}
+        outputs = [o for o in TAG_OUTPUTS if per_output[o]]
+        shown = output if output in outputs else (outputs[0] if outputs else None)
+        totals = _series(connection, [name], TOTAL_CONFIDENCE)
+        if hours is None:
+            first = _first_value_at(connection, list(totals) or list(per_output.get(shown) or ()),
+                                    now - timedelta(hours=MAX_HOURS))
+            hours = next((h for h in RANGES if first is not None and first >= now - timedelta(hours=h)), MAX_HOURS)
+        hours = min(max(int(hours), 1), MAX_HOURS)
+        since, until = now - timedelta(hours=hours), now + timedelta(seconds=1)
+        bucket = timedelta(hours=hours) / CHART_POINTS
+        lines: dict[str, list[tuple[datetime, float]]] = {}
+        if shown:
+            tags = per_output[shown]
+            values = bucketed_values(connection, list(tags), since, until, bucket)
+            lines = {tags[sid][1]: values.get(sid, []) for sid in sorted(tags, key=lambda s: tags[s][1])}
+        total_values = bucketed_values(connection, list(totals), since, until, bucket)
+        total = max(total_values.values(), key=len, default=[])
+        tasks = [TaskRow(*r) for r in connection.execute(
+            sa.select(_tasks.c.window_start, _tasks.c.window_end, _tasks.c.state, _tasks.c.runs, _tasks.c.attempts,
+                      _tasks.c.lost, _tasks.c.executor, _tasks.c.finished_at, _tasks.c.duration_ms, _tasks.c.rows,
+                      _tasks.c.error)
+            .where(_tasks.c.model == name).order_by(_tasks.c.window_end.desc()).limit(MODEL_TASKS))]
+        row = model_rows(connection, now, [name])[0] if tasks else None
+    return ModelDetail(name, shown, outputs, lines, total, tasks, since, now, row, hours)
