@@ -32,9 +32,12 @@ from latigo.lifecycle import MAX_NAME_LENGTH, TaskLifecycle, one_line
 from latigo.logs import task_context
 from latigo.observability import (
     CHECKPOINT_LAG,
+    DATABASE_FAULTS,
+    DATABASE_READY,
     PREDICTION_ROWS,
     PROVIDER_LATENCY,
     QUEUE_BACKLOG,
+    QUEUE_OLDEST_AGE,
     TASK_DURATION,
     TASKS_DONE,
     TASKS_FAILED,
@@ -99,6 +102,8 @@ class DatabaseFaults:
             self._streak += 1
             self.total += 1
             streak = self._streak
+        DATABASE_FAULTS.inc()
+        DATABASE_READY.set(0)
         delay = random.uniform(self.base / 2, min(self.cap, self.base * 2 ** (streak - 1)))
         log.warning("database fault while %s (%s); released, next try in %.1fs", doing, describe_exception(exc),
                     delay)
@@ -109,6 +114,7 @@ class DatabaseFaults:
             if self._streak:
                 log.info("database reachable again")
             self._streak = 0
+        DATABASE_READY.set(1)
 
     @property
     def ready(self) -> bool:
@@ -145,6 +151,9 @@ class Executor:
         self._lock = threading.Lock()
         self._in_flight: dict[int, Delivery] = {}
         self._handed_back: set[int] = set()
+        self._unreleased: list[tuple[Task | None, Delivery]] = []
+        """Tasks a database fault left unreleased (the database could not take the release either)."""
+        self._lag_partitions: set[str] = set()
         """Deliveries released at shutdown while their worker still runs: their results are not stored."""
         self._last_activity = time.monotonic()
 
@@ -354,8 +363,19 @@ class Executor:
             log.warning("settling the message failed (%s); it will be redelivered", describe_exception(exc))
 
     def _released(self, task: Task | None, delivery: Delivery, exc: BaseException, doing: str) -> _Fault:
-        """A database fault: release the task (best effort: else its lease expires) and tell the worker."""
+        """A database fault: release the task and tell the worker to back off. When the database cannot take
+        the release either, it is kept and done as soon as the database answers again (before this executor
+        takes other work), so an outage is not mistaken for a dead executor (a lost run) by whoever starts
+        the task next; only if this process dies first does the lease expire instead."""
         delay = self.faults.fault(exc, doing)
+        if not self._release_now(task, delivery):
+            with self._lock:
+                self._unreleased.append((task, delivery))
+            log.info("could not release it yet: it is released as soon as the database answers")
+        self._count(Outcome.RELEASED)
+        return _Fault(delay)
+
+    def _release_now(self, task: Task | None, delivery: Delivery) -> bool:
         try:
             with self.lifecycle.transaction() as connection:
                 if task is not None:
@@ -364,11 +384,23 @@ class Executor:
                     delivery.release(connection=connection)
             if not delivery.transactional:
                 delivery.release()
-        except Exception as again:
-            log.info("could not release it yet (%s): it comes back when its lease expires",
-                     type(again).__name__)
-        self._count(Outcome.RELEASED)
-        return _Fault(delay)
+            return True
+        except Exception as exc:
+            if not is_infrastructure_fault(exc):
+                log.warning("releasing task %s failed (%s); its lease will expire instead",
+                            task.task_id if task else delivery.message_id, describe_exception(exc))
+                return True  # not worth keeping: it would fail the same way again
+            return False
+
+    def _flush_unreleased(self) -> bool:
+        """Release what a fault left unreleased; False while the database still fails."""
+        with self._lock:
+            pending, self._unreleased = self._unreleased, []
+        left = [(task, delivery) for task, delivery in pending if not self._release_now(task, delivery)]
+        if left:
+            with self._lock:
+                self._unreleased.extend(left)
+        return not left
 
     def _release_on_shutdown(self, delivery: Delivery) -> None:
         try:
@@ -415,6 +447,7 @@ class Executor:
         for thread in workers:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._release_stragglers()
+        self._flush_unreleased()
         self.queue.close()
         self.sinks.close()
         return self.stats
@@ -425,6 +458,9 @@ class Executor:
     def _worker(self) -> None:
         poll = self.settings.poll_timeout.total_seconds()
         while not self.stopping.is_set():
+            if self._unreleased and not self._flush_unreleased():
+                self.stopping.wait(poll)
+                continue
             try:
                 delivery = self.queue.get(timeout=poll)
             except Exception as exc:
@@ -478,8 +514,13 @@ class Executor:
             return
         if gauges.waiting is not None:
             QUEUE_BACKLOG.set(gauges.waiting)
+        if gauges.oldest_age_seconds is not None:
+            QUEUE_OLDEST_AGE.set(gauges.oldest_age_seconds)
         for partition, events in gauges.lag_by_partition.items():
             CHECKPOINT_LAG.labels(partition=partition).set(events)
+        for partition in self._lag_partitions - set(gauges.lag_by_partition):
+            CHECKPOINT_LAG.remove(partition)  # a partition this executor no longer owns is not its lag
+        self._lag_partitions = set(gauges.lag_by_partition)
 
     def _idle_for(self) -> float:
         with self._lock:

@@ -104,6 +104,7 @@ class DatabaseDelivery(Delivery):
         self.task: Task | None = None
         self.started = started
         self._finished = False
+        self._settling = False
         try:
             self.task = Task.from_json(body)
         except ValueError as exc:
@@ -123,17 +124,21 @@ class DatabaseDelivery(Delivery):
         self._finish(self._queue.sql.release, {**self._claim(), **self._queue.after(0.0)}, connection)
 
     def renew(self) -> None:
-        if not self._finished:
+        if not self._finished and not self._settling:
             self._queue.execute(self._queue.sql.renew, {**self._claim(), **self._queue.after(self._queue.lease)})
 
     def _finish(self, statement: Any, params: dict[str, Any], connection: Connection | None) -> None:
+        """Settle the row. Inside the caller's transaction the delivery is final only if that transaction
+        commits: when the commit fails (a connection lost in COMMIT), a later release must still act, so the
+        delivery is not marked finished there (a second settle after a commit finds the row gone and says so)."""
         if self._finished:
             return
         if connection is not None:
+            self._settling = True
             changed = connection.execute(statement, params).rowcount
         else:
             changed = self._queue.execute(statement, params)
-        self._finished = True
+            self._finished = True
         if changed == 0:
             log.warning("task %s: lease was lost before it was settled (another executor may have it)", self.task_id)
 
