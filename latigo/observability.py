@@ -75,16 +75,27 @@ CHECKPOINT_LAG = Gauge(
 LAST_SCHEDULE_TIME = Gauge(
     "latigo_last_schedule_time_seconds", "When the scheduler last finished a cycle (Unix time).", registry=None
 )
+SCHEDULE_INTERVAL = Gauge("latigo_schedule_interval_seconds", "The scheduler's interval (scheduler.interval).",
+                          registry=None)
 """Registered by the scheduler process only (`scheduler_metrics`): an executor exporting 0 would look like a
 scheduler that never ran to an alert on max() or absent()."""
 
 
-def scheduler_metrics() -> None:
+def scheduler_metrics(interval_seconds: float | None = None) -> None:
     """Export the scheduler's own series from this process."""
-    try:
-        REGISTRY.register(LAST_SCHEDULE_TIME)
-    except ValueError:
-        pass  # registered already
+    for gauge in (LAST_SCHEDULE_TIME, SCHEDULE_INTERVAL):
+        try:
+            REGISTRY.register(gauge)
+        except ValueError:
+            pass  # registered already
+    if interval_seconds is not None:
+        SCHEDULE_INTERVAL.set(interval_seconds)
+DATABASE_READY = Gauge("latigo_database_ready", "1 while this process's database work succeeds, 0 during a run "
+                       "of database faults (tasks are being released meanwhile).", registry=REGISTRY)
+DATABASE_FAULTS = Counter("latigo_database_faults", "Database faults seen (lost connection, lock timeout, server "
+                          "restarting); the work that hit them was released and redone.", registry=REGISTRY)
+QUEUE_OLDEST_AGE = Gauge("latigo_queue_oldest_age_seconds", "Age of the oldest task in the queue (database queue).",
+                         registry=REGISTRY)
 TASKS_RETRIED = Counter("latigo_tasks_retried", "Tasks handed back for a retry after a transient failure.",
                         registry=REGISTRY)
 SINK_FAILURES = Counter("latigo_sink_failures", "Prediction sink writes that failed for good.", ["sink"],

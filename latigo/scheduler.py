@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from latigo.errors import ConfigError, LatigoError, describe_exception
 from latigo.interfaces import ModelInformationProvider, TaskQueue
 from latigo.lifecycle import CANCELLED, DONE, FAILED, MAX_NAME_LENGTH, QUEUED, Retention, TaskFilter, TaskLifecycle
+from latigo.observability import DATABASE_FAULTS, DATABASE_READY
 from latigo.settings import RetentionSettings, SchedulerSettings
 from latigo.storage.faults import is_infrastructure_fault
 from latigo.storage.tables import ScheduleState
@@ -304,6 +305,9 @@ class Scheduler:
         except Exception as exc:
             log.error("scheduling cycle failed (%s); retrying shortly", describe_exception(exc),
                       exc_info=not isinstance(exc, LatigoError) and not is_infrastructure_fault(exc))
+            if is_infrastructure_fault(exc):
+                DATABASE_FAULTS.inc()
+                DATABASE_READY.set(0)
             return False
 
 

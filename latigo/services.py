@@ -13,6 +13,7 @@ from latigo.errors import ConfigError
 from latigo.executor import Executor
 from latigo.factory import Components
 from latigo.observability import (
+    DATABASE_READY,
     LAST_SCHEDULE_TIME,
     TASKS_SCHEDULED,
     Health,
@@ -42,6 +43,7 @@ def on_stop_signals(callback) -> None:
 def record_cycle(count: int) -> None:
     TASKS_SCHEDULED.inc(count)
     LAST_SCHEDULE_TIME.set(time.time())
+    DATABASE_READY.set(1)
 
 
 def build_scheduler(components: Components, chores: bool = False) -> Scheduler:
@@ -78,7 +80,7 @@ def run_scheduler(config: Config, once: bool = False) -> int:
     components = Components(config)
     ensure_schema_current(components.engine)
     scheduler = build_scheduler(components, chores=True)
-    scheduler_metrics()
+    scheduler_metrics(config.scheduler.interval.total_seconds())
     if once:
         scheduler.run_cycle()
         return 0
