@@ -46,6 +46,11 @@ setup(
             "hypothesis>=6.90,<7",
             "python-qpid-proton>=0.39,<1",
             "ruff>=0.5",
+            # Type checking in CI (`mypy`, configured in pyproject.toml) with the stubs of the untyped libraries.
+            "mypy>=1.10",
+            "types-requests",
+            "types-PyYAML",
+            "types-psycopg2",
             # The container stage (tests/container) and the AKS manifest schemas (tests/unit/test_k8s_manifests.py).
             "podman-compose>=1.1,<2",
             "kubernetes-validate>=1.30,<2",

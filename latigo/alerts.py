@@ -21,12 +21,12 @@ from latigo.errors import LatigoError, describe_exception
 from latigo.http import HttpClient, RetryPolicy
 from latigo.settings import AlertSettings
 from latigo.storage.db import write_transaction
-from latigo.storage.tables import AnomalyAlert
+from latigo.storage.tables import ANOMALY_ALERTS
 from latigo.storage.upsert import insert_new
 
 log = logging.getLogger(__name__)
 STARTED, ENDED = "started", "ended"
-_alerts = AnomalyAlert.__table__
+_alerts = ANOMALY_ALERTS
 
 
 class AnomalyAlerts:

@@ -103,8 +103,8 @@ def runs_above(model: str, rows: list[tuple[datetime, float]], threshold: float 
 
 
 def _usual_step(rows: list[tuple[datetime, float]]) -> timedelta | None:
-    gaps = [b[0] - a[0] for a, b in zip(rows, rows[1:], strict=False)]
-    return statistics.median(gaps) if gaps else None
+    gaps = [(b[0] - a[0]).total_seconds() for a, b in zip(rows, rows[1:], strict=False)]
+    return timedelta(seconds=statistics.median(gaps)) if gaps else None
 
 
 def _episode(model: str, run: list[tuple[datetime, float]], closed: bool) -> Episode:

@@ -136,7 +136,7 @@ def read_yaml_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     except yaml.MarkedYAMLError as exc:
         raise ConfigError(f"{path}{_yaml_problem(exc)}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: broken YAML: {_one_line(exc)}") from exc
+        raise ConfigError(f"{path}: broken YAML: {_one_line(str(exc))}") from exc
     finally:
         loader.dispose()
     if node is None:
@@ -213,7 +213,7 @@ def _env_suggestion(name: str) -> str:
 def env_overrides(env: Mapping[str, str]) -> list[tuple[tuple[str, ...], EnvText, str]]:
     """(key path, value, variable) for every LATIGO_<SECTION>__<KEY>[__<KEY>...] and seed alias."""
     check_env_names(env)
-    found = []
+    found: list[tuple[tuple[str, ...], EnvText, str]] = []
     for name, (section, key) in ENV_ALIASES.items():
         if name in env:
             found.append(((section, key), EnvText(env[name]), name))

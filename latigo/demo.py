@@ -154,7 +154,7 @@ def run_demo(directory: Path, models: int, hours: float, follow: bool = False, o
 
 
 def _train(components: Components, count: int, training: TimeRange, out) -> list[str]:
-    machines = machines_for_groups(components.sensor_data.get_sensor_list(), count, training)
+    machines = machines_for_groups(components.sensor_information.get_sensor_list(), count, training)
     with logging_redirect_tqdm():  # log lines go above the bar instead of through it
         for machine in tqdm(machines, desc="training models", unit="model", file=out):
             components.model_execution.register_model(machine)
@@ -211,8 +211,8 @@ def _wait_executors(executors: list[subprocess.Popen]) -> None:
 def _summarise(components: Components, names: list[str], anomaly: TimeRange, wall: float,
                directory: Path) -> DemoSummary:
     with components.engine.connect() as connection:
-        states = dict(connection.execute(sa.select(TaskRecord.state, sa.func.count())
-                                         .group_by(TaskRecord.state)).all())
+        states: dict[str, int] = {state: count for state, count in connection.execute(
+            sa.select(TaskRecord.state, sa.func.count()).group_by(TaskRecord.state)).all()}
         rows = connection.execute(sa.select(sa.func.count()).select_from(Prediction)).scalar_one()
     done = states.get(DONE, 0)
     return DemoSummary(done, states.get(FAILED, 0), rows, round(wall, 2), round(done / wall, 2) if wall else 0.0,

@@ -43,7 +43,7 @@ def format_duration(value: timedelta) -> str:
         return f"{millis}ms" if not rest else f"{millis}.{rest:03d}".rstrip("0") + "ms"
     parts, remaining = [], micros // 1_000_000
     for unit in ("d", "h", "m", "s"):
-        count, remaining = divmod(remaining, _UNITS[unit])
+        count, remaining = divmod(remaining, int(_UNITS[unit]))
         if count:
             parts.append(f"{count}{unit}")
     return "".join(parts)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 from latigo.errors import ConfigError
 
@@ -61,7 +61,7 @@ REGISTRY: dict[str, dict[str, str]] = {
 }
 
 
-def implementation(section: str, kind: str, where: str = "") -> type:
+def implementation(section: str, kind: str, where: str = "") -> type[Plugin]:
     """The class for `kind` in `section`; an unknown kind is a ConfigError listing the known ones."""
     known = REGISTRY.get(section, {})
     target = known.get(kind) or (kind if ":" in kind else None)
@@ -77,13 +77,25 @@ def implementation(section: str, kind: str, where: str = "") -> type:
     cls = getattr(module, class_name, None)
     if cls is None:
         raise ConfigError(f"{label}: type {kind!r}: {module_name} has no {class_name}")
-    if not hasattr(cls, "Settings"):
-        raise ConfigError(f"{label}: type {kind!r}: {target} has no Settings schema")
-    return cls
+    missing = [name for name in ("Settings", "from_settings") if not hasattr(cls, name)]
+    if missing:
+        raise ConfigError(f"{label}: type {kind!r}: {target} lacks {' and '.join(missing)} (a plug-in needs a "
+                          "Settings dataclass and a from_settings(settings, components) constructor)")
+    return cast("type[Plugin]", cls)
 
 
 def settings_class(section: str, kind: str, where: str = "") -> type:
     return implementation(section, kind, where).Settings
+
+
+class Plugin(Protocol):
+    """What every configurable part provides: its settings schema and how to build it from them (with the
+    other parts at hand, e.g. the engine or the sensor provider)."""
+
+    Settings: ClassVar[type]
+
+    @classmethod
+    def from_settings(cls, settings: Any, components: Components) -> Any: ...
 
 
 class Components:

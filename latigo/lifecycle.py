@@ -27,7 +27,12 @@ from sqlalchemy.engine import Connection, Engine
 from latigo.storage.db import write_transaction
 from latigo.storage.partitions import Partitions
 from latigo.storage.predictions import MissingPartition, write_predictions
-from latigo.storage.tables import DeadLetter, ScheduleState, TaskRecord, UtcDateTime
+from latigo.storage.tables import (
+    DEAD_LETTERS,
+    SCHEDULE_STATE,
+    TASKS,
+    UtcDateTime,
+)
 from latigo.storage.upsert import dialect_insert, insert_new
 from latigo.types import PredictionFrame, Started, Task, TimeRange
 
@@ -38,9 +43,9 @@ MAX_ERROR_LENGTH = 2000
 MAX_NAME_LENGTH = 255
 """The longest model name the ledger holds (tasks.model)."""
 
-_tasks = TaskRecord.__table__
-_letters = DeadLetter.__table__
-_schedule = ScheduleState.__table__
+_tasks = TASKS
+_letters = DEAD_LETTERS
+_schedule = SCHEDULE_STATE
 
 # The two changes every task makes, written out once: building them with the expression language on each
 # call cost more than running them.
@@ -78,7 +83,7 @@ class TaskFilter:
     task_ids: tuple[str, ...] = ()
 
     def where(self) -> Any:
-        clauses = []
+        clauses: list[sa.ColumnElement[bool]] = []
         if self.task_ids:
             clauses.append(_tasks.c.task_id.in_(self.task_ids))
         if self.states:

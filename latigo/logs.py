@@ -68,7 +68,8 @@ class JsonFormatter(logging.Formatter):
         for key, value in {**getattr(record, "context", {}), **extras}.items():
             entry.setdefault(key, _masked(value))  # the four fields above keep their meaning
         if record.exc_info or record.exc_text:
-            entry["exception"] = mask_text(record.exc_text or self.formatException(record.exc_info))
+            exc_info = record.exc_info or (None, None, None)
+            entry["exception"] = mask_text(record.exc_text or self.formatException(exc_info))
         if record.stack_info:
             entry["stack"] = mask_text(record.stack_info)
         return json.dumps(entry, default=lambda value: mask_text(str(value)))

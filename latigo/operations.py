@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from latigo.factory import Components
 from latigo.lifecycle import TaskFilter
 from latigo.scheduler import retention_of
-from latigo.storage.tables import QueuedTask, TaskRecord
+from latigo.storage.tables import TASKS, QueuedTask
 
 
 @dataclass
@@ -57,12 +57,12 @@ def cancel_tasks(components: Components, which: TaskFilter) -> int:
 
 
 def list_tasks(components: Components, which: TaskFilter, limit: int = 100) -> list[TaskRow]:
-    table = TaskRecord.__table__
+    table = TASKS
     with components.engine.connect() as connection:
         rows = connection.execute(sa.select(table).where(which.where())
                                   .order_by(table.c.window_start.desc(), table.c.model).limit(limit)).all()
-    return [TaskRow(r.task_id, r.model, _iso(r.window_start), _iso(r.window_end), r.state, r.runs, r.attempts,
-                    r.lost, r.rows, r.error, _iso(r.finished_at)) for r in rows]
+    return [TaskRow(r.task_id, r.model, r.window_start.isoformat(), r.window_end.isoformat(), r.state, r.runs,
+                    r.attempts, r.lost, r.rows, r.error, _iso(r.finished_at)) for r in rows]
 
 
 def prune(components: Components) -> dict[str, int]:

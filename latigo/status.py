@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from latigo.lifecycle import FAILED, QUEUED
+from latigo.storage.db import utc_from_db
 from latigo.storage.tables import DeadLetter, PredictionValue, QueuedTask, TaskRecord
 
 
@@ -113,7 +114,8 @@ def task_counts(engine: Engine) -> dict[str, int]:
 def collect_status(engine: Engine, failures: int = 10, now: datetime | None = None) -> StatusReport:
     now = now or datetime.now(timezone.utc)
     with engine.connect() as c:
-        tasks = dict(c.execute(sa.select(TaskRecord.state, sa.func.count()).group_by(TaskRecord.state)).all())
+        tasks: dict[str, int] = {state: count for state, count in c.execute(
+            sa.select(TaskRecord.state, sa.func.count()).group_by(TaskRecord.state)).all()}
         queue_size = c.execute(sa.select(sa.func.count()).select_from(QueuedTask)).scalar_one()
         available = c.execute(sa.select(sa.func.count()).select_from(QueuedTask)
                               .where(QueuedTask.available_at <= sa.literal(now, QueuedTask.available_at.type))
@@ -124,19 +126,13 @@ def collect_status(engine: Engine, failures: int = 10, now: datetime | None = No
         failed = c.execute(sa.select(TaskRecord).where(TaskRecord.state == FAILED)
                            .order_by(TaskRecord.finished_at.desc()).limit(failures)).all()
         last = last_done_windows(c)
-    oldest = _utc(oldest)
+    oldest = utc_from_db(oldest)
     return StatusReport(
         tasks=tasks, queue_size=queue_size, queue_available=available,
         oldest_queued_age_seconds=(now - oldest).total_seconds() if oldest else None,
         prediction_rows=rows, prediction_rows_estimated=estimated, dead_letters=letters,
         last_failures=[Failure(f.task_id, f.model, f.window_start.isoformat(), f.attempts, f.runs, f.error or "",
                                f.finished_at.isoformat() if f.finished_at else None) for f in failed],
-        last_predicted_window={model: _utc(end).isoformat() for model, end in last},
+        last_predicted_window={model: end.isoformat() for model, end in
+                               ((model, utc_from_db(end)) for model, end in last) if end is not None},
     )
-
-
-def _utc(value: Any) -> datetime | None:
-    """Aggregates (min/max) bypass the column type on SQLite and come back as text."""
-    if value is None or isinstance(value, datetime):
-        return value.replace(tzinfo=value.tzinfo or timezone.utc) if value else None
-    return datetime.fromisoformat(str(value)).replace(tzinfo=timezone.utc)

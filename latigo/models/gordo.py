@@ -86,15 +86,18 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider, CheckablePro
     def __init__(
         self,
         settings: GordoSettings,
-        sensors: SensorDataProvider | Callable[[], SensorDataProvider] | None = None,
+        sensors: SensorDataProvider | None = None,
         kubernetes_environ: Mapping[str, str] | None = None,
         service_account_dir: Path = SERVICE_ACCOUNT_DIR,
+        sensor_source: Callable[[], SensorDataProvider] | None = None,
     ) -> None:
+        """`sensors`, or `sensor_source` to build it on first use (listing models needs no sensor source)."""
         if not settings.base_url or not settings.project:
             raise ConfigError("gordo: base_url and project are required")
         self.settings = settings
         self.base = f"{settings.base_url.rstrip('/')}/gordo/v0/{quote(settings.project, safe='')}"
         self._sensors = sensors
+        self._sensor_source = sensor_source
         retry = RetryPolicy(
             max_retries=settings.max_retries,
             base_delay=settings.retry_base_delay.total_seconds(),
@@ -119,7 +122,7 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider, CheckablePro
     @classmethod
     def from_settings(cls, settings: GordoSettings, components: Any) -> GordoModels:
         # The sensor provider is built on first use: listing models needs no sensor source.
-        return cls(settings, sensors=lambda: components.sensor_data)
+        return cls(settings, sensor_source=lambda: components.sensor_data)
 
     def check_report(self) -> str:
         """`latigo models --check`: see check_models."""
@@ -325,19 +328,18 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider, CheckablePro
         frame = self._predict(info, model_input)
         return frame.within(model_input.span)
 
-    def _sensor_source(self) -> SensorDataProvider:
-        source = self._sensors
-        if callable(source) and not hasattr(source, "get_data_for_range"):
-            source = self._sensors = source()
-        if source is None:
+    def _sensor_provider(self) -> SensorDataProvider:
+        if self._sensors is None and self._sensor_source is not None:
+            self._sensors = self._sensor_source()
+        if self._sensors is None:
             raise ConfigError("gordo: executing models needs a sensor_data provider")
-        return source
+        return self._sensors
 
     def model_input(self, info: ModelInfo, window: TimeRange) -> ModelInput:
         """X and y for the buckets completing in `window`, as Gordo's dataset would build them."""
         settings = InputSettings(history_margin=self.settings.history_margin, max_history=self.settings.max_history,
                                  look_ahead=self.settings.look_ahead)
-        return build_model_input(info, window, self._sensor_source(), settings)
+        return build_model_input(info, window, self._sensor_provider(), settings)
 
     def _predict(self, info: ModelInfo, model_input: ModelInput) -> PredictionFrame:
         """Post in batches that each hold enough rows for the model (see plan_batches); outputs of a row

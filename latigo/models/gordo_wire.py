@@ -52,7 +52,7 @@ def parse_model_info(name: str, project: str, revision: str, body: Mapping[str, 
         resolution = parse_frequency(dataset.get("resolution") or "10T")
     except ValueError as exc:
         raise PermanentError(f"gordo model {name!r}: metadata.dataset.resolution {exc}") from None
-    build = ((meta.get("metadata") or {}).get("build_metadata") or {}).get("model") or {}
+    build = ((meta.get("metadata") or {}).get("build_metadata") or {}).get("model") or {}  # type: ignore[union-attr]
     try:
         offset = int(build.get("model_offset") or 0)
     except (TypeError, ValueError):

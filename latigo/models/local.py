@@ -29,7 +29,7 @@ from latigo.errors import NoDataError, PermanentError, UnknownModelError
 from latigo.interfaces import ModelExecutionProvider, ModelInformationProvider, SensorDataProvider
 from latigo.model_input import build_model_input
 from latigo.storage.db import write_transaction
-from latigo.storage.tables import ModelRecord
+from latigo.storage.tables import MODELS, ModelRecord
 from latigo.storage.upsert import dialect_insert
 from latigo.types import ModelInfo, ModelStatus, PredictionFrame, TimeRange, parse_timestamp
 
@@ -198,7 +198,7 @@ class LocalModels(ModelInformationProvider, ModelExecutionProvider):
                   "status": status, "status_reason": reason, "spec": _jsonable(raw), "artifact": artifact,
                   "last_seen": now, "updated_at": now}
         with write_transaction(self.engine) as connection:
-            statement = dialect_insert(connection, ModelRecord.__table__)
+            statement = dialect_insert(connection, MODELS)
             connection.execute(statement.on_conflict_do_update(
                 index_elements=["name"], set_={k: v for k, v in values.items() if k != "name"}), values)
 
@@ -218,6 +218,8 @@ class LocalModels(ModelInformationProvider, ModelExecutionProvider):
         if cached is None:
             with self.engine.connect() as connection:
                 blob = connection.execute(sa.select(ModelRecord.artifact).where(ModelRecord.name == name)).scalar()
+            if blob is None:
+                raise PermanentError(f"model {name} has no trained artifact; register it again")
             cached = pickle.loads(blob)
             with self._lock:
                 self._cache[(name, revision)] = cached

@@ -21,10 +21,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from latigo.storage.db import write_transaction
-from latigo.storage.tables import EventHubCheckpoint, EventHubOwnership
+from latigo.storage.tables import EVENTHUB_CHECKPOINTS, EVENTHUB_OWNERSHIP
 
-OWNERSHIP = EventHubOwnership.__table__
-CHECKPOINTS = EventHubCheckpoint.__table__
+OWNERSHIP = EVENTHUB_OWNERSHIP
+CHECKPOINTS = EVENTHUB_CHECKPOINTS
 _SCOPE = ("fully_qualified_namespace", "eventhub_name", "consumer_group")
 _KEY = (*_SCOPE, "partition_id")
 OWNERSHIP_CALL_TIMEOUT = 10.0
@@ -103,7 +103,7 @@ class SqlCheckpointStore(CheckpointStore):
 
     def write_checkpoint(self, connection: Connection, checkpoint: dict[str, Any]) -> None:
         """Upsert one checkpoint inside the caller's transaction."""
-        values = {name: str(checkpoint[name]) for name in _KEY}
+        values: dict[str, str | int] = {name: str(checkpoint[name]) for name in _KEY}
         values["offset"] = str(checkpoint["offset"])
         values["sequence_number"] = int(checkpoint["sequence_number"])
         connection.execute(self._upsert_checkpoint, values)

@@ -29,27 +29,20 @@ from sqlalchemy.engine import Connection, Engine
 from latigo.errors import describe_exception as _describe
 from latigo.interfaces import Delivery, QueueGauges, TaskQueue
 from latigo.lifecycle import TaskLifecycle
-from latigo.storage.db import is_sqlite, write_transaction
+from latigo.storage.db import is_sqlite, utc_from_db, write_transaction
 from latigo.storage.faults import is_infrastructure_fault
-from latigo.storage.tables import QueuedTask, UtcDateTime
+from latigo.storage.tables import TASK_QUEUE, UtcDateTime
 from latigo.storage.upsert import insert_new
 from latigo.types import Started, Task
 
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "latigo_tasks"
-_table = QueuedTask.__table__
+_table = TASK_QUEUE
 
 
 def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _utc(value: Any) -> datetime | None:
-    """min() bypasses the column type on SQLite and comes back as text."""
-    if value is None or isinstance(value, datetime):
-        return value.replace(tzinfo=value.tzinfo or timezone.utc) if value else None
-    return datetime.fromisoformat(str(value)).replace(tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -250,7 +243,7 @@ class DatabaseTaskQueue(TaskQueue):
                 sa.select(sa.func.count()).select_from(_table).where(_table.c.available_at <= now)).scalar_one()
             total, oldest = connection.execute(
                 sa.select(sa.func.count(), sa.func.min(_table.c.enqueued_at)).select_from(_table)).one()
-        oldest = _utc(oldest)
+        oldest = utc_from_db(oldest)
         age = (datetime.now(timezone.utc) - oldest).total_seconds() if oldest else None
         return QueueGauges(waiting=waiting, in_queue=total, oldest_age_seconds=age)
 
@@ -303,7 +296,7 @@ class _Listener(threading.Thread):
     def _listen(self) -> None:
         raw = self._engine.raw_connection()
         try:
-            dbapi = raw.driver_connection
+            dbapi: Any = raw.driver_connection  # psycopg2's connection: LISTEN needs its poll() and notifies
             dbapi.autocommit = True
             with dbapi.cursor() as cursor:
                 cursor.execute(f"LISTEN {NOTIFY_CHANNEL}")

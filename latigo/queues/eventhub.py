@@ -81,8 +81,9 @@ class EventHubDelivery(Delivery):
     def __init__(self, queue: EventHubTaskQueue, tracker: PartitionTracker, event: EventData) -> None:
         self._queue, self.tracker = queue, tracker
         self.partition_id = tracker.partition_id
-        self.sequence_number: int = event.sequence_number
-        self.offset: str = event.offset
+        # A received event always carries its position (the SDK types them optional for events being built).
+        self.sequence_number: int = int(event.sequence_number or 0)
+        self.offset: str = str(event.offset)
         self.message_id = None if event.message_id is None else str(event.message_id)
         self.attempt = 1
         self.task: Task | None = None
@@ -136,7 +137,7 @@ def _raw_body(event: EventData) -> bytes:
     if isinstance(body, str):
         return body.encode()
     try:
-        parts = list(body)
+        parts = list(body)  # type: ignore[arg-type]  # a multi-section body is an iterable of sections
     except TypeError:
         return repr(body).encode()
     if all(isinstance(p, (bytes, bytearray, memoryview)) for p in parts):
@@ -487,7 +488,7 @@ class EventHubTaskQueue(TaskQueue):
             for event in events:
                 self._last_activity = time.monotonic()
                 self._errors.clear()
-                if not tracker.track(event.sequence_number, event.offset):
+                if not tracker.track(int(event.sequence_number or 0), str(event.offset)):
                     continue
                 delivery = EventHubDelivery(self, tracker, event)
                 if delivery.task is None:

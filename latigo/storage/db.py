@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import create_engine, event
@@ -74,6 +75,16 @@ def database_location(url: str) -> str:
     if parsed.get_backend_name() == "sqlite":
         return f"SQLite file {parsed.database or ':memory:'}"
     return f"PostgreSQL at {parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
+
+
+def utc_from_db(value: Any) -> datetime | None:
+    """A timestamp from a query result as tz-aware UTC. Aggregates (min/max) bypass the column type, and on
+    SQLite they come back as naive text."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return datetime.fromisoformat(str(value)).replace(tzinfo=timezone.utc)
 
 
 def is_sqlite(engine: Engine) -> bool:

@@ -30,7 +30,10 @@ def _alembic_config() -> AlembicConfig:
 
 
 def head_revision() -> str:
-    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    if head is None:
+        raise FileNotFoundError("latigo's migration scripts hold no revision")
+    return head
 
 
 def current_revision(engine: Engine) -> str | None:

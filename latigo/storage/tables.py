@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -15,6 +15,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
 )
@@ -232,3 +233,20 @@ class DeadLetter(Base):
     received_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
     __table_args__ = (Index(None, "source", "message_id", unique=True),)
+
+
+def _table(model: type[Base]) -> Table:
+    """A mapped class's Table, typed as one (the ORM declares `__table__` as a plain FromClause)."""
+    return cast(Table, model.__table__)
+
+
+MODELS = _table(ModelRecord)
+SCHEDULE_STATE = _table(ScheduleState)
+TASKS = _table(TaskRecord)
+SERIES = _table(Series)
+PREDICTION_VALUES_TABLE = _table(PredictionValue)
+TASK_QUEUE = _table(QueuedTask)
+EVENTHUB_OWNERSHIP = _table(EventHubOwnership)
+EVENTHUB_CHECKPOINTS = _table(EventHubCheckpoint)
+DEAD_LETTERS = _table(DeadLetter)
+ANOMALY_ALERTS = _table(AnomalyAlert)

@@ -21,7 +21,8 @@ from sqlalchemy.engine.url import make_url
 from latigo.errors import ConfigError
 from latigo.lifecycle import DONE, FAILED, QUEUED, RUNNING
 from latigo.settings import DatabaseSettings
-from latigo.status import _utc, last_done_windows
+from latigo.status import last_done_windows
+from latigo.storage.db import utc_from_db
 from latigo.storage.tables import DeadLetter, ScheduleState, TaskRecord, UtcDateTime
 
 TOTAL_CONFIDENCE = "total-anomaly-confidence"
@@ -238,7 +239,7 @@ def pipeline_health(connection: Connection, now: datetime) -> Health:
     running = _count(connection, count.where(_tasks.c.state == RUNNING))
     oldest = connection.execute(sa.select(sa.func.min(_tasks.c.enqueued_at)).where(_tasks.c.state == QUEUED)).scalar()
     health = Health(
-        now=now, backlog=backlog, running=running, oldest_queued=_utc(oldest),
+        now=now, backlog=backlog, running=running, oldest_queued=utc_from_db(oldest),
         done_last_hour=_count(connection, count.where(_finished(DONE, hour))),
         failed_last_hour=_count(connection, count.where(_finished(FAILED, hour))),
         failed_24h=_count(connection, count.where(_finished(FAILED, day))),
@@ -264,7 +265,7 @@ def _reasons(connection: Connection, since: datetime) -> list[ReasonCount]:
     merged: dict[str, ReasonCount] = {}
     for row in rows:
         name = reason_of(row.reason + ":")
-        last = _utc(row.last)
+        last = utc_from_db(row.last)
         entry = merged.setdefault(name, ReasonCount(name, 0, last))
         entry.count += row.n
         entry.last_at = max(filter(None, (entry.last_at, last)), default=None)
@@ -290,15 +291,16 @@ def _executors(connection: Connection, since: datetime) -> list[ExecutorSeen]:
         .where(_tasks.c.state.in_((DONE, FAILED)), _tasks.c.finished_at >= since, _tasks.c.executor.is_not(None))
         .group_by(_tasks.c.executor).limit(1000)).all()
     for name, count, last in finished:
-        seen[name] = ExecutorSeen(name, _utc(last), count, 0)
+        seen[name] = ExecutorSeen(name, utc_from_db(last) or since, count, 0)
     started = connection.execute(
         sa.select(_tasks.c.executor, sa.func.count(), sa.func.max(_tasks.c.started_at))
         .where(_tasks.c.state == RUNNING, _tasks.c.started_at >= since, _tasks.c.executor.is_not(None))
         .group_by(_tasks.c.executor).limit(1000)).all()
     for name, count, last in started:
-        entry = seen.setdefault(name, ExecutorSeen(name, _utc(last), 0, 0))
+        started_at = utc_from_db(last) or since
+        entry = seen.setdefault(name, ExecutorSeen(name, started_at, 0, 0))
         entry.running = count
-        entry.last_seen = max(entry.last_seen, _utc(last))
+        entry.last_seen = max(entry.last_seen, started_at)
     return sorted(seen.values(), key=lambda e: e.name)
 
 
@@ -366,7 +368,7 @@ def model_rows(connection: Connection, now: datetime, names: Sequence[str] | Non
             rows[model] = ModelRow(model, newest_state=state, newest_window_end=end)
         for model, end in last_done_windows(connection):
             if model in rows:
-                rows[model].last_done_end = _utc(end)
+                rows[model].last_done_end = utc_from_db(end)
     else:
         for name in names:
             newest = connection.execute(
@@ -427,7 +429,9 @@ def bucketed_values(connection: Connection, series_ids: Sequence[int], since: da
                      .where(values.c.series_id.in_(chunk), values.c.ts >= low, values.c.ts < high)
                      .group_by(values.c.series_id, key))
         for sid, ts, value in connection.execute(statement):
-            out.setdefault(sid, []).append((_utc(ts), float(value)))
+            stamp = utc_from_db(ts)
+            if stamp is not None:
+                out.setdefault(sid, []).append((stamp, float(value)))
     for points in out.values():
         points.sort()
     return out
@@ -459,7 +463,7 @@ def _first_value_at(connection: Connection, series_ids: Sequence[int], since: da
     values = sa.table("prediction_values", sa.column("series_id"), sa.column("ts"))
     if not series_ids:
         return None
-    return _utc(connection.execute(sa.select(sa.func.min(values.c.ts)).where(
+    return utc_from_db(connection.execute(sa.select(sa.func.min(values.c.ts)).where(
         values.c.series_id.in_(list(series_ids)[:CHUNK]),
         values.c.ts >= sa.bindparam("since", since, type_=UtcDateTime))).scalar())
 
@@ -473,7 +477,7 @@ def model_detail(engine: Engine, name: str, output: str | None = None, hours: in
         shown = output if output in outputs else (outputs[0] if outputs else None)
         totals = _series(connection, [name], TOTAL_CONFIDENCE)
         if hours is None:
-            first = _first_value_at(connection, list(totals) or list(per_output.get(shown) or ()),
+            first = _first_value_at(connection, list(totals) or list(per_output.get(shown or "") or ()),
                                     now - timedelta(hours=MAX_HOURS))
             hours = next((h for h in RANGES if first is not None and first >= now - timedelta(hours=h)), MAX_HOURS)
         hours = min(max(int(hours), 1), MAX_HOURS)

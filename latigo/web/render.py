@@ -422,7 +422,7 @@ def _x_ticks(start: datetime, end: datetime) -> list[datetime]:
     return ticks
 
 
-def line_chart(lines: list[tuple[str, Points]], start: datetime, end: datetime, *, log: bool = False,
+def line_chart(lines: Sequence[tuple[str, Points]], start: datetime, end: datetime, *, log: bool = False,
                threshold: float | None = None, css_class: str = "chart", width: int = 1000, height: int = 280) -> str:
     """One polyline per line, over [start, end] (the time axis in UTC), with a y axis, a grid and an optional
     dashed threshold."""

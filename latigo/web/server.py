@@ -112,7 +112,7 @@ class WebApp:
         authorization = headers.get("Authorization") or ""
         scheme, _, credentials = authorization.partition(" ")
         bearer = credentials.strip() if scheme.lower() == "bearer" else None
-        from_query = (query.get("token") or [None])[0]
+        from_query = (query.get("token") or [""])[0] or None
         from_cookie = None
         try:
             cookie = SimpleCookie(headers.get("Cookie") or "")
@@ -165,7 +165,7 @@ class WebApp:
         return self._html(404, render.error_page(404, "not found", "Nothing here: see the overview."))
 
     def _model(self, name: str, query: dict[str, list[str]], extra: dict[str, str]) -> Response:
-        output = (query.get("output") or [None])[0]
+        output = (query.get("output") or [""])[0] or None
         try:
             hours: int | None = min(max(int((query.get("hours") or [""])[0]), 1), queries.MAX_HOURS)
         except ValueError:
@@ -233,7 +233,7 @@ class WebServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
+        host, port = str(self.server_address[0]), self.server_address[1]
         return f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
 
     def handle_error(self, request: Any, client_address: Any) -> None:

@@ -686,3 +686,12 @@ def write_sensors(influx_url: str, database: str, points: dict[str, Sequence[tup
             lines.append(f"{prefix}{float(value)!r} {nanoseconds}")
     write_lines(influx_url, database, lines, precision="ns")
     return len(lines)
+
+
+if __name__ == "__main__":
+    # CI prepares the cached venvs and models up front, so a first-time install (~3 min) is a stage of its
+    # own with its own output rather than a silent pause inside the tests.
+    started = time.monotonic()
+    print(f"gordo venv: {gordo_venv()}")
+    print(f"gordo-client venv: {gordo_client_venv()}")
+    print(f"models: {build_models()} ({time.monotonic() - started:.0f} s)")
