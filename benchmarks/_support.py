@@ -16,8 +16,8 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from latigo.settings import DatabaseSettings  # noqa: E402
 from latigo.interfaces import ModelExecutionProvider, ModelInformationProvider  # noqa: E402
+from latigo.settings import DatabaseSettings  # noqa: E402
 from latigo.storage import migrations  # noqa: E402
 from latigo.storage.db import create_engine_for  # noqa: E402
 from latigo.types import ModelInfo, ModelStatus, PredictionFrame, PredictionRow  # noqa: E402
