@@ -42,7 +42,9 @@ def predicted_buckets(window: TimeRange, resolution: timedelta) -> TimeRange | N
     """The starts of the buckets that complete inside `window`, as a half-open range of bucket starts
     [first, last + resolution); None when no bucket completes in it (a window shorter than the
     resolution that contains no bucket end)."""
-    first = floor(window.start - resolution, resolution) + resolution
+    # The bucket holding the window's start is the first to complete after it; the last is the one that
+    # completes at or before the window's end.
+    first = floor(window.start, resolution)
     end = floor(window.end, resolution)
     if end <= first:
         return None
