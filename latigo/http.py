@@ -218,6 +218,23 @@ def _path(url: str) -> str:
     return url.split("?", 1)[0]
 
 
+@dataclass(kw_only=True)
+class AzureAdSettings:
+    """Azure AD client credentials, the same keys wherever latigo calls an Azure-protected API (Gordo, the
+    Time Series API): all four of tenant, client_id, client_secret and scope, or none."""
+
+    tenant: str = ""
+    authority_host: str = "https://login.microsoftonline.com"
+    client_id: str = ""
+    client_secret: str = ""
+    scope: str = ""
+    """The API's scope, e.g. "<app or resource id>/.default"."""
+
+    def token(self, owner: str, timeout: float) -> ClientCredentialsToken | None:
+        return azure_ad_token(owner, self.tenant, self.authority_host, self.client_id, self.client_secret,
+                              self.scope, timeout)
+
+
 def azure_ad_token(owner: str, tenant: str, authority_host: str, client_id: str, client_secret: str, scope: str,
                    timeout: float) -> ClientCredentialsToken | None:
     """The client-credentials token of an adapter's settings: None when none of tenant, client_id,

@@ -40,7 +40,7 @@ from latigo.errors import (
     TransientError,
     UnknownModelError,
 )
-from latigo.http import NO_RETRY, ClientCredentialsToken, HttpClient, RetryPolicy, azure_ad_token, describe_response
+from latigo.http import NO_RETRY, ClientCredentialsToken, HttpClient, RetryPolicy, describe_response
 from latigo.interfaces import (
     CheckableProvider,
     ModelExecutionProvider,
@@ -483,8 +483,7 @@ def _min_rows(info: ModelInfo) -> int:
 
 
 def _make_token(settings: GordoSettings) -> ClientCredentialsToken | None:
-    return azure_ad_token("gordo", settings.tenant, settings.authority_host, settings.client_id,
-                          settings.client_secret, settings.scope, settings.timeout.total_seconds())
+    return settings.token("gordo", settings.timeout.total_seconds())
 
 
 # ---------------------------------------------------------------- `latigo models --check`

@@ -6,9 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from latigo.http import AzureAdSettings
+
 
 @dataclass
-class GordoSettings:
+class GordoSettings(AzureAdSettings):
     base_url: str
     """Server root, e.g. https://gordo.example.com (the /gordo/v0/<project> prefix is added)."""
     project: str
@@ -36,13 +38,6 @@ class GordoSettings:
     parallelism: int = field(default=10, metadata={"min": 1})
     """Concurrent metadata requests when listing models."""
     pool_size: int = field(default=32, metadata={"min": 1})
-    tenant: str = ""
-    authority_host: str = "https://login.microsoftonline.com"
-    client_id: str = ""
-    client_secret: str = ""
-    scope: str = ""
-    """Azure AD scope of the Gordo API, e.g. "<app id>/.default"; with tenant, client_id and client_secret
-    it enables bearer-token auth (all four, or none)."""
     kubernetes_api_url: str = ""
     """Empty: in-cluster (service account) when running in Kubernetes, else no Kubernetes."""
     kubernetes_token: str = ""

@@ -25,7 +25,13 @@ import pandas as pd
 import requests
 
 from latigo.errors import ConfigError, PermanentError
-from latigo.http import ClientCredentialsToken, HttpClient, RetryPolicy, azure_ad_token, describe_response
+from latigo.http import (
+    AzureAdSettings,
+    ClientCredentialsToken,
+    HttpClient,
+    RetryPolicy,
+    describe_response,
+)
 from latigo.interfaces import SensorDataProvider, SensorInformationProvider
 from latigo.secrets import register_secret
 from latigo.sensors.resample import BucketGrid, as_timedelta, frame, resolution_ns, unique
@@ -79,17 +85,13 @@ class DataApiSensors(SensorInformationProvider, SensorDataProvider):
     """Sensors from the Time Series API, averaged to the model's resolution."""
 
     @dataclass
-    class Settings:
+    class Settings(AzureAdSettings):
+        """The Time Series API's address and the Azure AD client credentials for it (AzureAdSettings)."""
+
         base_url: str
         """E.g. https://<gateway>/plant/timeseries/v1.6"""
         facility: str = ""
         """Restricts name lookups (names are unique per facility, not globally)."""
-        tenant: str = ""
-        authority_host: str = "https://login.microsoftonline.com"
-        client_id: str = ""
-        client_secret: str = ""
-        scope: str = ""
-        """E.g. <resource id>/.default; with client_id, tenant and client_secret enables Azure AD auth."""
         subscription_key: str = ""
         """Sent as Ocp-Apim-Subscription-Key when the gateway asks for one."""
         timeout: timedelta = timedelta(seconds=30)
@@ -299,5 +301,4 @@ def _validate(settings: DataApiSensors.Settings) -> None:
 
 
 def _token(settings: DataApiSensors.Settings) -> ClientCredentialsToken | None:
-    return azure_ad_token("data_api", settings.tenant, settings.authority_host, settings.client_id,
-                          settings.client_secret, settings.scope, settings.timeout.total_seconds())
+    return settings.token("data_api", settings.timeout.total_seconds())
