@@ -205,8 +205,13 @@ def db(args: argparse.Namespace, config: Config) -> int:
 def _duration(text: str):
     from latigo.durations import parse_duration
 
+    return _argument(parse_duration, text)
+
+
+def _argument(parse: Callable[[str], object], text: str):
+    """An argparse type: `parse`'s ValueError becomes argparse's own one-line error."""
     try:
-        return parse_duration(text)
+        return parse(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -254,10 +259,7 @@ def _partitions_ahead(engine, config: Config) -> None:
 def _timestamp(text: str):
     from latigo.types import parse_timestamp
 
-    try:
-        return parse_timestamp(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return _argument(parse_timestamp, text)
 
 
 @command("scheduler")
