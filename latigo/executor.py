@@ -1,133 +1,32 @@
-"""The executor: N worker threads taking tasks from the queue and storing their predictions.
+"""The executor: N worker threads taking tasks from the queue, each run through the task pipeline
+(latigo.task_pipeline), with lease renewal, queue gauges and a graceful stop.
 
 A loop over ports only — the queue, the model execution provider, the task lifecycle and the sinks;
-it has no database engine of its own. Per task:
-1. start (the database queue does it in the claim's transaction; a finished task is acked and skipped);
-2. execute the model (the provider fetches its sensor data);
-3. finish: predictions + `done` (+ the queue row's removal) in one transaction, then ack;
-4. optional sinks, best-effort, after the commit.
-
-Outcomes: a TransientError is retried by redelivery with a delay (nack), up to `max_attempts` runs
-that failed; a PermanentError fails the task at once. A fault of the database itself (connection
-lost, lock timeout, server restarting) is never the task's outcome: the task is released for
-redelivery, the worker backs off and /readyz says not ready until the database answers again.
+it has no database engine of its own. SIGTERM stops claiming; in-flight tasks get `shutdown_timeout` to
+finish and the rest are released. After a database fault a worker backs off, and /readyz says not ready
+until the database answers again.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from enum import Enum
-from typing import TYPE_CHECKING
 
-from latigo.errors import NoDataError, PermanentError, TransientError, UnknownModelError, describe_exception
 from latigo.interfaces import Delivery, ModelExecutionProvider, TaskQueue
-from latigo.lifecycle import MAX_NAME_LENGTH, TaskLifecycle, one_line
-from latigo.logs import task_context
-from latigo.observability import (
-    CHECKPOINT_LAG,
-    DATABASE_FAULTS,
-    DATABASE_READY,
-    PREDICTION_ROWS,
-    PROVIDER_LATENCY,
-    QUEUE_BACKLOG,
-    QUEUE_OLDEST_AGE,
-    TASK_DURATION,
-    TASKS_DONE,
-    TASKS_FAILED,
-    TASKS_RETRIED,
-)
+from latigo.lifecycle import TaskLifecycle
+from latigo.observability import CHECKPOINT_LAG, QUEUE_BACKLOG, QUEUE_OLDEST_AGE
 from latigo.settings import ExecutorSettings
 from latigo.sinks import SinkSet
-from latigo.storage.faults import is_infrastructure_fault, is_unrecordable
-from latigo.types import PredictionFrame, Started, Task
-
-if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection
+from latigo.storage.faults import is_infrastructure_fault
+from latigo.task_pipeline import ExecutorStats, Outcome, TaskPipeline, TaskReleased
 
 log = logging.getLogger(__name__)
 
-
-class Outcome(Enum):
-    DONE = "done"
-    SKIPPED = "skipped"  # already finished: a redelivery
-    FAILED = "failed"
-    RETRYING = "retrying"  # handed back with a delay after a transient failure
-    DEAD_LETTER = "dead_letter"
-    RELEASED = "released"  # handed back unfinished: shutdown or an infrastructure fault
-
-
-@dataclass
-class ExecutorStats:
-    done: int = 0
-    skipped: int = 0
-    failed: int = 0
-    retrying: int = 0
-    dead_letter: int = 0
-    released: int = 0
-    rows: int = 0
-
-
-def failure_reason(exc: BaseException) -> str:
-    """A short class for metrics and the `failed` reason prefix."""
-    if isinstance(exc, UnknownModelError):
-        return "unknown_model"
-    if isinstance(exc, NoDataError):
-        return "no_data"
-    if isinstance(exc, TransientError):
-        return "transient"
-    if isinstance(exc, PermanentError):
-        return "permanent"
-    return "internal"
-
-
-class DatabaseFaults:
-    """Infrastructure faults seen by the workers: the backoff before the next claim, and readiness."""
-
-    def __init__(self, base: float = 0.5, cap: float = 30.0) -> None:
-        self.base, self.cap = base, cap
-        self._lock = threading.Lock()
-        self._streak = 0
-        self.total = 0
-
-    def fault(self, exc: BaseException, doing: str) -> float:
-        """Record a fault; returns how long the worker should wait before touching the database again."""
-        with self._lock:
-            self._streak += 1
-            self.total += 1
-            streak = self._streak
-        DATABASE_FAULTS.inc()
-        DATABASE_READY.set(0)
-        delay = random.uniform(self.base / 2, min(self.cap, self.base * 2 ** (streak - 1)))
-        log.warning("database fault while %s (%s); released, next try in %.1fs", doing, describe_exception(exc),
-                    delay)
-        return delay
-
-    def ok(self) -> None:
-        with self._lock:
-            if self._streak:
-                log.info("database reachable again")
-            self._streak = 0
-        DATABASE_READY.set(1)
-
-    @property
-    def ready(self) -> bool:
-        with self._lock:
-            return self._streak == 0
-
-
-class _Fault(Exception):
-    """A database fault inside a task: the task was released; the worker backs off."""
-
-    def __init__(self, delay: float) -> None:
-        super().__init__(delay)
-        self.delay = delay
+__all__ = ["Executor", "ExecutorStats", "Outcome"]
 
 
 class Executor:
@@ -142,289 +41,29 @@ class Executor:
         name: str | None = None,
     ) -> None:
         self.settings, self.queue, self.execution, self.lifecycle = settings, queue, execution, lifecycle
-        self.outputs = frozenset(outputs)
         self.sinks = sinks or SinkSet([])
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
-        self.stats = ExecutorStats()
-        self.faults = DatabaseFaults()
+        self.pipeline = TaskPipeline(settings, queue, execution, lifecycle, frozenset(outputs), self.sinks,
+                                     self.name)
+        self.stats = self.pipeline.stats
+        self.faults = self.pipeline.faults
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._in_flight: dict[int, Delivery] = {}
-        self._handed_back: set[int] = set()
-        self._unreleased: list[tuple[Task | None, Delivery]] = []
-        """Tasks a database fault left unreleased (the database could not take the release either)."""
         self._lag_partitions: set[str] = set()
-        """Deliveries released at shutdown while their worker still runs: their results are not stored."""
-        self._last_activity = time.monotonic()
+        """Event Hub partitions whose checkpoint lag this process exported last time."""
 
     @property
     def ready(self) -> bool:
         """False while the database is failing (the /readyz answer)."""
         return self.faults.ready and not self.stopping.is_set()
 
-    # ------------------------------------------------------------------ one task
     def handle(self, delivery: Delivery) -> Outcome:
-        """Run one delivery to its end: settled (done, skipped, retrying, failed, dead-lettered) or released.
-        Raises _Fault after releasing the task when the database failed meanwhile."""
-        if delivery.task is None:
-            return self._count(self._dead_letter(delivery, None, delivery.error or "undecodable message"))
-        task = delivery.task
-        with task_context(task_id=task.task_id, model=task.model, window=str(task.window)):
-            return self._count(self._handle_task(task, delivery))
-
-    def _handle_task(self, task: Task, delivery: Delivery) -> Outcome:
-        refusal = self._refusal(task, delivery)
-        if refusal:
-            return self._dead_letter(delivery, task, refusal)
-        started = delivery.started or self._start(task, delivery)
-        if started is None:
-            return Outcome.DEAD_LETTER
-        if not started.run:
-            log.info("already %s; acknowledging the redelivery", started.state)
-            self._transaction(lambda connection: delivery.ack(connection if delivery.transactional else None),
-                              None, delivery, "acknowledging a finished task")
-            return Outcome.SKIPPED
-        if started.lost >= self.settings.max_lost_runs:
-            return self._fail(task, delivery, "abandoned",
-                              f"abandoned: {started.lost} runs never finished (their executor died)", None)
-        began = time.monotonic()
-        try:
-            frame = self._execute(task)
-        except TransientError as exc:
-            return self._retry_later(task, delivery, exc, began)
-        except PermanentError as exc:
-            return self._fail(task, delivery, failure_reason(exc), f"{failure_reason(exc)}: {exc}", began)
-        except Exception as exc:
-            if is_infrastructure_fault(exc):
-                raise self._released(task, delivery, exc, "running the model") from None
-            log.exception("unexpected error")  # a provider bug must not kill the worker or loop the task
-            return self._fail(task, delivery, "internal", f"internal: {describe_exception(exc, 500)}", began)
-        return self._finish(task, delivery, frame, began)
-
-    def _refusal(self, task: Task, delivery: Delivery) -> str:
-        """Why a message is not taken at all (it can never be recorded or run), or ''."""
-        if len(task.model) > MAX_NAME_LENGTH:
-            return f"model name is {len(task.model)} characters; the ledger holds at most {MAX_NAME_LENGTH}"
-        if task.window.duration > self.settings.max_window:
-            return f"window {task.window} is longer than executor.max_window ({self.settings.max_window})"
-        if delivery.attempt > self.settings.max_deliveries:
-            return f"delivered {delivery.attempt} times without being settled"
-        return ""
-
-    def _start(self, task: Task, delivery: Delivery) -> Started | None:
-        try:
-            with self.lifecycle.transaction() as connection:
-                return self.lifecycle.start(connection, task, self.name)
-        except Exception as exc:
-            if is_infrastructure_fault(exc):
-                raise self._released(None, delivery, exc, "starting the task") from None
-            if is_unrecordable(exc):
-                self._dead_letter(delivery, None, f"the ledger cannot record it: {describe_exception(exc)}")
-                return None
-            raise
-
-    def _execute(self, task: Task) -> PredictionFrame:
-        began = time.monotonic()
-        try:
-            return self.execution.execute_model(task.model, task.window.start, task.window.end)
-        finally:
-            PROVIDER_LATENCY.labels(provider=type(self.execution).__name__, call="execute_model").observe(
-                time.monotonic() - began)
-
-    def _finish(self, task: Task, delivery: Delivery, frame: PredictionFrame, began: float) -> Outcome:
-        # The provider returns the buckets that complete in the window (latigo.timegrid); none lies after it.
-        frame = frame.only_outputs(self.outputs)
-        late = [row for row in frame.rows if row.ts >= task.window.end]
-        if late:
-            return self._fail(task, delivery, "internal", f"internal: the provider returned {len(late)} rows at or "
-                              f"after the window's end (e.g. {late[0].ts.isoformat()})", began)
-        with self._lock:
-            if id(delivery) in self._handed_back:
-                log.info("finished after it was released at shutdown; its next delivery stores it")
-                return Outcome.RELEASED
-        try:
-            self.sinks.write_required(frame)
-        except TransientError as exc:
-            return self._retry_later(task, delivery, exc, began)
-        try:
-            self.lifecycle.ready_for(frame)
-            with self.lifecycle.transaction() as connection:
-                rows = self.lifecycle.finish(connection, task, frame, int(_ms_since(began)))
-                if delivery.transactional:
-                    delivery.ack(connection)
-        except Exception as exc:
-            if is_infrastructure_fault(exc):
-                raise self._released(task, delivery, exc, "storing the predictions") from None
-            if is_unrecordable(exc):
-                return self._fail(task, delivery, "permanent", "permanent: the predictions cannot be stored: "
-                                  f"{describe_exception(exc, 500)}", began)
-            raise
-        self.faults.ok()
-        if not delivery.transactional:
-            self._settle_alone(delivery, "ack")
-        log.info("done: %d prediction rows in %.0f ms%s", rows, _ms_since(began),
-                 f" ({frame.note})" if frame.note else "")
-        TASKS_DONE.inc()
-        PREDICTION_ROWS.inc(rows)
-        TASK_DURATION.observe(_ms_since(began) / 1000)
-        with self._lock:
-            self.stats.rows += rows
-        self.sinks.write(frame)
-        return Outcome.DONE
-
-    def _retry_later(self, task: Task, delivery: Delivery, exc: TransientError, began: float) -> Outcome:
-        """Back on the queue with a delay (the worker does not sleep on it), or failed at the cap."""
-        decided: dict[str, float | int] = {}
-
-        def change(connection: Connection) -> None:
-            attempts = self.lifecycle.retry_later(connection, task, f"transient: {exc}")
-            decided.update(attempts=attempts, delay=self._backoff(attempts))
-            if attempts >= self.settings.max_attempts:
-                self.lifecycle.fail(connection, task, f"transient: {exc} (after {attempts} attempts)",
-                                    int(_ms_since(began)))
-                decided["delay"] = -1
-            if delivery.transactional:
-                self._settle(delivery, decided["delay"], connection)
-
-        self._transaction(change, task, delivery, "recording the retry")
-        if not delivery.transactional:
-            self._settle(delivery, decided["delay"], None)
-        attempts = int(decided["attempts"])
-        if decided["delay"] < 0:
-            log.error("failed after %d attempts: %s", attempts, one_line(str(exc), 500))
-            TASKS_FAILED.labels(reason="transient").inc()
-            return Outcome.FAILED
-        log.warning("attempt %d failed (%s); redelivering in %.1fs", attempts, exc, decided["delay"])
-        TASKS_RETRIED.inc()
-        return Outcome.RETRYING
-
-    def _fail(self, task: Task, delivery: Delivery, kind: str, reason: str, began: float | None) -> Outcome:
-        """Record a final failure (`kind` is the metric label: transient, permanent, no_data, ...)."""
-        log.error("failed: %s", one_line(reason, 500))
-        duration = int(_ms_since(began)) if began else None
-
-        def change(connection: Connection) -> None:
-            self.lifecycle.fail(connection, task, reason, duration)
-            if delivery.transactional:
-                delivery.ack(connection)
-
-        self._transaction(change, task, delivery, "recording the failure")
-        if not delivery.transactional:
-            self._settle_alone(delivery, "ack")
-        TASKS_FAILED.labels(reason=kind).inc()
-        return Outcome.FAILED
-
-    def _dead_letter(self, delivery: Delivery, task: Task | None, error: str) -> Outcome:
-        """Keep the message once in dead_letters and end it; its task (when it can be recorded) fails."""
-        source = type(self.queue).__name__
-
-        def change(connection: Connection) -> None:
-            kept = self.lifecycle.dead_letter(connection, source, delivery.message_id, delivery.body, error)
-            if task is not None:
-                self.lifecycle.fail(connection, task, f"dead_letter: {error}")
-            if kept:
-                log.error("message dead-lettered: %s", one_line(error, 500))
-            if delivery.transactional:
-                delivery.ack(connection)
-
-        self._transaction(change, task, delivery, "dead-lettering")
-        if not delivery.transactional:
-            self._settle_alone(delivery, "ack")
-        TASKS_FAILED.labels(reason="dead_letter").inc()
-        return Outcome.DEAD_LETTER
-
-    # ------------------------------------------------------------------ settling
-    def _transaction(self, change: Callable[[Connection], None], task: Task | None, delivery: Delivery,
-                     doing: str) -> None:
-        """Run a lifecycle change in one transaction; a database fault releases the task instead."""
-        try:
-            with self.lifecycle.transaction() as connection:
-                change(connection)
-        except Exception as exc:
-            if is_infrastructure_fault(exc):
-                raise self._released(task, delivery, exc, doing) from None
-            raise
-        self.faults.ok()
-
-    @staticmethod
-    def _settle(delivery: Delivery, delay: float, connection: Connection | None) -> None:
-        """ack (delay < 0: finished) or nack after `delay` seconds."""
-        if delay < 0:
-            delivery.ack(connection)
-        else:
-            delivery.nack(delay, connection)
-
-    def _settle_alone(self, delivery: Delivery, how: str) -> None:
-        """Settle a non-transactional delivery after the commit: if that fails, the ledger already says what
-        happened and a redelivery is harmless (skipped, or run again)."""
-        try:
-            delivery.ack() if how == "ack" else delivery.release()
-        except Exception as exc:
-            log.warning("settling the message failed (%s); it will be redelivered", describe_exception(exc))
-
-    def _released(self, task: Task | None, delivery: Delivery, exc: BaseException, doing: str) -> _Fault:
-        """A database fault: release the task and tell the worker to back off. When the database cannot take
-        the release either, it is kept and done as soon as the database answers again (before this executor
-        takes other work), so an outage is not mistaken for a dead executor (a lost run) by whoever starts
-        the task next; only if this process dies first does the lease expire instead."""
-        delay = self.faults.fault(exc, doing)
-        if not self._release_now(task, delivery):
-            with self._lock:
-                self._unreleased.append((task, delivery))
-            log.info("could not release it yet: it is released as soon as the database answers")
-        self._count(Outcome.RELEASED)
-        return _Fault(delay)
-
-    def _release_now(self, task: Task | None, delivery: Delivery) -> bool:
-        try:
-            with self.lifecycle.transaction() as connection:
-                if task is not None:
-                    self.lifecycle.release(connection, task)
-                if delivery.transactional:
-                    delivery.release(connection=connection)
-            if not delivery.transactional:
-                delivery.release()
-            return True
-        except Exception as exc:
-            if not is_infrastructure_fault(exc):
-                log.warning("releasing task %s failed (%s); its lease will expire instead",
-                            task.task_id if task else delivery.message_id, describe_exception(exc))
-                return True  # not worth keeping: it would fail the same way again
-            return False
-
-    def _flush_unreleased(self) -> bool:
-        """Release what a fault left unreleased; False while the database still fails."""
-        with self._lock:
-            pending, self._unreleased = self._unreleased, []
-        left = [(task, delivery) for task, delivery in pending if not self._release_now(task, delivery)]
-        if left:
-            with self._lock:
-                self._unreleased.extend(left)
-        return not left
+        """Run one delivery to its end (see TaskPipeline.handle)."""
+        return self.pipeline.handle(delivery)
 
     def _release_on_shutdown(self, delivery: Delivery) -> None:
-        try:
-            with self.lifecycle.transaction() as connection:
-                if delivery.task is not None:
-                    self.lifecycle.release(connection, delivery.task)
-                if delivery.transactional:
-                    delivery.release(connection=connection)
-            if not delivery.transactional:
-                delivery.release()
-        except Exception as exc:
-            log.warning("could not release task %s (%s); its lease will expire instead",
-                        delivery.task and delivery.task.task_id, describe_exception(exc))
-
-    def _backoff(self, attempt: int) -> float:
-        base = self.settings.retry_base_delay.total_seconds()
-        cap = self.settings.retry_max_delay.total_seconds()
-        return random.uniform(base / 2, min(cap, base * 2 ** (attempt - 1)))
-
-    def _count(self, outcome: Outcome) -> Outcome:
-        with self._lock:
-            setattr(self.stats, outcome.value, getattr(self.stats, outcome.value) + 1)
-            self._last_activity = time.monotonic()
-        return outcome
+        self.pipeline.release_on_shutdown(delivery)
 
     # ------------------------------------------------------------------ the pool
     def run(self, exit_when_idle: float | None = None, on_tick: Callable[[], None] | None = None) -> ExecutorStats:
@@ -447,7 +86,7 @@ class Executor:
         for thread in workers:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._release_stragglers()
-        self._flush_unreleased()
+        self.pipeline.flush_unreleased()
         self.queue.close()
         self.sinks.close()
         return self.stats
@@ -458,7 +97,7 @@ class Executor:
     def _worker(self) -> None:
         poll = self.settings.poll_timeout.total_seconds()
         while not self.stopping.is_set():
-            if self._unreleased and not self._flush_unreleased():
+            if self.pipeline.has_unreleased and not self.pipeline.flush_unreleased():
                 self.stopping.wait(poll)
                 continue
             try:
@@ -482,10 +121,10 @@ class Executor:
         key = id(delivery)
         with self._lock:
             self._in_flight[key] = delivery
-            self._last_activity = time.monotonic()
+        self.pipeline.last_activity = time.monotonic()
         try:
             self.handle(delivery)
-        except _Fault as fault:
+        except TaskReleased as fault:
             self.stopping.wait(fault.delay)
         except Exception:
             # A bug in latigo while settling: leave it leased; it comes back and the ledger says where it was.
@@ -493,7 +132,7 @@ class Executor:
         finally:
             with self._lock:
                 self._in_flight.pop(key, None)
-                self._last_activity = time.monotonic()
+            self.pipeline.last_activity = time.monotonic()
 
     def _renew_loop(self) -> None:
         while not self.stopping.wait(5.0):
@@ -524,18 +163,11 @@ class Executor:
 
     def _idle_for(self) -> float:
         with self._lock:
-            return 0.0 if self._in_flight else time.monotonic() - self._last_activity
+            return 0.0 if self._in_flight else time.monotonic() - self.pipeline.last_activity
 
     def _release_stragglers(self) -> None:
         with self._lock:
             stragglers = list(self._in_flight.values())
         for delivery in stragglers:
             log.warning("shutdown timeout: releasing task %s unfinished", delivery.task and delivery.task.task_id)
-            with self._lock:
-                self._handed_back.add(id(delivery))
-            self._release_on_shutdown(delivery)
-            self._count(Outcome.RELEASED)
-
-
-def _ms_since(started: float) -> float:
-    return (time.monotonic() - started) * 1000
+            self.pipeline.hand_back(delivery)

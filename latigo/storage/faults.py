@@ -7,7 +7,16 @@ cannot hold, a constraint the row breaks) is about the data itself and retrying 
 
 from __future__ import annotations
 
+import logging
+import random
+import threading
+
 import sqlalchemy.exc as sa_exc
+
+from latigo.errors import describe_exception
+from latigo.observability import DATABASE_FAULTS, DATABASE_READY
+
+log = logging.getLogger("latigo.executor")
 
 # PostgreSQL SQLSTATEs that mean "try again later": serialization failure, deadlock, lock not available,
 # statement timeout / cancel, the server shutting down or starting, too many connections.
@@ -40,3 +49,38 @@ def is_unrecordable(exc: BaseException) -> bool:
     """A statement the database refused because of the values in it (too long, out of range, a broken
     constraint): the message can never be recorded as it is."""
     return isinstance(exc, (sa_exc.DataError, sa_exc.IntegrityError)) and not is_infrastructure_fault(exc)
+
+
+class DatabaseFaults:
+    """Infrastructure faults seen by the workers: the backoff before the next claim, and readiness."""
+
+    def __init__(self, base: float = 0.5, cap: float = 30.0) -> None:
+        self.base, self.cap = base, cap
+        self._lock = threading.Lock()
+        self._streak = 0
+        self.total = 0
+
+    def fault(self, exc: BaseException, doing: str) -> float:
+        """Record a fault; returns how long the worker should wait before touching the database again."""
+        with self._lock:
+            self._streak += 1
+            self.total += 1
+            streak = self._streak
+        DATABASE_FAULTS.inc()
+        DATABASE_READY.set(0)
+        delay = random.uniform(self.base / 2, min(self.cap, self.base * 2 ** (streak - 1)))
+        log.warning("database fault while %s (%s); released, next try in %.1fs", doing, describe_exception(exc),
+                    delay)
+        return delay
+
+    def ok(self) -> None:
+        with self._lock:
+            if self._streak:
+                log.info("database reachable again")
+            self._streak = 0
+        DATABASE_READY.set(1)
+
+    @property
+    def ready(self) -> bool:
+        with self._lock:
+            return self._streak == 0

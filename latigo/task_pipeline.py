@@ -1,0 +1,383 @@
+"""One task, from delivery to settlement: the executor's per-task pipeline (the pool of workers around it
+is latigo.executor).
+
+1. start (the database queue does it in the claim's transaction; a finished task is acked and skipped);
+2. execute the model (the provider fetches its sensor data);
+3. finish: predictions + `done` (+ the queue row's removal) in one transaction, then ack;
+4. optional sinks, best-effort, after the commit.
+
+Outcomes: a TransientError is retried by redelivery with a delay (nack), up to `max_attempts` runs
+that failed; a PermanentError fails the task at once. A fault of the database itself (connection
+lost, lock timeout, server restarting) is never the task's outcome: the task is released for
+redelivery and TaskReleased tells the worker to back off.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from latigo.errors import NoDataError, PermanentError, TransientError, UnknownModelError, describe_exception
+from latigo.interfaces import Delivery, ModelExecutionProvider, TaskQueue
+from latigo.lifecycle import MAX_NAME_LENGTH, TaskLifecycle, one_line
+from latigo.logs import task_context
+from latigo.observability import (
+    PREDICTION_ROWS,
+    PROVIDER_LATENCY,
+    TASK_DURATION,
+    TASKS_DONE,
+    TASKS_FAILED,
+    TASKS_RETRIED,
+)
+from latigo.settings import ExecutorSettings
+from latigo.sinks import SinkSet
+from latigo.storage.faults import DatabaseFaults, is_infrastructure_fault, is_unrecordable
+from latigo.types import PredictionFrame, Started, Task
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+log = logging.getLogger("latigo.executor")
+
+
+class Outcome(Enum):
+    DONE = "done"
+    SKIPPED = "skipped"  # already finished: a redelivery
+    FAILED = "failed"
+    RETRYING = "retrying"  # handed back with a delay after a transient failure
+    DEAD_LETTER = "dead_letter"
+    RELEASED = "released"  # handed back unfinished: shutdown or an infrastructure fault
+
+
+@dataclass
+class ExecutorStats:
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    retrying: int = 0
+    dead_letter: int = 0
+    released: int = 0
+    rows: int = 0
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A short class for metrics and the `failed` reason prefix."""
+    if isinstance(exc, UnknownModelError):
+        return "unknown_model"
+    if isinstance(exc, NoDataError):
+        return "no_data"
+    if isinstance(exc, TransientError):
+        return "transient"
+    if isinstance(exc, PermanentError):
+        return "permanent"
+    return "internal"
+
+
+class TaskReleased(Exception):
+    """A database fault inside a task: the task was released; the worker backs off."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(delay)
+        self.delay = delay
+
+
+class TaskPipeline:
+    """Runs deliveries to their end. Thread-safe: every worker of an executor shares one."""
+
+    def __init__(self, settings: ExecutorSettings, queue: TaskQueue, execution: ModelExecutionProvider,
+                 lifecycle: TaskLifecycle, outputs: frozenset[str], sinks: SinkSet, name: str) -> None:
+        self.settings, self.queue, self.execution, self.lifecycle = settings, queue, execution, lifecycle
+        self.outputs, self.sinks, self.name = outputs, sinks, name
+        self.stats = ExecutorStats()
+        self.faults = DatabaseFaults()
+        self.last_activity = time.monotonic()
+        self._lock = threading.Lock()
+        self._handed_back: set[int] = set()
+        """Deliveries released at shutdown while their worker still runs: their results are not stored."""
+        self._unreleased: list[tuple[Task | None, Delivery]] = []
+        """Tasks a database fault left unreleased (the database could not take the release either)."""
+
+    def hand_back(self, delivery: Delivery) -> None:
+        """Release a delivery whose worker is still running it (shutdown): it will not be stored."""
+        with self._lock:
+            self._handed_back.add(id(delivery))
+        self.release_on_shutdown(delivery)
+        self.count(Outcome.RELEASED)
+
+    @property
+    def has_unreleased(self) -> bool:
+        return bool(self._unreleased)
+
+    # ------------------------------------------------------------------ one task
+    def handle(self, delivery: Delivery) -> Outcome:
+        """Run one delivery to its end: settled (done, skipped, retrying, failed, dead-lettered) or released.
+        Raises TaskReleased after releasing the task when the database failed meanwhile."""
+        if delivery.task is None:
+            return self.count(self._dead_letter(delivery, None, delivery.error or "undecodable message"))
+        task = delivery.task
+        with task_context(task_id=task.task_id, model=task.model, window=str(task.window)):
+            return self.count(self._handle_task(task, delivery))
+
+    def _handle_task(self, task: Task, delivery: Delivery) -> Outcome:
+        refusal = self._refusal(task, delivery)
+        if refusal:
+            return self._dead_letter(delivery, task, refusal)
+        started = delivery.started or self._start(task, delivery)
+        if started is None:
+            return Outcome.DEAD_LETTER
+        if not started.run:
+            log.info("already %s; acknowledging the redelivery", started.state)
+            self._transaction(lambda connection: delivery.ack(connection if delivery.transactional else None),
+                              None, delivery, "acknowledging a finished task")
+            return Outcome.SKIPPED
+        if started.lost >= self.settings.max_lost_runs:
+            return self._fail(task, delivery, "abandoned",
+                              f"abandoned: {started.lost} runs never finished (their executor died)", None)
+        began = time.monotonic()
+        try:
+            frame = self._execute(task)
+        except TransientError as exc:
+            return self._retry_later(task, delivery, exc, began)
+        except PermanentError as exc:
+            return self._fail(task, delivery, failure_reason(exc), f"{failure_reason(exc)}: {exc}", began)
+        except Exception as exc:
+            if is_infrastructure_fault(exc):
+                raise self._released(task, delivery, exc, "running the model") from None
+            log.exception("unexpected error")  # a provider bug must not kill the worker or loop the task
+            return self._fail(task, delivery, "internal", f"internal: {describe_exception(exc, 500)}", began)
+        return self._finish(task, delivery, frame, began)
+
+    def _refusal(self, task: Task, delivery: Delivery) -> str:
+        """Why a message is not taken at all (it can never be recorded or run), or ''."""
+        if len(task.model) > MAX_NAME_LENGTH:
+            return f"model name is {len(task.model)} characters; the ledger holds at most {MAX_NAME_LENGTH}"
+        if task.window.duration > self.settings.max_window:
+            return f"window {task.window} is longer than executor.max_window ({self.settings.max_window})"
+        if delivery.attempt > self.settings.max_deliveries:
+            return f"delivered {delivery.attempt} times without being settled"
+        return ""
+
+    def _start(self, task: Task, delivery: Delivery) -> Started | None:
+        try:
+            with self.lifecycle.transaction() as connection:
+                return self.lifecycle.start(connection, task, self.name)
+        except Exception as exc:
+            if is_infrastructure_fault(exc):
+                raise self._released(None, delivery, exc, "starting the task") from None
+            if is_unrecordable(exc):
+                self._dead_letter(delivery, None, f"the ledger cannot record it: {describe_exception(exc)}")
+                return None
+            raise
+
+    def _execute(self, task: Task) -> PredictionFrame:
+        began = time.monotonic()
+        try:
+            return self.execution.execute_model(task.model, task.window.start, task.window.end)
+        finally:
+            PROVIDER_LATENCY.labels(provider=type(self.execution).__name__, call="execute_model").observe(
+                time.monotonic() - began)
+
+    def _finish(self, task: Task, delivery: Delivery, frame: PredictionFrame, began: float) -> Outcome:
+        # The provider returns the buckets that complete in the window (latigo.timegrid); none lies after it.
+        frame = frame.only_outputs(self.outputs)
+        late = [row for row in frame.rows if row.ts >= task.window.end]
+        if late:
+            return self._fail(task, delivery, "internal", f"internal: the provider returned {len(late)} rows at or "
+                              f"after the window's end (e.g. {late[0].ts.isoformat()})", began)
+        with self._lock:
+            if id(delivery) in self._handed_back:
+                log.info("finished after it was released at shutdown; its next delivery stores it")
+                return Outcome.RELEASED
+        try:
+            self.sinks.write_required(frame)
+        except TransientError as exc:
+            return self._retry_later(task, delivery, exc, began)
+        try:
+            self.lifecycle.ready_for(frame)
+            with self.lifecycle.transaction() as connection:
+                rows = self.lifecycle.finish(connection, task, frame, int(_ms_since(began)))
+                if delivery.transactional:
+                    delivery.ack(connection)
+        except Exception as exc:
+            if is_infrastructure_fault(exc):
+                raise self._released(task, delivery, exc, "storing the predictions") from None
+            if is_unrecordable(exc):
+                return self._fail(task, delivery, "permanent", "permanent: the predictions cannot be stored: "
+                                  f"{describe_exception(exc, 500)}", began)
+            raise
+        self.faults.ok()
+        if not delivery.transactional:
+            self._settle_alone(delivery, "ack")
+        log.info("done: %d prediction rows in %.0f ms%s", rows, _ms_since(began),
+                 f" ({frame.note})" if frame.note else "")
+        TASKS_DONE.inc()
+        PREDICTION_ROWS.inc(rows)
+        TASK_DURATION.observe(_ms_since(began) / 1000)
+        with self._lock:
+            self.stats.rows += rows
+        self.sinks.write(frame)
+        return Outcome.DONE
+
+    def _retry_later(self, task: Task, delivery: Delivery, exc: TransientError, began: float) -> Outcome:
+        """Back on the queue with a delay (the worker does not sleep on it), or failed at the cap."""
+        decided: dict[str, float | int] = {}
+
+        def change(connection: Connection) -> None:
+            attempts = self.lifecycle.retry_later(connection, task, f"transient: {exc}")
+            decided.update(attempts=attempts, delay=self._backoff(attempts))
+            if attempts >= self.settings.max_attempts:
+                self.lifecycle.fail(connection, task, f"transient: {exc} (after {attempts} attempts)",
+                                    int(_ms_since(began)))
+                decided["delay"] = -1
+            if delivery.transactional:
+                self._settle(delivery, decided["delay"], connection)
+
+        self._transaction(change, task, delivery, "recording the retry")
+        if not delivery.transactional:
+            self._settle(delivery, decided["delay"], None)
+        attempts = int(decided["attempts"])
+        if decided["delay"] < 0:
+            log.error("failed after %d attempts: %s", attempts, one_line(str(exc), 500))
+            TASKS_FAILED.labels(reason="transient").inc()
+            return Outcome.FAILED
+        log.warning("attempt %d failed (%s); redelivering in %.1fs", attempts, exc, decided["delay"])
+        TASKS_RETRIED.inc()
+        return Outcome.RETRYING
+
+    def _fail(self, task: Task, delivery: Delivery, kind: str, reason: str, began: float | None) -> Outcome:
+        """Record a final failure (`kind` is the metric label: transient, permanent, no_data, ...)."""
+        log.error("failed: %s", one_line(reason, 500))
+        duration = int(_ms_since(began)) if began else None
+
+        def change(connection: Connection) -> None:
+            self.lifecycle.fail(connection, task, reason, duration)
+            if delivery.transactional:
+                delivery.ack(connection)
+
+        self._transaction(change, task, delivery, "recording the failure")
+        if not delivery.transactional:
+            self._settle_alone(delivery, "ack")
+        TASKS_FAILED.labels(reason=kind).inc()
+        return Outcome.FAILED
+
+    def _dead_letter(self, delivery: Delivery, task: Task | None, error: str) -> Outcome:
+        """Keep the message once in dead_letters and end it; its task (when it can be recorded) fails."""
+        source = type(self.queue).__name__
+
+        def change(connection: Connection) -> None:
+            kept = self.lifecycle.dead_letter(connection, source, delivery.message_id, delivery.body, error)
+            if task is not None:
+                self.lifecycle.fail(connection, task, f"dead_letter: {error}")
+            if kept:
+                log.error("message dead-lettered: %s", one_line(error, 500))
+            if delivery.transactional:
+                delivery.ack(connection)
+
+        self._transaction(change, task, delivery, "dead-lettering")
+        if not delivery.transactional:
+            self._settle_alone(delivery, "ack")
+        TASKS_FAILED.labels(reason="dead_letter").inc()
+        return Outcome.DEAD_LETTER
+
+    # ------------------------------------------------------------------ settling
+    def _transaction(self, change: Callable[[Connection], None], task: Task | None, delivery: Delivery,
+                     doing: str) -> None:
+        """Run a lifecycle change in one transaction; a database fault releases the task instead."""
+        try:
+            with self.lifecycle.transaction() as connection:
+                change(connection)
+        except Exception as exc:
+            if is_infrastructure_fault(exc):
+                raise self._released(task, delivery, exc, doing) from None
+            raise
+        self.faults.ok()
+
+    @staticmethod
+    def _settle(delivery: Delivery, delay: float, connection: Connection | None) -> None:
+        """ack (delay < 0: finished) or nack after `delay` seconds."""
+        if delay < 0:
+            delivery.ack(connection)
+        else:
+            delivery.nack(delay, connection)
+
+    def _settle_alone(self, delivery: Delivery, how: str) -> None:
+        """Settle a non-transactional delivery after the commit: if that fails, the ledger already says what
+        happened and a redelivery is harmless (skipped, or run again)."""
+        try:
+            delivery.ack() if how == "ack" else delivery.release()
+        except Exception as exc:
+            log.warning("settling the message failed (%s); it will be redelivered", describe_exception(exc))
+
+    def _released(self, task: Task | None, delivery: Delivery, exc: BaseException, doing: str) -> TaskReleased:
+        """A database fault: release the task and tell the worker to back off. When the database cannot take
+        the release either, it is kept and done as soon as the database answers again (before this executor
+        takes other work), so an outage is not mistaken for a dead executor (a lost run) by whoever starts
+        the task next; only if this process dies first does the lease expire instead."""
+        delay = self.faults.fault(exc, doing)
+        if not self._release_now(task, delivery):
+            with self._lock:
+                self._unreleased.append((task, delivery))
+            log.info("could not release it yet: it is released as soon as the database answers")
+        self.count(Outcome.RELEASED)
+        return TaskReleased(delay)
+
+    def _release_now(self, task: Task | None, delivery: Delivery) -> bool:
+        try:
+            with self.lifecycle.transaction() as connection:
+                if task is not None:
+                    self.lifecycle.release(connection, task)
+                if delivery.transactional:
+                    delivery.release(connection=connection)
+            if not delivery.transactional:
+                delivery.release()
+            return True
+        except Exception as exc:
+            if not is_infrastructure_fault(exc):
+                log.warning("releasing task %s failed (%s); its lease will expire instead",
+                            task.task_id if task else delivery.message_id, describe_exception(exc))
+                return True  # not worth keeping: it would fail the same way again
+            return False
+
+    def flush_unreleased(self) -> bool:
+        """Release what a fault left unreleased; False while the database still fails."""
+        with self._lock:
+            pending, self._unreleased = self._unreleased, []
+        left = [(task, delivery) for task, delivery in pending if not self._release_now(task, delivery)]
+        if left:
+            with self._lock:
+                self._unreleased.extend(left)
+        return not left
+
+    def release_on_shutdown(self, delivery: Delivery) -> None:
+        try:
+            with self.lifecycle.transaction() as connection:
+                if delivery.task is not None:
+                    self.lifecycle.release(connection, delivery.task)
+                if delivery.transactional:
+                    delivery.release(connection=connection)
+            if not delivery.transactional:
+                delivery.release()
+        except Exception as exc:
+            log.warning("could not release task %s (%s); its lease will expire instead",
+                        delivery.task and delivery.task.task_id, describe_exception(exc))
+
+    def _backoff(self, attempt: int) -> float:
+        base = self.settings.retry_base_delay.total_seconds()
+        cap = self.settings.retry_max_delay.total_seconds()
+        return random.uniform(base / 2, min(cap, base * 2 ** (attempt - 1)))
+
+    def count(self, outcome: Outcome) -> Outcome:
+        with self._lock:
+            setattr(self.stats, outcome.value, getattr(self.stats, outcome.value) + 1)
+            self.last_activity = time.monotonic()
+        return outcome
+
+
+def _ms_since(started: float) -> float:
+    return (time.monotonic() - started) * 1000
