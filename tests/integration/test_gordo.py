@@ -551,3 +551,26 @@ def test_latigo_models_check_prints_the_report(server, tmp_path, capsys):
     main(["--config", str(path), "models", "--check"])
     out = capsys.readouterr().out
     assert "listed without metadata: half-deployed" in out and "PROBLEMS FOUND" in out
+
+
+def test_requests_per_task_are_bounded_by_max_attempts_times_batches(server, engine):
+    """One retry owner per call path: a window Gordo keeps answering 503 costs max_attempts x batches
+    POSTs (the HTTP client does not retry predictions; the executor redelivers), then fails."""
+    from latigo.executor import Executor, Outcome
+    from latigo.lifecycle import TaskLifecycle
+    from latigo.settings import ExecutorSettings
+    from latigo.types import Task
+    from tests.support.memory_queue import MemoryQueue
+
+    server.fail_next(100, status=503, match="anomaly")
+    gordo = provider(server, batch_size=10, history_margin=0, max_retries=3)
+    settings = ExecutorSettings(max_attempts=3, retry_base_delay=timedelta(0), retry_max_delay=timedelta(0))
+    executor = Executor(settings, MemoryQueue(), gordo, TaskLifecycle(engine), ["model-output"])
+    task = Task("model-a", TimeRange(START, START + timedelta(hours=3)))  # 18 buckets: 2 batches of 10
+    with executor.lifecycle.transaction() as connection:
+        executor.queue.put_many(executor.lifecycle.enqueue(connection, [task]).to_send)
+    outcomes = []
+    while not outcomes or outcomes[-1] is Outcome.RETRYING:
+        outcomes.append(executor.handle(executor.queue.get(1)))
+    assert outcomes == [Outcome.RETRYING, Outcome.RETRYING, Outcome.FAILED]
+    assert len(posts(server)) == 3  # the first batch fails each time: 3 attempts x 1 request, not 3 x 4
