@@ -223,7 +223,7 @@ def anomalies(args: argparse.Namespace, config: Config) -> int:
 
     from latigo.anomalies import find_episodes
     from latigo.storage.db import create_engine_for
-    from latigo.storage.migrations import ensure_schema_current
+    from latigo.storage.schema import ensure_schema_current
 
     engine = create_engine_for(config.database)
     ensure_schema_current(engine)
@@ -293,7 +293,7 @@ def tasks(args: argparse.Namespace, config: Config) -> int:
     from latigo.factory import Components
     from latigo.lifecycle import TaskFilter
     from latigo.operations import cancel_tasks, list_tasks, retry_tasks
-    from latigo.storage.migrations import ensure_schema_current
+    from latigo.storage.schema import ensure_schema_current
     from latigo.types import TimeRange
 
     if args.start and args.end and args.end <= args.start:
@@ -336,7 +336,7 @@ def demo(args: argparse.Namespace, config: Config) -> int:
 def status(args: argparse.Namespace, config: Config) -> int:
     from latigo.status import collect_status
     from latigo.storage.db import create_engine_for
-    from latigo.storage.migrations import ensure_schema_current
+    from latigo.storage.schema import ensure_schema_current
 
     engine = create_engine_for(config.database)
     ensure_schema_current(engine)

@@ -32,7 +32,7 @@ import pandas as pd
 from latigo.errors import NoDataError, PermanentError
 from latigo.interfaces import SensorDataProvider
 from latigo.row_filter import RowFilter
-from latigo.sensors.resample import check_aggregation
+from latigo.sensors.aggregations import check_aggregation
 from latigo.timegrid import predicted_buckets
 from latigo.types import ModelInfo, TimeRange
 

@@ -24,7 +24,7 @@ from latigo.observability import (
 )
 from latigo.scheduler import Chore, Scheduler, retention_chore
 from latigo.settings import Config
-from latigo.storage.migrations import ensure_schema_current
+from latigo.storage.schema import ensure_schema_current
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,11 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 TASK_SCHEMA_VERSION = 1
 
@@ -191,6 +193,8 @@ class PredictionFrame:
 def _to_utc(ts: Any) -> datetime:
     if isinstance(ts, datetime):
         return ensure_utc(ts)
+    import pandas as pd  # only for values that are not datetimes already (rare): keep `import latigo` light
+
     stamp = pd.Timestamp(ts)
     if stamp.tzinfo is None:
         raise ValueError(f"timestamp {ts!r} has no timezone")

@@ -17,21 +17,22 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from latigo.durations import parse_resolution
 from latigo.errors import NoDataError, PermanentError, UnknownModelError
 from latigo.interfaces import ModelExecutionProvider, ModelInformationProvider, SensorDataProvider
-from latigo.model_input import build_model_input
 from latigo.storage.db import write_transaction
 from latigo.storage.tables import MODELS, ModelRecord
 from latigo.storage.upsert import dialect_insert
 from latigo.types import ModelInfo, ModelStatus, PredictionFrame, TimeRange, parse_timestamp
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ class FittedModel:
 
     def outputs(self, frame: pd.DataFrame) -> dict[str, dict[str, dict[Any, float]]]:
         """Gordo's anomaly output groups for every complete row of `frame`."""
+        import pandas as pd  # loaded when a model runs, not when `latigo status` checks the config
+
         frame = frame[list(self.tags)].dropna()
         if frame.empty:
             return {}
@@ -106,6 +109,7 @@ class FittedModel:
 
 def fit_model(data: pd.DataFrame, spec: MachineSpec, folds: int = 3) -> FittedModel:
     """Fit on all rows; thresholds from the reconstruction errors of time-ordered validation folds."""
+    import pandas as pd
     from sklearn.decomposition import PCA
     from sklearn.model_selection import TimeSeriesSplit
     from sklearn.pipeline import make_pipeline
@@ -206,6 +210,8 @@ class LocalModels(ModelInformationProvider, ModelExecutionProvider):
     def execute_model(self, name: str, start: datetime, end: datetime) -> PredictionFrame:
         info = self.get_model_info(name)
         fitted = self._fitted(name, info.revision)
+        from latigo.model_input import build_model_input  # pandas, loaded when a model runs
+
         window = TimeRange(start, end)
         model_input = build_model_input(info, window, self.sensors)
         if model_input.empty or model_input.span is None:

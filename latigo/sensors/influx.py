@@ -34,7 +34,8 @@ from influxdb.exceptions import InfluxDBClientError, InfluxDBServerError
 
 from latigo.errors import PermanentError, TransientError
 from latigo.interfaces import SensorDataProvider, SensorInformationProvider
-from latigo.sensors.resample import BucketGrid, as_timedelta, check_aggregation, frame, resolution_ns, unique
+from latigo.sensors.aggregations import check_aggregation
+from latigo.sensors.resample import BucketGrid, as_timedelta, frame, resolution_ns, unique
 from latigo.types import SensorFrame, ensure_utc
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from latigo.errors import PermanentError
+from latigo.sensors.aggregations import check_aggregation
 from latigo.types import ensure_utc
 
 _EPOCH = pd.Timestamp(0, tz="UTC")
@@ -85,17 +85,6 @@ class BucketGrid:
         counts = np.bincount(positions, minlength=self.size)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-
-
-AGGREGATIONS = frozenset({"mean", "max", "min", "sum", "count", "median", "std", "first", "last"})
-"""The bucket aggregations every sensor provider supports (pandas' names)."""
-
-
-def check_aggregation(method: str) -> str:
-    if method not in AGGREGATIONS:
-        raise PermanentError(f"aggregation method {method!r} is not supported; use one of "
-                             f"{', '.join(sorted(AGGREGATIONS))}")
-    return method
 
 
 def frame(grid: BucketGrid, columns: Mapping[str, np.ndarray], order: Sequence[str]) -> pd.DataFrame:

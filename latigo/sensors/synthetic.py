@@ -13,15 +13,17 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from latigo.errors import ConfigError
 from latigo.interfaces import SensorDataProvider, SensorInformationProvider
-from latigo.sensors.resample import check_aggregation
+from latigo.sensors.aggregations import check_aggregation
 from latigo.types import SensorFrame, TimeRange, parse_timestamp
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SAMPLE = timedelta(minutes=1)
 DAY_MINUTES = 1440.0
@@ -95,6 +97,8 @@ class SyntheticSensors(SensorInformationProvider, SensorDataProvider):
             raise ValueError(f"synthetic sensors: resolution {resolution} must be a whole number of minutes")
         present = [s for s in sensors if s in self._known]
         missing = tuple(s for s in sensors if s not in self._known)
+        import pandas as pd  # here, not at import: `latigo status` loads this module to check the config
+
         minutes = pd.date_range(pd.Timestamp(window.start).ceil(SAMPLE), window.end, freq=SAMPLE, inclusive="left")
         samples = pd.DataFrame({name: self._samples(name, minutes) for name in present}, index=minutes, dtype=float)
         buckets = samples.resample(resolution, origin="epoch", label="left", closed="left").agg(

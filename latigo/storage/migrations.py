@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
 from alembic import command
-from latigo.errors import SchemaOutdatedError
+from latigo.storage import schema
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
@@ -37,8 +36,7 @@ def head_revision() -> str:
 
 
 def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+    return schema.current_revision(engine)
 
 
 def _run(engine: Engine, action, *args) -> None:
@@ -57,10 +55,4 @@ def downgrade(engine: Engine, revision: str) -> None:
 
 
 def ensure_schema_current(engine: Engine) -> None:
-    """Refuse to run services against a schema older (or newer) than this code expects."""
-    current, head = current_revision(engine), head_revision()
-    if current != head:
-        found = current or "empty (no latigo tables)"
-        raise SchemaOutdatedError(
-            f"database schema is {found}, this latigo needs {head}: run `latigo db upgrade` first"
-        )
+    schema.ensure_schema_current(engine)

@@ -258,7 +258,7 @@ def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 8080, token
 
 def run_web(config: Config, host: str, port: int, token_file: Path | None) -> int:
     """Serve until SIGTERM or Ctrl-C; 0 then."""
-    from latigo.storage.migrations import ensure_schema_current
+    from latigo.storage.schema import ensure_schema_current
 
     token = read_token(token_file) if token_file else None
     if not is_loopback(host) and not token:  # before touching the database

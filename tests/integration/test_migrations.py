@@ -98,3 +98,9 @@ def _utc(value):
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def test_the_code_names_the_newest_migration_as_its_schema():
+    from latigo.storage.schema import SCHEMA_REVISION
+
+    assert migrations.head_revision() == SCHEMA_REVISION  # bump SCHEMA_REVISION with every migration
