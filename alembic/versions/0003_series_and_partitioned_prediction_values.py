@@ -52,6 +52,9 @@ def upgrade() -> None:
                "JOIN series s ON s.model = p.model AND s.output = p.output AND s.tag = p.tag")
     op.drop_table('predictions')
     op.execute(VIEW)
+    if postgresql:
+        op.execute("ANALYZE series")
+        op.execute("ANALYZE prediction_values")  # statistics for `latigo status` and the planner at once
 
 
 def _partitions_for_existing_rows(bind) -> None:

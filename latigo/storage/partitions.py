@@ -65,16 +65,19 @@ class Partitions:
         return self.ensure(floor(now - behind, self.size), now + ahead)
 
     def drop_before(self, cutoff: datetime) -> list[str]:
-        """Drop every partition that ends at or before `cutoff`; returns their names."""
+        """Drop every partition that ends at or before `cutoff`, one per transaction (each drop holds the
+        parent's lock until it commits, and deleting a day's files takes a moment); returns their names."""
         if not self.enabled:
             return []
-        with self._lock, self.engine.connect() as connection, connection.begin():
+        with self.engine.connect() as connection, connection.begin():
             old = [p for p in list_partitions(connection) if p.span.end <= cutoff]
-            for partition in old:
+        dropped = []
+        for partition in old:
+            with self._lock, self.engine.connect() as connection, connection.begin():
                 connection.exec_driver_sql(f'DROP TABLE IF EXISTS "{partition.name}"')
-            remaining = list_partitions(connection)
-        self._covered = _merge([p.span for p in remaining])
-        return [p.name for p in old]
+            dropped.append(partition.name)
+        self.forget()
+        return dropped
 
     def forget(self) -> None:
         """Read the catalog again next time (a partition was dropped by another process)."""
