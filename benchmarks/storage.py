@@ -94,8 +94,8 @@ def main() -> None:
         with database("postgresql") as engine:
             new = latigo_rate(engine, data)
             old = text_key_rate(engine, data)
+            new_bytes, old_bytes = bytes_per_row(engine, rows)  # before the rewrite leaves dead tuples
             rewrite = latigo_rate(engine, data)  # the same rows again: a redelivered task's upsert
-            new_bytes, old_bytes = bytes_per_row(engine, rows)
         print(f"  {label:<28} series+partitions {new:>9,.0f} rows/s  text key {old:>9,.0f} rows/s  "
               f"ratio {new / old:4.2f}x  (rewrite {rewrite:,.0f} rows/s)")
         print(f"  {'':<28} bytes per row: {new_bytes:6.1f} vs {old_bytes:6.1f}  ({new_bytes / old_bytes:5.1%})")

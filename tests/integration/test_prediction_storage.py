@@ -14,7 +14,8 @@ from latigo.types import PredictionFrame, PredictionRow
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-AWKWARD = ["plain", "tab\there", "new\nline", "back\\slash", "quote'\"", "ünïcødé", "\\N", "comma,semi;"]
+AWKWARD = ["plain", "tab\there", "new\nline", "back\\slash", "quote'\"", "ünïcødé", "\\N", "comma,semi;",
+           "{braces}", "NULL", " spaced "]
 
 
 def frame(value_offset=0.0, tags=AWKWARD, steps=6):
