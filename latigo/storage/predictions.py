@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from psycopg2.extras import execute_values
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
 from latigo.storage.tables import UtcDateTime
@@ -81,16 +83,34 @@ def _values_upsert(connection: Connection, model: str, rows: Mapping[Key, float]
               "tags": _array_literal(key[1] for key in rows),
               "stamps": _array_literal(key[2].isoformat() for key in rows),
               "values": "{" + ",".join(_copy_float(value) for value in rows.values()) + "}"}
-    cursor = connection.connection.cursor()
-    try:
+    with _raw_cursor(connection) as cursor:
         written = _pg_insert_unnest(cursor, params)
         if written < len(rows):  # some series are new: create them, then write again (idempotent)
             _pg_insert_series(cursor, model, {(output, tag) for output, tag, _ in rows})
             written = _pg_insert_unnest(cursor, params)
-        if written != len(rows):
-            raise RuntimeError(f"{len(rows) - written} of {len(rows)} prediction rows of {model!r} found no series")
+    if written != len(rows):
+        raise RuntimeError(f"{len(rows) - written} of {len(rows)} prediction rows of {model!r} found no series")
+
+
+@contextmanager
+def _raw_cursor(connection: Connection) -> Iterator[Any]:
+    """A DBAPI cursor for COPY and array parameters, whose errors are raised as SQLAlchemy's would be
+    (OperationalError, IntegrityError, ... with the connection invalidated on a disconnect), so a
+    connection lost here is an infrastructure fault like anywhere else, not the task's failure."""
+    dbapi_connection = connection.connection
+    cursor = dbapi_connection.cursor()
+    dbapi = connection.dialect.loaded_dbapi
+    try:
+        yield cursor
+    except dbapi.Error as exc:
+        disconnected = connection.dialect.is_disconnect(exc, dbapi_connection, cursor)
+        if disconnected:
+            connection.invalidate(exc)
+        raise sa_exc.DBAPIError.instance(None, None, exc, dbapi.Error, connection_invalidated=disconnected,
+                                         dialect=connection.dialect) from exc
     finally:
-        cursor.close()
+        if not cursor.closed:
+            cursor.close()
 
 
 def _array_literal(items: Iterable[str]) -> str:
@@ -115,8 +135,7 @@ def _pg_insert_series(cursor: Any, model: str, names: set[tuple[str, str]]) -> N
 
 
 def _copy_merge(connection: Connection, model: str, rows: Mapping[Key, float]) -> None:
-    cursor = connection.connection.cursor()
-    try:
+    with _raw_cursor(connection) as cursor:
         ids = _series_ids(cursor, model)
         missing = {(output, tag) for output, tag, _ in rows} - set(ids)
         if missing:
@@ -137,8 +156,6 @@ def _copy_merge(connection: Connection, model: str, rows: Mapping[Key, float]) -
         # ON COMMIT DELETE ROWS empties the staging table; a second write in the same transaction must not
         # merge the first one's rows again.
         cursor.execute("DELETE FROM prediction_staging")
-    finally:
-        cursor.close()
 
 
 def _series_ids(cursor: Any, model: str) -> dict[tuple[str, str], int]:
