@@ -1,5 +1,6 @@
-"""The executor: N worker threads taking tasks from the queue, each run through the task pipeline
-(latigo.task_pipeline), with lease renewal, queue gauges and a graceful stop.
+"""The executor: worker threads taking tasks from the queue, each run through the task pipeline
+(latigo.task_pipeline), with lease renewal, queue gauges and a graceful stop. `concurrency` of them may
+run a model at once; the spare workers claim and store meanwhile.
 
 A loop over ports only — the queue, the model execution provider, the task lifecycle and the sinks;
 it has no database engine of its own. SIGTERM stops claiming; in-flight tasks get `shutdown_timeout` to
@@ -43,11 +44,11 @@ class Executor:
         self.settings, self.queue, self.execution, self.lifecycle = settings, queue, execution, lifecycle
         self.sinks = sinks or SinkSet([])
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.stopping = threading.Event()
         self.pipeline = TaskPipeline(settings, queue, execution, lifecycle, frozenset(outputs), self.sinks,
-                                     self.name)
+                                     self.name, self.stopping)
         self.stats = self.pipeline.stats
         self.faults = self.pipeline.faults
-        self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._in_flight: dict[int, Delivery] = {}
         self._lag_partitions: set[str] = set()
@@ -71,11 +72,12 @@ class Executor:
         nothing ran for that many seconds. In-flight tasks get `shutdown_timeout` to finish; the rest
         are released back to the queue."""
         workers = [threading.Thread(target=self._worker, name=f"latigo-worker-{i}", daemon=True)
-                   for i in range(self.settings.concurrency)]
+                   for i in range(self.settings.workers)]
         renewer = threading.Thread(target=self._renew_loop, name="latigo-lease-renewer", daemon=True)
         for thread in (*workers, renewer):
             thread.start()
-        log.info("executor %s running %d workers", self.name, len(workers))
+        log.info("executor %s running %d workers, %d model calls at once", self.name, len(workers),
+                 self.settings.concurrency)
         while not self.stopping.wait(0.2):
             if on_tick and all(thread.is_alive() for thread in workers):
                 on_tick()  # the heartbeat: stops when a worker thread has died

@@ -60,6 +60,11 @@ class SchedulerSettings:
 @dataclass
 class ExecutorSettings:
     concurrency: int = _spec(8, min=1)
+    """Model calls at once in one process (the load this executor puts on the model server)."""
+    spare_workers: int | None = _spec(None, min=0)
+    """Worker threads beyond `concurrency`: while the model calls run, they claim the next tasks and store
+    the finished ones, so a model slot never waits on the database. None: a quarter of `concurrency`,
+    at least 1; 0: none (each worker claims, runs and stores in turn)."""
     max_attempts: int = _spec(5, min=1)
     """Runs in which the model ran and failed in a way worth retrying, before the task fails."""
     retry_base_delay: timedelta = timedelta(seconds=2)
@@ -73,6 +78,12 @@ class ExecutorSettings:
     """The longest task window taken; longer ones are refused (and scheduler.interval may not exceed it)."""
     shutdown_timeout: timedelta = timedelta(seconds=30)
     poll_timeout: timedelta = timedelta(seconds=2)
+
+    @property
+    def workers(self) -> int:
+        """Worker threads in all: the model slots and the spares around them."""
+        spare = self.spare_workers if self.spare_workers is not None else max(1, self.concurrency // 4)
+        return self.concurrency + spare
 
 
 @dataclass

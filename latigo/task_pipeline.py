@@ -2,7 +2,9 @@
 is latigo.executor).
 
 1. start (the database queue does it in the claim's transaction; a finished task is acked and skipped);
-2. execute the model (the provider fetches its sensor data);
+2. execute the model (the provider fetches its sensor data) in one of `concurrency` model slots; the
+   executor runs a few more workers than slots, so while the models run, the spare workers claim the
+   next tasks and store the finished ones, and a slot never waits on the database;
 3. finish: predictions + `done` (+ the queue row's removal) in one transaction, then ack;
 4. optional sinks, best-effort, after the commit.
 
@@ -79,6 +81,10 @@ def failure_reason(exc: BaseException) -> str:
     return "internal"
 
 
+class _Stopping(Exception):
+    """The executor began stopping while the task waited for a model slot: it is handed back unrun."""
+
+
 class TaskReleased(Exception):
     """A database fault inside a task: the task was released; the worker backs off."""
 
@@ -91,9 +97,13 @@ class TaskPipeline:
     """Runs deliveries to their end. Thread-safe: every worker of an executor shares one."""
 
     def __init__(self, settings: ExecutorSettings, queue: TaskQueue, execution: ModelExecutionProvider,
-                 lifecycle: TaskLifecycle, outputs: frozenset[str], sinks: SinkSet, name: str) -> None:
+                 lifecycle: TaskLifecycle, outputs: frozenset[str], sinks: SinkSet, name: str,
+                 stopping: threading.Event | None = None) -> None:
         self.settings, self.queue, self.execution, self.lifecycle = settings, queue, execution, lifecycle
         self.outputs, self.sinks, self.name = outputs, sinks, name
+        self.stopping = stopping or threading.Event()
+        self._model_slots = threading.BoundedSemaphore(settings.concurrency)
+        """At most `concurrency` model calls at once, however many workers claim and store around them."""
         self.stats = ExecutorStats()
         self.faults = DatabaseFaults()
         self.last_activity = time.monotonic()
@@ -142,6 +152,10 @@ class TaskPipeline:
         began = time.monotonic()
         try:
             frame = self._execute(task)
+        except _Stopping:
+            log.info("stopping before its model ran: handing it back")
+            self.release_on_shutdown(delivery)
+            return Outcome.RELEASED
         except TransientError as exc:
             return self._retry_later(task, delivery, exc, began)
         except PermanentError as exc:
@@ -176,12 +190,16 @@ class TaskPipeline:
             raise
 
     def _execute(self, task: Task) -> PredictionFrame:
-        began = time.monotonic()
-        try:
-            return self.execution.execute_model(task.model, task.window.start, task.window.end)
-        finally:
-            PROVIDER_LATENCY.labels(provider=type(self.execution).__name__, call="execute_model").observe(
-                time.monotonic() - began)
+        """The model call, in a model slot (waiting for one if all are busy)."""
+        with self._model_slots:
+            if self.stopping.is_set():
+                raise _Stopping
+            began = time.monotonic()
+            try:
+                return self.execution.execute_model(task.model, task.window.start, task.window.end)
+            finally:
+                PROVIDER_LATENCY.labels(provider=type(self.execution).__name__, call="execute_model").observe(
+                    time.monotonic() - began)
 
     def _finish(self, task: Task, delivery: Delivery, frame: PredictionFrame, began: float) -> Outcome:
         # The provider returns the buckets that complete in the window (latigo.timegrid); none lies after it.

@@ -214,3 +214,80 @@ def test_stop_releases_tasks_that_have_not_finished(engine):
         leased, deliveries = c.execute(sa.select(QueuedTask.lease_owner, QueuedTask.deliveries)).one()
     assert leased is None and deliveries == 0  # handed back, visible at once, not counted as a delivery
     assert ledger(engine, Task("m", WINDOW)).state == "queued"
+
+
+class CountingModels(StaticModels):
+    """StaticModels that records the most model calls running at once."""
+
+    def __init__(self, models, sleep):
+        super().__init__(models, sleep)
+        self.running = self.most_at_once = 0
+
+    def execute_model(self, name, start, end):
+        with self._lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            return super().execute_model(name, start, end)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+def slotted_executor(engine, models, concurrency, spare_workers, shutdown=5.0):
+    settings = ExecutorSettings(concurrency=concurrency, spare_workers=spare_workers,
+                                poll_timeout=timedelta(seconds=0.1), shutdown_timeout=timedelta(seconds=shutdown))
+    lifecycle = TaskLifecycle(engine)
+    queue = DatabaseTaskQueue(engine, DatabaseTaskQueue.Settings(poll_interval=timedelta(seconds=0.05)),
+                              lifecycle=lifecycle)
+    return Executor(settings, queue, models, lifecycle, OUTPUTS, name="test-exec")
+
+
+def leased_rows(engine):
+    with engine.connect() as c:
+        return c.execute(sa.select(sa.func.count()).select_from(QueuedTask)
+                         .where(QueuedTask.lease_owner.is_not(None))).scalar()
+
+
+def test_spare_workers_claim_ahead_but_only_concurrency_models_run_at_once(engine):
+    names = [f"m-{i}" for i in range(6)]
+    models = CountingModels(names, sleep=0.3)
+    executor = slotted_executor(engine, models, concurrency=2, spare_workers=1)
+    assert executor.settings.workers == 3
+    enqueue(executor, *[Task(name, WINDOW) for name in names])
+    runner = threading.Thread(target=executor.run)
+    runner.start()
+    assert wait_for(lambda: models.running == 2, timeout=10)
+    assert wait_for(lambda: leased_rows(engine) == 3, timeout=5)  # the spare holds the next task, waiting
+    assert wait_for(lambda: executor.stats.done == 6, timeout=30)
+    executor.stop()
+    runner.join(10)
+    assert models.most_at_once == 2
+    assert all(ledger(engine, Task(name, WINDOW)).state == "done" for name in names)
+    assert executor.queue.size() == 0
+
+
+def test_a_task_waiting_for_a_model_slot_at_stop_is_handed_back_without_running(engine):
+    models = CountingModels(["slow", "next"], sleep=1.0)
+    executor = slotted_executor(engine, models, concurrency=1, spare_workers=1)
+    enqueue(executor, Task("slow", WINDOW), Task("next", WINDOW))
+    runner = threading.Thread(target=executor.run)
+    runner.start()
+    assert wait_for(lambda: models.running == 1 and leased_rows(engine) == 2, timeout=10)
+    executor.stop()
+    runner.join(10)
+    assert not runner.is_alive()
+    assert len(models.calls) == 1  # only the first task's model ran
+    ran, waited = sorted(["slow", "next"], key=lambda name: (name, T0) not in models.calls)
+    assert ledger(engine, Task(ran, WINDOW)).state == "done"  # in flight: finished within shutdown_timeout
+    assert ledger(engine, Task(waited, WINDOW)).state == "queued"
+    with engine.connect() as c:
+        leased, deliveries = c.execute(sa.select(QueuedTask.lease_owner, QueuedTask.deliveries)).one()
+    assert leased is None and deliveries == 0
+    assert executor.stats.released == 1 and executor.stats.done == 1
+
+
+def test_spare_workers_default_to_a_quarter_of_concurrency():
+    assert ExecutorSettings(concurrency=1).workers == 2
+    assert ExecutorSettings(concurrency=32).workers == 40
+    assert ExecutorSettings(concurrency=8, spare_workers=0).workers == 8
