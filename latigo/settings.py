@@ -64,7 +64,8 @@ class ExecutorSettings:
     spare_workers: int | None = _spec(None, min=0)
     """Worker threads beyond `concurrency`: while the model calls run, they claim the next tasks and store
     the finished ones, so a model slot never waits on the database. None: a quarter of `concurrency`,
-    at least 1; 0: none (each worker claims, runs and stores in turn)."""
+    at least 1; 0: none (each worker claims, runs and stores in turn). A task a spare holds when its
+    executor dies counts as a lost run, like any task in flight."""
     max_attempts: int = _spec(5, min=1)
     """Runs in which the model ran and failed in a way worth retrying, before the task fails."""
     retry_base_delay: timedelta = timedelta(seconds=2)

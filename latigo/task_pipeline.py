@@ -20,7 +20,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -149,9 +150,10 @@ class TaskPipeline:
         if started.lost >= self.settings.max_lost_runs:
             return self._fail(task, delivery, "abandoned",
                               f"abandoned: {started.lost} runs never finished (their executor died)", None)
-        began = time.monotonic()
         try:
-            frame = self._execute(task)
+            with self._model_slot():
+                began = time.monotonic()  # the task's duration: waiting for a slot is not its cost
+                frame = self._execute(task)
         except _Stopping:
             log.info("stopping before its model ran: handing it back")
             self.release_on_shutdown(delivery)
@@ -189,17 +191,22 @@ class TaskPipeline:
                 return None
             raise
 
-    def _execute(self, task: Task) -> PredictionFrame:
-        """The model call, in a model slot (waiting for one if all are busy)."""
+    @contextmanager
+    def _model_slot(self) -> Iterator[None]:
+        """One of the `concurrency` model slots, waited for while all are busy; raises _Stopping when the
+        executor began stopping meanwhile (the task is handed back without running)."""
         with self._model_slots:
             if self.stopping.is_set():
                 raise _Stopping
-            began = time.monotonic()
-            try:
-                return self.execution.execute_model(task.model, task.window.start, task.window.end)
-            finally:
-                PROVIDER_LATENCY.labels(provider=type(self.execution).__name__, call="execute_model").observe(
-                    time.monotonic() - began)
+            yield
+
+    def _execute(self, task: Task) -> PredictionFrame:
+        began = time.monotonic()
+        try:
+            return self.execution.execute_model(task.model, task.window.start, task.window.end)
+        finally:
+            PROVIDER_LATENCY.labels(provider=type(self.execution).__name__, call="execute_model").observe(
+                time.monotonic() - began)
 
     def _finish(self, task: Task, delivery: Delivery, frame: PredictionFrame, began: float) -> Outcome:
         # The provider returns the buckets that complete in the window (latigo.timegrid); none lies after it.
