@@ -1,7 +1,8 @@
 """Executor throughput: one executor process (N worker threads) against a model that takes 50 ms.
 
-The ideal is concurrency / 50 ms; latigo's own overhead (claim + start, then predictions + done + ack:
-two transactions per task on the database queue) is the gap. The timed cycle is a model's second, as in
+The ideal is concurrency / 50 ms: every model slot always busy. latigo's own work (claim + start, then
+predictions + done + ack: two transactions per task on the database queue) is done by the executor's
+default spare workers while the slots run; the gap is what they cannot hide. The timed cycle is a model's second, as in
 steady state (series exist, the process is warm). CPU per task is the executor process's CPU time over
 the timed cycle: at high concurrency it, not waiting, bounds the rate (the GIL, and the cores the
 database server needs too).

@@ -30,7 +30,8 @@ def test_connections_killed_repeatedly_during_a_drain(pg_database, procs, tmp_pa
     models, windows = [f"kill-{i}" for i in range(6)], 80  # 480 tasks
     expected = task_keys(models, windows)
     # A lease of 10 s bounds how long a task whose release did not take effect waits (see the report).
-    config = chaos_config(tmp_path / "latigo.yaml", pg_database.url, models, sleep=0.05, concurrency=3,
+    # 0.1 s per model call: the drain (about 8 s at 2 x 3 calls at once) outlasts the 8 kill rounds.
+    config = chaos_config(tmp_path / "latigo.yaml", pg_database.url, models, sleep=0.1, concurrency=3,
                           lease="10s")
     procs.run_ok(config, *backfill_args(windows))
     probe = Probe(pg_database.url)

@@ -36,7 +36,11 @@ def test_executor_sigstopped_past_its_lease_then_resumed(database, procs, tmp_pa
     probe = Probe(database.url)
     frozen = procs.start(config, "executor", name="frozen")
     name = f"{socket.gethostname()}:{frozen.pid}"
-    wait_until(lambda: probe.count(TaskRecord.state == "running", TaskRecord.executor == name) >= 1, 60,
+    # Frozen once every worker holds a task (2 model slots + 1 spare): between claims a worker may be
+    # inside a write transaction, and on SQLite a frozen process holding the write lock stops everyone
+    # (that is SQLite's single writer, not this scenario). Then the claims are committed and the model
+    # calls (0.5 s) hold no transaction.
+    wait_until(lambda: probe.count(TaskRecord.state == "running", TaskRecord.executor == name) >= 3, 60,
                "the executor to start tasks", procs.tails, every=0.05)
     frozen.send(signal.SIGSTOP)
     stopped_at = time.monotonic()
