@@ -14,8 +14,9 @@ or after an infrastructure fault counts in neither.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -54,6 +55,16 @@ _START = sa.text(
     "lost = lost + CASE WHEN state = 'running' THEN 1 ELSE 0 END "
     "WHERE task_id = :task_id AND state IN ('queued', 'running') RETURNING attempts, lost"
 ).bindparams(sa.bindparam("now", type_=UtcDateTime))
+_START_CLAIMED = (
+    "WITH claimed AS ({claim}), started AS ("
+    "UPDATE tasks SET state = 'running', runs = runs + 1, executor = :executor, started_at = :now, "
+    "lost = lost + CASE WHEN tasks.state = 'running' THEN 1 ELSE 0 END "
+    "FROM claimed WHERE tasks.task_id = claimed.task_id AND tasks.state IN ('queued', 'running') "
+    "RETURNING tasks.task_id, tasks.attempts, tasks.lost) "
+    "SELECT claimed.task_id, claimed.body, claimed.deliveries, started.attempts, started.lost "
+    "FROM claimed LEFT JOIN started ON started.task_id = claimed.task_id"
+)
+"""PostgreSQL: _START joined to the queue's claim (an UPDATE ... RETURNING task_id, body, deliveries)."""
 _PRUNE_VALUES_SQLITE = sa.text(
     "DELETE FROM prediction_values WHERE (series_id, ts) IN "
     "(SELECT series_id, ts FROM prediction_values WHERE ts < :cutoff LIMIT :limit)"
@@ -179,9 +190,23 @@ class TaskLifecycle:
         if state is not None:
             return Started(False, state)
         # Unknown to the ledger (pruned, or sent by a producer that did not record it): record it now.
-        connection.execute(_tasks.insert().values(**_new_row(task, RUNNING, now), runs=1, executor=executor,
-                                                  started_at=now))
+        connection.execute(_tasks.insert().values({**_new_row(task, RUNNING, now), "runs": 1, "executor": executor,
+                                                   "started_at": now}))
         return Started(True, QUEUED)
+
+    def claim_and_start(self, connection: Connection, claim: str, params: Mapping[str, Any],
+                        executor: str) -> tuple[Any, Started | None] | None:
+        """PostgreSQL: the database queue's claim (its SQL text: an UPDATE ... RETURNING task_id, body,
+        deliveries) and the start of the task it claims, in one statement: one round trip on every task
+        instead of two. Returns the claimed row and the start, or None when nothing was claimed. The start
+        is None when the task was neither queued nor running (or is unknown to the ledger): the caller
+        then calls start(), which finds out why in the same transaction."""
+        statement = _claim_and_start_statement(claim)
+        row = connection.execute(statement, {**params, "executor": executor, "now": utcnow()}).first()
+        if row is None:
+            return None
+        started = Started(True, QUEUED, row.attempts, row.lost) if row.attempts is not None else None
+        return row, started
 
     def ready_for(self, frame: PredictionFrame) -> None:
         """Before the finishing transaction: the partitions the frame's rows go to exist (on PostgreSQL;
@@ -274,6 +299,11 @@ class TaskLifecycle:
             total += count
             if count < batch_size:
                 return total
+
+
+@functools.lru_cache(maxsize=8)
+def _claim_and_start_statement(claim: str) -> sa.TextClause:
+    return sa.text(_START_CLAIMED.format(claim=claim)).bindparams(sa.bindparam("now", type_=UtcDateTime))
 
 
 class Enqueued(NamedTuple):

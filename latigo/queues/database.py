@@ -50,6 +50,8 @@ class _Statements:
     """The queue's hot-path SQL for one dialect, written out once (see the lifecycle's _START)."""
 
     claim: Any
+    claim_text: str
+    """The claim's SQL, for the lifecycle to start the claimed task in the same statement (PostgreSQL)."""
     nack: Any
     release: Any
     renew: Any
@@ -74,7 +76,7 @@ def _statements(later: str, now: str, sqlite: bool) -> _Statements:
         statement = sa.text(text)
         used = [param for param in typed if f":{param.key}" in text]
         statements[name] = statement.bindparams(*used) if used else statement
-    return _Statements(**statements)
+    return _Statements(claim_text=texts["claim"], **statements)
 
 
 _POSTGRESQL = _statements("now() + make_interval(secs => :seconds)", "now()", sqlite=False)
@@ -227,12 +229,20 @@ class DatabaseTaskQueue(TaskQueue):
             return self._claim(start=False)
 
     def _claim(self, start: bool) -> DatabaseDelivery | None:
+        params = {"owner": self.owner, **self.after(self.lease)}
         with write_transaction(self.engine) as connection:
-            row = connection.execute(self.sql.claim, {"owner": self.owner, **self.after(self.lease)}).first()
-            if row is None:
-                return None
-            delivery = DatabaseDelivery(self, row.task_id, row.body, row.deliveries)
-            if start and delivery.task is not None and self.lifecycle is not None:
+            started = None
+            if start and self.lifecycle is not None and not self._sqlite:
+                claimed = self.lifecycle.claim_and_start(connection, self.sql.claim_text, params, self.owner)
+                if claimed is None:
+                    return None
+                row, started = claimed
+            else:
+                row = connection.execute(self.sql.claim, params).first()
+                if row is None:
+                    return None
+            delivery = DatabaseDelivery(self, row.task_id, row.body, row.deliveries, started)
+            if start and started is None and delivery.task is not None and self.lifecycle is not None:
                 delivery.started = self.lifecycle.start(connection, delivery.task, self.owner)
         return delivery
 

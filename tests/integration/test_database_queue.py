@@ -55,6 +55,30 @@ def test_a_claim_starts_the_task_in_the_ledger_in_the_same_transaction(engine):
     q.close()
 
 
+def test_a_claim_counts_a_lost_run_leaves_a_finished_task_alone_and_records_an_unknown_one(engine):
+    """The claim's start (one statement with the claim on PostgreSQL) in each state the ledger can be in."""
+    lifecycle = TaskLifecycle(engine)
+    lost, finished, unknown = tasks(3)
+    with lifecycle.transaction() as c:
+        lifecycle.enqueue(c, [lost, finished])
+        lifecycle.start(c, lost, "died")  # started by an executor that never finished it
+        c.execute(sa.update(TaskRecord).where(TaskRecord.task_id == finished.task_id).values(state="done"))
+    q = DatabaseTaskQueue(engine, owner="exec-1", lifecycle=lifecycle)
+    q.put_many([lost, finished, unknown])
+    started = {d.task.model + str(d.task.window.start): d.started for d in (q.get(timeout=1) for _ in range(3))}
+    key = {task.model + str(task.window.start): name for task, name in
+           ((lost, "lost"), (finished, "finished"), (unknown, "unknown"))}
+    by_name = {key[k]: v for k, v in started.items()}
+    assert by_name == {"lost": Started(True, "queued", 0, 1), "finished": Started(False, "done"),
+                       "unknown": Started(True, "queued")}
+    with engine.connect() as c:
+        rows = {r.task_id: r for r in c.execute(sa.select(TaskRecord)).all()}
+    assert (rows[lost.task_id].state, rows[lost.task_id].runs, rows[lost.task_id].lost) == ("running", 2, 1)
+    assert (rows[finished.task_id].state, rows[finished.task_id].runs) == ("done", 0)
+    assert (rows[unknown.task_id].state, rows[unknown.task_id].executor) == ("running", "exec-1")
+    q.close()
+
+
 def test_the_same_task_enqueued_twice_is_queued_once(engine):
     q = queue(engine)
     q.put_many(tasks(2))
