@@ -217,14 +217,14 @@ class TaskLifecycle:
 
     def finish(self, connection: Connection, task: Task, frame: PredictionFrame, duration_ms: int) -> int:
         """The task's predictions and its `done` mark, in the caller's transaction; returns the rows."""
+        rows = len({(row.output, row.tag, row.ts) for row in frame.rows})
+        done = {"task_id": task.task_id, "rows": rows, "duration_ms": duration_ms, "now": utcnow(),
+                "note": one_line(frame.note) if frame.note else None}
         try:
-            rows = write_predictions(connection, frame)
+            return write_predictions(connection, frame, then=(_FINISH, done))
         except MissingPartition:
             self.partitions.forget()  # dropped by retention elsewhere: the next attempt creates it
             raise
-        connection.execute(_FINISH, {"task_id": task.task_id, "rows": rows, "duration_ms": duration_ms,
-                                     "now": utcnow(), "note": one_line(frame.note) if frame.note else None})
-        return rows
 
     def retry_later(self, connection: Connection, task: Task, error: str) -> int:
         """The model ran and failed in a way worth retrying: back to queued, one attempt more; returns

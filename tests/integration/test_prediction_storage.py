@@ -9,8 +9,8 @@ from latigo.lifecycle import Retention, TaskLifecycle
 from latigo.storage.db import write_transaction
 from latigo.storage.partitions import Partitions
 from latigo.storage.predictions import COPY_FROM_ROWS, MissingPartition, write_predictions
-from latigo.storage.tables import Prediction
-from latigo.types import PredictionFrame, PredictionRow
+from latigo.storage.tables import Prediction, TaskRecord
+from latigo.types import PredictionFrame, PredictionRow, Task, TimeRange
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -100,3 +100,30 @@ def test_retention_drops_whole_partitions_on_postgresql_and_deletes_rows_on_sqli
         assert deleted["predictions"] == 25  # rows before the cutoff, T0 + 25 h
         assert kept[0] == T0 + timedelta(days=1, hours=1)
     assert kept[-1] == T0 + timedelta(hours=47)
+
+
+def test_finish_marks_done_with_the_rows_in_one_transaction_new_series_or_missing_partition(engine):
+    """lifecycle.finish: the rows and `done` together (one statement on PostgreSQL): with series that do
+    not exist yet, and, on PostgreSQL, with a row outside every partition (nothing of it stays)."""
+    lifecycle = TaskLifecycle(engine)
+    task = Task("model-ä", TimeRange(T0, T0 + timedelta(hours=1)))
+    with write_transaction(engine) as c:
+        lifecycle.enqueue(c, [task])
+        lifecycle.start(c, task, "test")
+    first = frame()  # every series is new
+    with write_transaction(engine) as c:
+        assert lifecycle.finish(c, task, first, 12) == len(AWKWARD) * 6
+    assert len(stored(engine)) == len(AWKWARD) * 6
+    with engine.connect() as c:
+        record = c.execute(sa.select(TaskRecord).where(TaskRecord.task_id == task.task_id)).one()
+    assert (record.state, record.rows, record.duration_ms) == ("done", len(AWKWARD) * 6, 12)
+    if engine.dialect.name != "postgresql":
+        return
+    late = Task("m-late", TimeRange(T0 + timedelta(days=900), T0 + timedelta(days=900, hours=1)))  # no partition
+    far = PredictionFrame("m-late", [PredictionRow("o", "t", late.window.start, 1.0)])
+    with write_transaction(engine) as c:
+        lifecycle.enqueue(c, [late])
+    with pytest.raises(MissingPartition), write_transaction(engine) as c:
+        lifecycle.finish(c, late, far, 5)
+    with engine.connect() as c:
+        assert c.execute(sa.select(TaskRecord.state).where(TaskRecord.task_id == late.task_id)).scalar() == "queued"
