@@ -6,7 +6,8 @@ transaction, so a rolled-back task leaves no half-made series behind.
 
 PostgreSQL: a task's few hundred rows go in one INSERT ... SELECT from unnest() of four arrays joined to
 `series` (one round trip once the series exist, and a plan whose cost does not grow with the rows, unlike
-a VALUES list; when some series do not exist yet, they are inserted and the statement runs again).
+a VALUES list; when some series do not exist yet, they are inserted and the statement runs again); the
+task's `done` mark rides in the same statement (write_predictions' `then`).
 Large frames: series ids are read once, then COPY of (series_id, ts, value) into a session-temporary
 staging table and one merge. SQLite: the same upserts, by executemany. Never one
 statement per row on the hot path.
