@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from latigo.storage.db import write_transaction
 from latigo.storage.partitions import Partitions
-from latigo.storage.predictions import MissingPartition, write_predictions
+from latigo.storage.predictions import FollowUp, MissingPartition, write_predictions
 from latigo.storage.tables import (
     DEAD_LETTERS,
     SCHEDULE_STATE,
@@ -50,16 +50,18 @@ _schedule = SCHEDULE_STATE
 
 # The two changes every task makes, written out once: building them with the expression language on each
 # call cost more than running them.
+_STARTING = (
+    "SET state = 'running', runs = runs + 1, executor = :executor, started_at = :now, "
+    "lost = lost + CASE WHEN tasks.state = 'running' THEN 1 ELSE 0 END"
+)
+"""What a start changes; a task found `running` was started by an executor that never finished it."""
+_STARTABLE = "tasks.state IN ('queued', 'running')"
 _START = sa.text(
-    "UPDATE tasks SET state = 'running', runs = runs + 1, executor = :executor, started_at = :now, "
-    "lost = lost + CASE WHEN state = 'running' THEN 1 ELSE 0 END "
-    "WHERE task_id = :task_id AND state IN ('queued', 'running') RETURNING attempts, lost"
+    f"UPDATE tasks {_STARTING} WHERE task_id = :task_id AND {_STARTABLE} RETURNING attempts, lost"
 ).bindparams(sa.bindparam("now", type_=UtcDateTime))
 _START_CLAIMED = (
     "WITH claimed AS ({claim}), started AS ("
-    "UPDATE tasks SET state = 'running', runs = runs + 1, executor = :executor, started_at = :now, "
-    "lost = lost + CASE WHEN tasks.state = 'running' THEN 1 ELSE 0 END "
-    "FROM claimed WHERE tasks.task_id = claimed.task_id AND tasks.state IN ('queued', 'running') "
+    f"UPDATE tasks {_STARTING} FROM claimed WHERE tasks.task_id = claimed.task_id AND {_STARTABLE} "
     "RETURNING tasks.task_id, tasks.attempts, tasks.lost) "
     "SELECT claimed.task_id, claimed.body, claimed.deliveries, started.attempts, started.lost "
     "FROM claimed LEFT JOIN started ON started.task_id = claimed.task_id"
@@ -217,11 +219,12 @@ class TaskLifecycle:
 
     def finish(self, connection: Connection, task: Task, frame: PredictionFrame, duration_ms: int) -> int:
         """The task's predictions and its `done` mark, in the caller's transaction; returns the rows."""
-        rows = len({(row.output, row.tag, row.ts) for row in frame.rows})
-        done = {"task_id": task.task_id, "rows": rows, "duration_ms": duration_ms, "now": utcnow(),
-                "note": one_line(frame.note) if frame.note else None}
+        def done(rows: int) -> FollowUp:
+            return _FINISH, {"task_id": task.task_id, "rows": rows, "duration_ms": duration_ms, "now": utcnow(),
+                             "note": one_line(frame.note) if frame.note else None}
+
         try:
-            return write_predictions(connection, frame, then=(_FINISH, done))
+            return write_predictions(connection, frame, then=done)
         except MissingPartition:
             self.partitions.forget()  # dropped by retention elsewhere: the next attempt creates it
             raise

@@ -50,8 +50,6 @@ class _Statements:
     """The queue's hot-path SQL for one dialect, written out once (see the lifecycle's _START)."""
 
     claim: Any
-    claim_text: str
-    """The claim's SQL, for the lifecycle to start the claimed task in the same statement (PostgreSQL)."""
     nack: Any
     release: Any
     renew: Any
@@ -76,7 +74,7 @@ def _statements(later: str, now: str, sqlite: bool) -> _Statements:
         statement = sa.text(text)
         used = [param for param in typed if f":{param.key}" in text]
         statements[name] = statement.bindparams(*used) if used else statement
-    return _Statements(claim_text=texts["claim"], **statements)
+    return _Statements(**statements)
 
 
 _POSTGRESQL = _statements("now() + make_interval(secs => :seconds)", "now()", sqlite=False)
@@ -233,7 +231,7 @@ class DatabaseTaskQueue(TaskQueue):
         with write_transaction(self.engine) as connection:
             started = None
             if start and self.lifecycle is not None and not self._sqlite:
-                claimed = self.lifecycle.claim_and_start(connection, self.sql.claim_text, params, self.owner)
+                claimed = self.lifecycle.claim_and_start(connection, self.sql.claim.text, params, self.owner)
                 if claimed is None:
                     return None
                 row, started = claimed

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import io
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -69,35 +69,38 @@ FollowUp = tuple[sa.TextClause, Mapping[str, Any]]
 """A statement (an UPDATE or DELETE without RETURNING) and its parameters, run after the rows are written."""
 
 
-def write_predictions(connection: Connection, frame: PredictionFrame, then: FollowUp | None = None) -> int:
-    """Upsert the frame's rows inside the caller's transaction, then run `then` (the task's `done`):
-    on PostgreSQL, for a frame below COPY_FROM_ROWS, in the same statement as the rows (one round trip
-    less on every task). Returns the row count."""
+def write_predictions(connection: Connection, frame: PredictionFrame,
+                      then: Callable[[int], FollowUp] | None = None) -> int:
+    """Upsert the frame's rows inside the caller's transaction, then run `then(row count)` (the task's
+    `done`): on PostgreSQL, for a frame below COPY_FROM_ROWS, in the same statement as the rows (one round
+    trip less on every task). Returns the row count."""
     # One row per key, the last value winning: ON CONFLICT cannot update a row twice in one statement.
     unique = {(row.output, row.tag, row.ts): row.value for row in frame.rows}
+    follow_up = then(len(unique)) if then is not None else None
     if connection.dialect.name == "postgresql" and 0 < len(unique) < COPY_FROM_ROWS:
-        _values_upsert(connection, frame.model, unique, then)
+        _values_upsert(connection, frame.model, unique, follow_up)
         return len(unique)
     if unique and connection.dialect.name != "postgresql":
         _sqlite_upsert(connection, frame.model, unique)
     elif unique:
         _copy_merge(connection, frame.model, unique)
-    if then is not None:
-        connection.execute(*then)
+    if follow_up is not None:
+        connection.execute(*follow_up)
     return len(unique)
 
 
-def _values_upsert(connection: Connection, model: str, rows: Mapping[Key, float], then: FollowUp | None) -> None:
+def _values_upsert(connection: Connection, model: str, rows: Mapping[Key, float],
+                   follow_up: FollowUp | None) -> None:
     params = {"model": model, "outputs": _array_literal(key[0] for key in rows),
               "tags": _array_literal(key[1] for key in rows),
               "stamps": _array_literal(key[2].isoformat() for key in rows),
               "values": "{" + ",".join(_copy_float(value) for value in rows.values()) + "}"}
     with _raw_cursor(connection) as cursor:
-        if then is None:
+        if follow_up is None:
             written = _pg_insert_unnest(cursor, _PG_UNNEST, params)
         else:
-            statement, then_params = then
-            _pg_insert_unnest(cursor, _with_follow_up(statement, connection.dialect), {**then_params, **params})
+            statement, follow_up_params = follow_up
+            _pg_insert_unnest(cursor, _with_follow_up(statement, connection.dialect), {**follow_up_params, **params})
             written = cursor.fetchone()[0]
         if written < len(rows):  # some series are new: create them, then write again (idempotent)
             _pg_insert_series(cursor, model, {(output, tag) for output, tag, _ in rows})

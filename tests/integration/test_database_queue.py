@@ -65,12 +65,9 @@ def test_a_claim_counts_a_lost_run_leaves_a_finished_task_alone_and_records_an_u
         c.execute(sa.update(TaskRecord).where(TaskRecord.task_id == finished.task_id).values(state="done"))
     q = DatabaseTaskQueue(engine, owner="exec-1", lifecycle=lifecycle)
     q.put_many([lost, finished, unknown])
-    started = {d.task.model + str(d.task.window.start): d.started for d in (q.get(timeout=1) for _ in range(3))}
-    key = {task.model + str(task.window.start): name for task, name in
-           ((lost, "lost"), (finished, "finished"), (unknown, "unknown"))}
-    by_name = {key[k]: v for k, v in started.items()}
-    assert by_name == {"lost": Started(True, "queued", 0, 1), "finished": Started(False, "done"),
-                       "unknown": Started(True, "queued")}
+    started = {d.task.task_id: d.started for d in (q.get(timeout=1) for _ in range(3))}
+    assert started == {lost.task_id: Started(True, "queued", 0, 1), finished.task_id: Started(False, "done"),
+                       unknown.task_id: Started(True, "queued")}
     with engine.connect() as c:
         rows = {r.task_id: r for r in c.execute(sa.select(TaskRecord)).all()}
     assert (rows[lost.task_id].state, rows[lost.task_id].runs, rows[lost.task_id].lost) == ("running", 2, 1)
