@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -12,7 +12,13 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-TASK_SCHEMA_VERSION = 1
+TASK_SCHEMA_VERSION = 2
+"""2: tasks name their project. A body of schema 1 (before projects) is read as a task of the
+project the reader is given (`legacy_project`), else refused."""
+
+DEFAULT_PROJECT = "default"
+"""The project of every model whose provider has no projects of its own (local, catalog, plug-ins): a model
+is (project, name) everywhere, so every path has one shape."""
 
 
 def ensure_utc(value: datetime, what: str = "timestamp") -> datetime:
@@ -52,35 +58,66 @@ class TimeRange:
         return f"[{self.start.isoformat()}, {self.end.isoformat()})"
 
 
-def make_task_id(model: str, window: TimeRange) -> str:
-    """A deterministic id for (model, window): the same window always gets the same id,
+class ModelRef(NamedTuple):
+    """A model's identity: (project, name). The same name in two projects is two models."""
+
+    project: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.project}/{self.name}"
+
+
+def make_task_id(model: str, window: TimeRange, project: str = DEFAULT_PROJECT) -> str:
+    """A deterministic id for (project, model, window): the same window always gets the same id,
     which is what lets the ledger and the storage deduplicate redelivered tasks."""
+    key = f"{project}\x00{model}\x00{window.start.isoformat()}\x00{window.end.isoformat()}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def legacy_task_id(model: str, window: TimeRange) -> str:
+    """The id schema 1 gave (model, window), before projects (migration 0005 rewrites these)."""
     key = f"{model}\x00{window.start.isoformat()}\x00{window.end.isoformat()}"
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
 class Task:
-    """One prediction job: run `model` over `window`."""
+    """One prediction job: run `project`'s `model` over `window`."""
 
     model: str
     window: TimeRange
+    project: str = DEFAULT_PROJECT
     task_id: str = ""
 
     def __post_init__(self) -> None:
         if not self.model:
             raise ValueError("task model name is empty")
-        expected = make_task_id(self.model, self.window)
+        if not self.project:
+            raise ValueError(f"task of model {self.model!r} names no project")
+        expected = make_task_id(self.model, self.window, self.project)
         if not self.task_id:
             object.__setattr__(self, "task_id", expected)
         elif self.task_id != expected:
-            raise ValueError(f"task id {self.task_id!r} does not match model {self.model!r} and window {self.window}")
+            raise ValueError(f"task id {self.task_id!r} does not match project {self.project!r}, "
+                             f"model {self.model!r} and window {self.window}")
+
+    @property
+    def ref(self) -> ModelRef:
+        return ModelRef(self.project, self.model)
+
+    @property
+    def key(self) -> str:
+        """The model as one string ("project/name"): the partition key on brokers, so one model's
+        windows stay in order on one partition."""
+        return str(self.ref)
 
     def to_json(self) -> str:
         return json.dumps(
             {
                 "schema": TASK_SCHEMA_VERSION,
                 "task_id": self.task_id,
+                "project": self.project,
                 "model": self.model,
                 "start": self.window.start.isoformat(),
                 "end": self.window.end.isoformat(),
@@ -89,21 +126,37 @@ class Task:
         )
 
     @classmethod
-    def from_json(cls, body: str | bytes) -> Task:
-        """Decode a queued task; any malformation raises ValueError naming what is wrong."""
+    def from_json(cls, body: str | bytes, legacy_project: str | None = None) -> Task:
+        """Decode a queued task; any malformation raises ValueError naming what is wrong. A schema-1 body
+        (before projects) is a task of `legacy_project` when one is given (with its old id replaced)."""
         try:
             data = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"task body is not JSON: {exc}") from exc
         if not isinstance(data, dict):
             raise ValueError(f"task body is a JSON {type(data).__name__}, not an object")
-        if data.get("schema") != TASK_SCHEMA_VERSION:
-            raise ValueError(f"task schema {data.get('schema')!r} is not the supported {TASK_SCHEMA_VERSION}")
+        schema = data.get("schema")
+        if schema == 1 and legacy_project:
+            return cls._from_legacy(data, legacy_project)
+        if schema != TASK_SCHEMA_VERSION:
+            raise ValueError(f"task schema {schema!r} is not the supported {TASK_SCHEMA_VERSION}"
+                             + (" (schema 1 predates projects: this executor serves several projects, so it "
+                                "cannot tell which one the task meant)" if schema == 1 else ""))
+        for key in ("task_id", "project", "model", "start", "end"):
+            if not isinstance(data.get(key), str):
+                raise ValueError(f"task field {key!r} is missing or not a string")
+        window = TimeRange(parse_timestamp(data["start"], "task start"), parse_timestamp(data["end"], "task end"))
+        return cls(model=data["model"], window=window, project=data["project"], task_id=data["task_id"])
+
+    @classmethod
+    def _from_legacy(cls, data: dict[str, Any], project: str) -> Task:
         for key in ("task_id", "model", "start", "end"):
             if not isinstance(data.get(key), str):
                 raise ValueError(f"task field {key!r} is missing or not a string")
         window = TimeRange(parse_timestamp(data["start"], "task start"), parse_timestamp(data["end"], "task end"))
-        return cls(model=data["model"], window=window, task_id=data["task_id"])
+        if data["task_id"] != legacy_task_id(data["model"], window):
+            raise ValueError(f"task id {data['task_id']!r} does not match model {data['model']!r} and window {window}")
+        return cls(model=data["model"], window=window, project=project)
 
 
 @dataclass(frozen=True)
@@ -156,21 +209,31 @@ class PredictionFrame:
     """A model's output in long form, the shape the predictions table stores.
 
     `note` says why a frame is empty or short when that is an expected outcome (no bucket completes in
-    the window, the row filter rejected every row), so the ledger can say it instead of a bare 0."""
+    the window, the row filter rejected every row), so the ledger can say it instead of a bare 0.
+    `revision` is the model server's revision that produced the rows (empty where there is none)."""
 
     model: str
     rows: list[PredictionRow] = field(default_factory=list)
     note: str = ""
+    project: str = DEFAULT_PROJECT
+    revision: str = ""
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def ref(self) -> ModelRef:
+        return ModelRef(self.project, self.model)
+
+    def with_rows(self, rows: list[PredictionRow]) -> PredictionFrame:
+        return replace(self, rows=rows)
+
     def only_outputs(self, outputs: frozenset[str] | set[str]) -> PredictionFrame:
-        return PredictionFrame(self.model, [r for r in self.rows if r.output in outputs], self.note)
+        return self.with_rows([r for r in self.rows if r.output in outputs])
 
     def within(self, span: TimeRange) -> PredictionFrame:
         """Rows whose timestamp lies in the half-open span (look-back rows trimmed off)."""
-        return PredictionFrame(self.model, [r for r in self.rows if span.start <= r.ts < span.end], self.note)
+        return self.with_rows([r for r in self.rows if span.start <= r.ts < span.end])
 
     @classmethod
     def from_rows(cls, model: str, rows: dict[tuple[str, str, datetime], float]) -> PredictionFrame:
