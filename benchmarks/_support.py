@@ -20,7 +20,7 @@ from latigo.interfaces import ModelExecutionProvider, ModelInformationProvider  
 from latigo.settings import DatabaseSettings  # noqa: E402
 from latigo.storage import migrations  # noqa: E402
 from latigo.storage.db import create_engine_for  # noqa: E402
-from latigo.types import ModelInfo, ModelStatus, PredictionFrame, PredictionRow  # noqa: E402
+from latigo.types import DEFAULT_PROJECT, ModelInfo, ModelRef, ModelStatus, PredictionFrame, PredictionRow  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("LATIGO_BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -51,35 +51,36 @@ def database(kind: str) -> Iterator[sa.Engine]:
 
 
 class BenchModels(ModelInformationProvider, ModelExecutionProvider):
-    """`count` models; execution sleeps `latency` seconds (a model server's cost) and returns
-    `tags` model-output rows per 10-minute step."""
+    """`count` models spread over `projects` projects; execution sleeps `latency` seconds (a model server's
+    cost) and returns `tags` model-output rows per 10-minute step."""
 
-    def __init__(self, count: int, latency: float = 0.0, tags: int = 4) -> None:
-        self.names = [f"model-{i:05d}" for i in range(count)]
+    def __init__(self, count: int, latency: float = 0.0, tags: int = 4, projects: int = 1) -> None:
+        self.refs = [ModelRef(DEFAULT_PROJECT if projects == 1 else f"project-{i % projects:03d}", f"model-{i:05d}")
+                     for i in range(count)]
         self.latency, self.tags = latency, [f"tag-{t}" for t in range(tags)]
 
-    def get_model_list(self) -> list[str]:
-        return list(self.names)
+    def get_model_list(self) -> list[ModelRef]:
+        return list(self.refs)
 
-    def model_exists(self, name: str) -> bool:
+    def model_exists(self, model: ModelRef) -> bool:
         return True
 
-    def get_model_info(self, name: str) -> ModelInfo:
-        return ModelInfo(name, tuple(self.tags), tuple(self.tags), timedelta(minutes=10))
+    def get_model_info(self, model: ModelRef) -> ModelInfo:
+        return ModelInfo(model.name, tuple(self.tags), tuple(self.tags), timedelta(minutes=10), project=model.project)
 
     def register_model(self, model_data) -> None:
         raise NotImplementedError
 
-    def unregister_model(self, name: str) -> None:
+    def unregister_model(self, model: ModelRef) -> None:
         raise NotImplementedError
 
-    def get_model_status(self, name: str) -> ModelStatus:
-        return ModelStatus(name, "ready")
+    def get_model_status(self, model: ModelRef) -> ModelStatus:
+        return ModelStatus(model.name, "ready")
 
-    def execute_model(self, name: str, start: datetime, end: datetime) -> PredictionFrame:
+    def execute_model(self, model: ModelRef, start: datetime, end: datetime) -> PredictionFrame:
         time.sleep(self.latency)
         rows, ts = [], start
         while ts < end:
             rows += [PredictionRow("model-output", tag, ts, float(i)) for i, tag in enumerate(self.tags)]
             ts += timedelta(minutes=10)
-        return PredictionFrame(name, rows)
+        return PredictionFrame(model.name, rows, project=model.project)

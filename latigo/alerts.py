@@ -54,19 +54,21 @@ class AnomalyAlerts:
             self.http.request("POST", self.settings.webhook_url, json=payload,
                               headers={"Idempotency-Key": f"{episode.key}:{event}"})
         except LatigoError as exc:
-            log.warning("alert for %s (%s) not delivered (%s); trying again at the next check", episode.model, event,
-                        describe_exception(exc))
+            log.warning("alert for %s/%s (%s) not delivered (%s); trying again at the next check", episode.project,
+                        episode.model, event, describe_exception(exc))
             self._release(episode, event)
             return 0
         self._mark_sent(episode, event)
-        log.info("alert sent: %s anomaly episode from %s %s (peak %.2f)", episode.model, episode.start.isoformat(),
+        log.info("alert sent: %s/%s anomaly episode from %s %s (peak %.2f)", episode.project, episode.model,
+                 episode.start.isoformat(),
                  event, episode.peak)
         return 1
 
     def _claim(self, episode: Episode, event: str, now: datetime) -> bool:
         """Take the event for this process: a new claim, or one whose process died mid-POST."""
         with write_transaction(self.engine) as connection:
-            row = {"key": episode.key, "event": event, "model": episode.model, "episode_start": episode.start,
+            row = {"key": episode.key, "event": event, "project": episode.project, "model": episode.model,
+                   "episode_start": episode.start,
                    "claimed_at": now, "sent_at": None}
             if insert_new(connection, _alerts, [row], "key", conflict=("key", "event")):
                 return True

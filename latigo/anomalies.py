@@ -18,6 +18,8 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from latigo.types import DEFAULT_PROJECT
+
 THRESHOLD = 1.0
 TOTAL = "total-anomaly-confidence"
 PER_TAG = "anomaly-confidence"
@@ -38,11 +40,12 @@ class Episode:
     buckets: int
     top_tags: list[tuple[str, float]] = field(default_factory=list)
     """(tag, its highest anomaly-confidence in the episode), highest first."""
+    project: str = DEFAULT_PROJECT
 
     @property
     def key(self) -> str:
-        """Stable across runs: the model and where the episode starts."""
-        return hashlib.sha256(f"{self.model}\x00{self.start.isoformat()}".encode()).hexdigest()[:32]
+        """Stable across runs: the model (project and name) and where the episode starts."""
+        return hashlib.sha256(f"{self.project}\x00{self.model}\x00{self.start.isoformat()}".encode()).hexdigest()[:32]
 
     def as_dict(self) -> dict:
         data = asdict(self)
@@ -52,36 +55,41 @@ class Episode:
         return data
 
 
-_SERIES = sa.text("SELECT id, model FROM series WHERE output = :output AND tag = :output")
+_SERIES = sa.text("SELECT id, project, model FROM series WHERE output = :output AND tag = :output")
 _VALUES = sa.text("SELECT ts, value FROM prediction_values WHERE series_id = :series AND ts >= :since ORDER BY ts")
 _TAG_PEAKS = sa.text(
     "SELECT s.tag, max(v.value) FROM series s JOIN prediction_values v ON v.series_id = s.id "
-    "WHERE s.model = :model AND s.output = :output AND v.ts >= :start AND v.ts <= :end "
+    "WHERE s.project = :project AND s.model = :model AND s.output = :output AND v.ts >= :start AND v.ts <= :end "
     "GROUP BY s.tag ORDER BY max(v.value) DESC LIMIT :limit")
 
 
-def find_episodes(connection: Connection, since: datetime, models: Sequence[str] = ()) -> list[Episode]:
-    """Episodes of every model (or `models`) whose buckets lie at or after `since`, newest first."""
+def find_episodes(connection: Connection, since: datetime, models: Sequence[str] = (),
+                  projects: Sequence[str] = ()) -> list[Episode]:
+    """Episodes of every model (or `models`, by name or `project/name`; of `projects`) whose buckets lie at or
+    after `since`, newest first."""
     from latigo.storage.tables import UtcDateTime
 
     values = _VALUES.bindparams(sa.bindparam("since", type_=UtcDateTime)).columns(
         ts=UtcDateTime(), value=sa.Double())
     episodes: list[Episode] = []
-    for series_id, model in connection.execute(_SERIES, {"output": TOTAL}).all():
-        if models and model not in models:
+    for series_id, project, model in connection.execute(_SERIES, {"output": TOTAL}).all():
+        if (models and model not in models and f"{project}/{model}" not in models) or \
+                (projects and project not in projects):
             continue
         rows = connection.execute(values, {"series": series_id, "since": since}).all()
-        episodes.extend(runs_above(model, [(ts, value) for ts, value in rows]))
+        episodes.extend(runs_above(model, [(ts, value) for ts, value in rows], project=project))
     peaks = _TAG_PEAKS.bindparams(sa.bindparam("start", type_=UtcDateTime), sa.bindparam("end", type_=UtcDateTime))
     for episode in episodes:
         last = episode.end or episode.start + OPEN_ENDED
         episode.top_tags = [(tag, float(value)) for tag, value in connection.execute(
-            peaks, {"model": episode.model, "output": PER_TAG, "start": episode.start, "end": last,
+            peaks, {"project": episode.project, "model": episode.model, "output": PER_TAG, "start": episode.start,
+                    "end": last,
                     "limit": TOP_TAGS}).all()]
     return sorted(episodes, key=lambda e: e.start, reverse=True)
 
 
-def runs_above(model: str, rows: list[tuple[datetime, float]], threshold: float = THRESHOLD) -> list[Episode]:
+def runs_above(model: str, rows: list[tuple[datetime, float]], threshold: float = THRESHOLD,
+               project: str = DEFAULT_PROJECT) -> list[Episode]:
     """The episodes in one model's (ts, total-anomaly-confidence) rows, oldest first (pure)."""
     if not rows:
         return []
@@ -92,13 +100,13 @@ def runs_above(model: str, rows: list[tuple[datetime, float]], threshold: float 
     for ts, value in rows:
         broken = previous is not None and step is not None and ts - previous > 2 * step
         if current and (value <= threshold or broken):
-            episodes.append(_episode(model, current, closed=True))
+            episodes.append(_episode(project, model, current, closed=True))
             current = []
         if value > threshold:
             current.append((ts, value))
         previous = ts
     if current:
-        episodes.append(_episode(model, current, closed=False))
+        episodes.append(_episode(project, model, current, closed=False))
     return episodes
 
 
@@ -107,6 +115,7 @@ def _usual_step(rows: list[tuple[datetime, float]]) -> timedelta | None:
     return timedelta(seconds=statistics.median(gaps)) if gaps else None
 
 
-def _episode(model: str, run: list[tuple[datetime, float]], closed: bool) -> Episode:
+def _episode(project: str, model: str, run: list[tuple[datetime, float]], closed: bool) -> Episode:
     peak_at, peak = max(run, key=lambda item: item[1])
-    return Episode(model, run[0][0], run[-1][0] if closed else None, float(peak), peak_at, len(run))
+    return Episode(model, run[0][0], run[-1][0] if closed else None, float(peak), peak_at, len(run),
+                   project=project)

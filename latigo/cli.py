@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub.required = True
     up = db_sub.add_parser("upgrade", help="migrate the schema up (default: to the newest revision)")
     up.add_argument("revision", nargs="?", default="head")
+    up.add_argument("--project", metavar="NAME", help="the project the rows already in the database belong to, "
+                    "when they predate projects (default: the one project the config names)")
     down = db_sub.add_parser("downgrade", help="migrate the schema down to REV ('base' removes everything)")
     down.add_argument("revision")
     db_sub.add_parser("current", help="print the schema revision of the database")
@@ -73,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--to", dest="end", required=True, type=_timestamp, metavar="TIME",
                           help="ISO 8601 end (exclusive)")
     backfill.add_argument("--model", dest="models", action="append", metavar="NAME",
-                          help="only this model (repeatable; default: every model)")
+                          help="only this model, NAME or PROJECT/NAME (repeatable; default: every model)")
+    backfill.add_argument("--project", dest="projects", action="append", metavar="PROJECT",
+                          help="only models of this project (repeatable; default: every project)")
     backfill.add_argument("--rerun", action="store_true",
                           help="compute windows that are already done (or failed) again")
     backfill.add_argument("--dry-run", action="store_true", help="print how many tasks and which windows; enqueue "
@@ -94,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="only tasks in this state (repeatable)")
         one.add_argument("--failed", dest="states", action="append_const", const="failed", help="as --state failed")
         one.add_argument("--model", dest="models", action="append", metavar="NAME", help="only this model")
+        one.add_argument("--project", dest="projects", action="append", metavar="PROJECT",
+                         help="only models of this project")
         one.add_argument("--from", dest="start", type=_timestamp, metavar="TIME", help="windows starting at or after")
         one.add_argument("--to", dest="end", type=_timestamp, metavar="TIME", help="windows ending at or before")
         if action == "list":
@@ -112,10 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     anomalies.add_argument("--since", type=_duration, default="24h", metavar="DURATION",
                            help="episodes with buckets in the last DURATION (default 24h)")
     anomalies.add_argument("--model", dest="models", action="append", metavar="NAME", help="only this model")
+    anomalies.add_argument("--project", dest="projects", action="append", metavar="PROJECT",
+                           help="only models of this project")
     anomalies.add_argument("--json", action="store_true", help="machine-readable output")
 
     status = sub.add_parser("status", help="tasks per state, backlog, failures, last predicted windows")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--project", dest="projects", action="append", metavar="PROJECT",
+                        help="only models of this project")
 
     web = sub.add_parser("web", help="a read-only status page: pipeline health, models, anomaly scores")
     web.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs "
@@ -130,13 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     models_sub = models.add_subparsers(dest="models_command", metavar="ACTION")
     listing = models_sub.add_parser("list", help="the models the configured provider lists (the default)")
     listing.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    listing.add_argument("--project", dest="projects", action="append", metavar="PROJECT",
+                         help="only models of this project")
     models_sub.add_parser("check", help="Gordo: listed models without metadata, expected models not built")
     register = models_sub.add_parser("register", help="register (or replace) a model from a machine description "
                                      "(YAML or JSON, Gordo's machine format)")
     register.add_argument("file", type=Path)
-    unregister = models_sub.add_parser("unregister", help="remove a model")
+    unregister = models_sub.add_parser("unregister", help="remove a model (NAME, or PROJECT/NAME where the "
+                                       "provider serves several projects)")
     unregister.add_argument("name")
-    model_status = models_sub.add_parser("status", help="a model's state, and why when it is not ready")
+    model_status = models_sub.add_parser("status", help="a model's state, and why when it is not ready (NAME, or "
+                                         "PROJECT/NAME)")
     model_status.add_argument("name")
     model_status.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     sensors = sub.add_parser("sensors", help="list the sensors the configured provider sees")
@@ -178,7 +192,7 @@ def db(args: argparse.Namespace, config: Config) -> int:
     engine = create_engine_for(config.database)
     try:
         if args.db_command == "upgrade":
-            migrations.upgrade(engine, args.revision)
+            migrations.upgrade(engine, args.revision, project=args.project or config.sole_project())
             print(f"database schema at {migrations.current_revision(engine)}")
             if migrations.current_revision(engine) == migrations.head_revision():
                 _partitions_ahead(engine, config)
@@ -224,12 +238,13 @@ def anomalies(args: argparse.Namespace, config: Config) -> int:
     from latigo.anomalies import find_episodes
     from latigo.storage.db import create_engine_for
     from latigo.storage.schema import ensure_schema_current
+    from latigo.types import ModelRef
 
     engine = create_engine_for(config.database)
     ensure_schema_current(engine)
     since = datetime.now(timezone.utc) - args.since  # argparse applied _duration to the default too
     with engine.connect() as connection:
-        episodes = find_episodes(connection, since, args.models or ())
+        episodes = find_episodes(connection, since, args.models or (), args.projects or ())
     engine.dispose()
     if args.json:
         print(json.dumps([episode.as_dict() for episode in episodes], indent=2))
@@ -239,7 +254,8 @@ def anomalies(args: argparse.Namespace, config: Config) -> int:
     for e in episodes:
         end = e.end.isoformat(timespec="minutes") if e.end else "ongoing"
         tags = ", ".join(f"{tag} {value:.2f}" for tag, value in e.top_tags)
-        print(f"{e.model}  {e.start.isoformat(timespec='minutes')} .. {end}  peak {e.peak:.2f} at "
+        print(f"{ModelRef(e.project, e.model).label}  {e.start.isoformat(timespec='minutes')} .. {end}  "
+              f"peak {e.peak:.2f} at "
               f"{e.peak_at.isoformat(timespec='minutes')}  ({e.buckets} buckets)  top tags: {tags or '-'}")
     return 0
 
@@ -283,7 +299,7 @@ def backfill(args: argparse.Namespace, config: Config) -> int:
     if args.end <= args.start:
         raise ConfigError(f"backfill: --to {args.end.isoformat()} is not after --from {args.start.isoformat()}")
     return run_backfill(config, args.start, args.end, args.models, progress=not args.no_progress, rerun=args.rerun,
-                        dry_run=args.dry_run, confirmed=args.yes)
+                        dry_run=args.dry_run, confirmed=args.yes, projects=args.projects)
 
 
 @command("tasks")
@@ -294,7 +310,7 @@ def tasks(args: argparse.Namespace, config: Config) -> int:
     from latigo.lifecycle import TaskFilter
     from latigo.operations import cancel_tasks, list_tasks, retry_tasks
     from latigo.storage.schema import ensure_schema_current
-    from latigo.types import TimeRange
+    from latigo.types import ModelRef, TimeRange
 
     if args.start and args.end and args.end <= args.start:
         raise ConfigError(f"tasks: --to {args.end.isoformat()} is not after --from {args.start.isoformat()}")
@@ -303,7 +319,8 @@ def tasks(args: argparse.Namespace, config: Config) -> int:
         far = _timestamp("9999-01-01T00:00:00Z")
         window = TimeRange(args.start or _timestamp("1970-01-01T00:00:00Z"), args.end or far)
     default_states = {"retry": ("failed",), "cancel": ("queued",), "list": ()}[args.tasks_command]
-    which = TaskFilter(states=tuple(args.states or default_states), models=tuple(args.models or ()), window=window)
+    which = TaskFilter(states=tuple(args.states or default_states), models=tuple(args.models or ()), window=window,
+                       projects=tuple(args.projects or ()))
     components = Components(config)
     ensure_schema_current(components.engine)
     if args.tasks_command == "retry":
@@ -316,8 +333,10 @@ def tasks(args: argparse.Namespace, config: Config) -> int:
             print(json.dumps([row.as_dict() for row in rows], indent=2))
         for row in [] if args.json else rows:
             detail = f"  {row.error}" if row.error else ""
-            print(f"{row.window_start}  {row.model}  {row.state}  runs {row.runs}, failed attempts {row.attempts}, "
-                  f"lost {row.lost}{detail}")
+            revision = f", revision {row.revision}" if row.revision else ""
+            print(f"{row.window_start}  {ModelRef(row.project, row.model).label}  {row.state}  runs {row.runs}, "
+                  "failed attempts "
+                  f"{row.attempts}, lost {row.lost}{revision}{detail}")
     components.task_queue.close()
     return 0
 
@@ -340,7 +359,7 @@ def status(args: argparse.Namespace, config: Config) -> int:
 
     engine = create_engine_for(config.database)
     ensure_schema_current(engine)
-    report = collect_status(engine)
+    report = collect_status(engine, projects=tuple(args.projects or ()))
     sys.stdout.write(report.to_json() + "\n" if args.json else report.to_text())
     engine.dispose()
     return 0
@@ -358,7 +377,15 @@ def models(args: argparse.Namespace, config: Config) -> int:
     import json
 
     from latigo.factory import Components
-    from latigo.model_commands import check_report, model_status, read_machine, register, unregister
+    from latigo.model_commands import (
+        check_report,
+        format_model_list,
+        model_list,
+        model_status,
+        read_machine,
+        register,
+        unregister,
+    )
 
     components = Components(config)
     action = "check" if args.check else (args.models_command or "list")
@@ -375,8 +402,12 @@ def models(args: argparse.Namespace, config: Config) -> int:
         print(json.dumps(status, indent=2) if args.json else
               f"{status['name']}: {status['state']}" + (f" ({status['reason']})" if status["reason"] else ""))
     else:
-        names = components.model_information.get_model_list()
-        print(json.dumps(names) if args.json else "\n".join(names))
+        listed = model_list(components, getattr(args, "projects", None))
+        if args.json:
+            print(json.dumps([{"project": project, "name": name} for project, names in listed.items()
+                              for name in names], indent=2))
+        else:
+            sys.stdout.write(format_model_list(listed))
     return 0
 
 

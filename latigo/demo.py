@@ -34,7 +34,7 @@ from latigo.scheduler import Scheduler
 from latigo.status import task_counts
 from latigo.storage import migrations
 from latigo.storage.tables import Prediction, TaskRecord
-from latigo.types import TimeRange
+from latigo.types import DEFAULT_PROJECT, ModelRef, TimeRange
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ def _plot(components: Components, model: str, shown: TimeRange, anomaly: TimeRan
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    info = components.model_information.get_model_info(model)
+    info = components.model_information.get_model_info(ModelRef(DEFAULT_PROJECT, model))
     tag = ANOMALY_SENSOR if ANOMALY_SENSOR in info.tags else info.tags[0]
     sensors = components.sensor_data.get_data_for_range(shown.start, shown.end, [tag], info.resolution).data
     with components.engine.connect() as connection:

@@ -47,12 +47,12 @@ REGISTRY: dict[str, dict[str, str]] = {
     },
     "model_information": {
         "local": "latigo.models.local:LocalModels",
-        "gordo": "latigo.models.gordo:GordoModels",
+        "gordo": "latigo.models.gordo_projects:GordoProjects",
         "catalog": "latigo.models.catalog:ModelCatalog",
     },
     "model_execution": {
         "local": "latigo.models.local:LocalModels",
-        "gordo": "latigo.models.gordo:GordoModels",
+        "gordo": "latigo.models.gordo_projects:GordoProjects",
     },
     "prediction_sink": {
         "influx": "latigo.sensors.influx_sink:InfluxPredictionSink",

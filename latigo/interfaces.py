@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from latigo.types import ModelInfo, ModelStatus, PredictionFrame, SensorFrame, Started, Task
+from latigo.types import ModelInfo, ModelRef, ModelStatus, PredictionFrame, SensorFrame, Started, Task
 
 
 class SensorInformationProvider(ABC):
@@ -50,19 +50,24 @@ class SensorDataProvider(ABC):
 
 
 class ModelInformationProvider(ABC):
-    """Which models exist and what they need."""
+    """Which models exist and what they need. A model is (project, name): a provider without projects of its
+    own names one (latigo.types.DEFAULT_PROJECT unless configured)."""
 
     @abstractmethod
-    def get_model_list(self) -> list[str]:
-        """Names of the models that can be run now."""
+    def get_model_list(self) -> list[ModelRef]:
+        """The models that can be run now."""
 
     @abstractmethod
-    def model_exists(self, name: str) -> bool:
-        """Whether `name` is a runnable model."""
+    def model_exists(self, model: ModelRef) -> bool:
+        """Whether `model` is a runnable model."""
 
     @abstractmethod
-    def get_model_info(self, name: str) -> ModelInfo:
+    def get_model_info(self, model: ModelRef) -> ModelInfo:
         """Tags, resolution and look-back of one model; raises UnknownModelError."""
+
+    def projects(self) -> list[str]:
+        """The projects served now (a provider with projects of its own lists them; refreshed per call)."""
+        return sorted({ref.project for ref in self.get_model_list()})
 
 
 class CheckableProvider(ABC):
@@ -78,20 +83,22 @@ class ModelExecutionProvider(ABC):
 
     @abstractmethod
     def register_model(self, model_data: Mapping[str, Any]) -> None:
-        """Create (or update) a model from a Gordo-like machine description."""
+        """Create (or update) a model from a Gordo-like machine description (its `project` key picks the
+        project where the provider has several)."""
 
     @abstractmethod
-    def unregister_model(self, name: str) -> None:
+    def unregister_model(self, model: ModelRef) -> None:
         """Remove a model."""
 
     @abstractmethod
-    def get_model_status(self, name: str) -> ModelStatus:
+    def get_model_status(self, model: ModelRef) -> ModelStatus:
         """The model's lifecycle state with a reason when it is not ready."""
 
     @abstractmethod
-    def execute_model(self, name: str, start: datetime, end: datetime) -> PredictionFrame:
-        """Predictions of `name` for [start, end): the provider fetches the sensor data it needs
-        (including look-back before `start`) and returns only rows inside the range.
+    def execute_model(self, model: ModelRef, start: datetime, end: datetime) -> PredictionFrame:
+        """Predictions of `model` for [start, end): the provider fetches the sensor data it needs
+        (including look-back before `start`) and returns only rows inside the range, with the revision
+        that produced them.
 
         Raises TransientError (worth a retry) or PermanentError (not)."""
 

@@ -35,7 +35,7 @@ from latigo.storage.tables import (
     UtcDateTime,
 )
 from latigo.storage.upsert import dialect_insert, insert_new
-from latigo.types import PredictionFrame, Started, Task, TimeRange
+from latigo.types import ModelRef, PredictionFrame, Started, Task, TimeRange
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
@@ -73,7 +73,7 @@ _PRUNE_VALUES_SQLITE = sa.text(
 ).bindparams(sa.bindparam("cutoff", type_=UtcDateTime))
 _FINISH = sa.text(
     "UPDATE tasks SET state = 'done', rows = :rows, duration_ms = :duration_ms, finished_at = :now, "
-    "error = :note WHERE task_id = :task_id"
+    "error = :note, revision = :revision WHERE task_id = :task_id"
 ).bindparams(sa.bindparam("now", type_=UtcDateTime))
 
 
@@ -94,6 +94,7 @@ class TaskFilter:
     models: tuple[str, ...] = ()
     window: TimeRange | None = None
     task_ids: tuple[str, ...] = ()
+    projects: tuple[str, ...] = ()
 
     def where(self) -> Any:
         clauses: list[sa.ColumnElement[bool]] = []
@@ -101,6 +102,8 @@ class TaskFilter:
             clauses.append(_tasks.c.task_id.in_(self.task_ids))
         if self.states:
             clauses.append(_tasks.c.state.in_(self.states))
+        if self.projects:
+            clauses.append(_tasks.c.project.in_(self.projects))
         if self.models:
             clauses.append(_tasks.c.model.in_(self.models))
         if self.window is not None:
@@ -145,20 +148,21 @@ class TaskLifecycle:
 
     def advance_schedule(self, connection: Connection, tasks: Iterable[Task]) -> None:
         """Move each model's last scheduled window end forward (never back)."""
-        newest: dict[str, datetime] = {}
+        newest: dict[ModelRef, datetime] = {}
         for task in tasks:
-            newest[task.model] = max(newest.get(task.model, task.window.end), task.window.end)
+            newest[task.ref] = max(newest.get(task.ref, task.window.end), task.window.end)
         if not newest:
             return
         statement = dialect_insert(connection, _schedule)
         greatest = sa.func.max if connection.dialect.name == "sqlite" else sa.func.greatest
         statement = statement.on_conflict_do_update(
-            index_elements=["model"],
+            index_elements=["project", "model"],
             set_={"last_window_end": greatest(_schedule.c.last_window_end, statement.excluded.last_window_end),
                   "updated_at": statement.excluded.updated_at},
         )
         now = utcnow()
-        rows = [{"model": model, "last_window_end": end, "updated_at": now} for model, end in newest.items()]
+        rows = [{"project": ref.project, "model": ref.name, "last_window_end": end, "updated_at": now}
+                for ref, end in newest.items()]
         connection.execute(statement, rows)
 
     def requeue(self, connection: Connection, which: TaskFilter) -> list[Task]:
@@ -167,9 +171,9 @@ class TaskLifecycle:
         rows = connection.execute(
             sa.update(_tasks).where(which.where(), _tasks.c.state != RUNNING)
             .values(state=QUEUED, attempts=0, lost=0, error=None, finished_at=None, enqueued_at=utcnow())
-            .returning(_tasks.c.model, _tasks.c.window_start, _tasks.c.window_end)
+            .returning(_tasks.c.project, _tasks.c.model, _tasks.c.window_start, _tasks.c.window_end)
         ).all()
-        return [Task(model, TimeRange(start, end)) for model, start, end in rows]
+        return [Task(model, TimeRange(start, end), project) for project, model, start, end in rows]
 
     def cancel(self, connection: Connection, which: TaskFilter) -> list[str]:
         """Queued tasks become cancelled (an executor that receives one skips it); returns their ids."""
@@ -221,7 +225,8 @@ class TaskLifecycle:
         """The task's predictions and its `done` mark, in the caller's transaction; returns the rows."""
         def done(rows: int) -> FollowUp:
             return _FINISH, {"task_id": task.task_id, "rows": rows, "duration_ms": duration_ms, "now": utcnow(),
-                             "note": one_line(frame.note) if frame.note else None}
+                             "note": one_line(frame.note) if frame.note else None,
+                             "revision": frame.revision[:64] or None}
 
         try:
             return write_predictions(connection, frame, then=done)
@@ -251,13 +256,15 @@ class TaskLifecycle:
         )
 
     def dead_letter(self, connection: Connection, source: str, message_id: str | None, body: bytes,
-                    error: str) -> bool:
+                    error: str, task: Task | None = None) -> bool:
         """Keep an undecodable or unrecordable message once per (source, message id); False when it
-        was kept already. A message without an id is known by its body's hash."""
+        was kept already. A message without an id is known by its body's hash; a decoded `task` gives
+        the row its project and model."""
         message_id = message_id or "sha256:" + hashlib.sha256(body).hexdigest()
         statement = dialect_insert(connection, _letters).on_conflict_do_nothing(index_elements=["source", "message_id"])
+        named = {"project": task.project[:255], "model": task.model[:255]} if task is not None else {}
         inserted = connection.execute(statement.values(source=source[:255], message_id=message_id[:255], body=body,
-                                                       error=one_line(error), received_at=utcnow()))
+                                                       error=one_line(error), received_at=utcnow(), **named))
         return _rowcount(inserted) > 0
 
     # ------------------------------------------------------------------ retention
@@ -276,8 +283,7 @@ class TaskLifecycle:
             deleted["dead_letters"] = self._prune(
                 _letters, _letters.c.id, _letters.c.received_at < now - retention.dead_letters, batch_size)
         if retention.schedule_state is not None:
-            deleted["schedule_state"] = self._prune(
-                _schedule, _schedule.c.model, _schedule.c.updated_at < now - retention.schedule_state, batch_size)
+            deleted["schedule_state"] = self._prune_schedule(now - retention.schedule_state, batch_size)
         return deleted
 
     def _prune_predictions(self, cutoff: datetime, batch_size: int) -> int:
@@ -289,6 +295,18 @@ class TaskLifecycle:
         while True:
             with write_transaction(self.engine) as connection:
                 count = _rowcount(connection.execute(_PRUNE_VALUES_SQLITE, {"cutoff": cutoff, "limit": batch_size}))
+            total += count
+            if count < batch_size:
+                return total
+
+    def _prune_schedule(self, cutoff: datetime, batch_size: int) -> int:
+        """Schedule state of models gone (not scheduled since `cutoff`), keyed by (project, model)."""
+        total = 0
+        while True:
+            with write_transaction(self.engine) as connection:
+                key = sa.tuple_(_schedule.c.project, _schedule.c.model)
+                stale = sa.select(_schedule.c.project, _schedule.c.model).where(_schedule.c.updated_at < cutoff)
+                count = _rowcount(connection.execute(sa.delete(_schedule).where(key.in_(stale.limit(batch_size)))))
             total += count
             if count < batch_size:
                 return total
@@ -327,7 +345,7 @@ class Retention:
 
 
 def _new_row(task: Task, state: str, now: datetime) -> dict[str, Any]:
-    return {"task_id": task.task_id, "model": task.model, "window_start": task.window.start,
+    return {"task_id": task.task_id, "project": task.project, "model": task.model, "window_start": task.window.start,
             "window_end": task.window.end, "state": state, "attempts": 0, "runs": 0, "lost": 0,
             "enqueued_at": now}
 

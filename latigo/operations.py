@@ -18,6 +18,7 @@ from latigo.storage.tables import TASKS, QueuedTask
 @dataclass
 class TaskRow:
     task_id: str
+    project: str
     model: str
     window_start: str
     window_end: str
@@ -28,6 +29,7 @@ class TaskRow:
     rows: int | None
     error: str | None
     finished_at: str | None
+    revision: str | None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -60,9 +62,10 @@ def list_tasks(components: Components, which: TaskFilter, limit: int = 100) -> l
     table = TASKS
     with components.engine.connect() as connection:
         rows = connection.execute(sa.select(table).where(which.where())
-                                  .order_by(table.c.window_start.desc(), table.c.model).limit(limit)).all()
-    return [TaskRow(r.task_id, r.model, r.window_start.isoformat(), r.window_end.isoformat(), r.state, r.runs,
-                    r.attempts, r.lost, r.rows, r.error, _iso(r.finished_at)) for r in rows]
+                                  .order_by(table.c.window_start.desc(), table.c.project, table.c.model)
+                                  .limit(limit)).all()
+    return [TaskRow(r.task_id, r.project, r.model, r.window_start.isoformat(), r.window_end.isoformat(), r.state,
+                    r.runs, r.attempts, r.lost, r.rows, r.error, _iso(r.finished_at), r.revision) for r in rows]
 
 
 def prune(components: Components) -> dict[str, int]:

@@ -29,7 +29,7 @@ from latigo.observability import DATABASE_FAULTS, DATABASE_READY
 from latigo.settings import RetentionSettings, SchedulerSettings
 from latigo.storage.faults import is_infrastructure_fault
 from latigo.storage.tables import ScheduleState
-from latigo.types import Task, TimeRange, ensure_utc, parse_timestamp
+from latigo.types import DEFAULT_PROJECT, ModelRef, Task, TimeRange, ensure_utc, parse_timestamp
 
 log = logging.getLogger(__name__)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -139,6 +139,18 @@ def batched(items: Sequence[Task], size: int) -> Iterable[Sequence[Task]]:
 # ------------------------------------------------------------------ the loop (I/O)
 
 
+def as_refs(listed: Iterable[ModelRef | str]) -> list[ModelRef]:
+    """A provider's listing as (project, name): a plain name (a plug-in without projects) is a model of the
+    default project."""
+    return [item if isinstance(item, ModelRef) else ModelRef(DEFAULT_PROJECT, str(item)) for item in listed]
+
+
+def project_name_problem(project: str) -> str:
+    """Why the ledger cannot hold a task of this project, or ''."""
+    problem = model_name_problem(project)
+    return problem.replace("the name", "the project name") if problem else ""
+
+
 def model_name_problem(name: str) -> str:
     """Why the ledger cannot hold a task for this model name, or ''."""
     if not name or not name.strip():
@@ -170,7 +182,7 @@ class Scheduler:
         self.chores = list(chores)
         self.partitions_ahead = partitions_ahead
         """When set, each cycle makes sure prediction partitions exist this far ahead (PostgreSQL)."""
-        self.rejected: dict[str, str] = {}
+        self.rejected: dict[ModelRef, str] = {}
         """Models left out of the last cycle, with the reason."""
 
     def run_cycle(self, now: datetime | None = None) -> int:
@@ -179,41 +191,41 @@ class Scheduler:
         if self.partitions_ahead is not None:
             self.lifecycle.partitions.ensure_ahead(now, behind=self.settings.catch_up_limit + self.settings.interval,
                                                    ahead=self.partitions_ahead)
-        names = self._schedulable(self.models.get_model_list())
+        refs = self._schedulable(self.models.get_model_list())
         states = self._load_state()
         tasks: list[Task] = []
-        skipped: dict[str, int] = {}
-        for name in names:
-            plan = plan_windows(self.grid, now, states.get(name), self.settings.catch_up_limit)
-            tasks.extend(Task(name, window) for window in plan.windows)
+        skipped: dict[ModelRef, int] = {}
+        for ref in refs:
+            plan = plan_windows(self.grid, now, states.get(ref), self.settings.catch_up_limit)
+            tasks.extend(Task(ref.name, window, ref.project) for window in plan.windows)
             if plan.skipped:
-                skipped[name] = plan.skipped
+                skipped[ref] = plan.skipped
         if skipped:
             log.warning("catch-up limit %s: %d windows of %d models were not scheduled (use `latigo backfill` for "
                         "them), e.g. %s", self.settings.catch_up_limit, sum(skipped.values()), len(skipped),
                         ", ".join(f"{m}: {n}" for m, n in list(skipped.items())[:5]))
-        tasks.sort(key=lambda t: (t.window.start, t.model))
+        tasks.sort(key=lambda t: (t.window.start, t.project, t.model))
         new = self.enqueue(tasks, advance_state=True)
-        log.info("scheduled %d new tasks (%d due) for %d models (windows up to %s)", new, len(tasks), len(names),
-                 self.grid.latest_window(now).end.isoformat())
+        log.info("scheduled %d new tasks (%d due) for %d models in %d projects (windows up to %s)", new, len(tasks),
+                 len(refs), len({ref.project for ref in refs}), self.grid.latest_window(now).end.isoformat())
         if self.on_cycle:
             self.on_cycle(new)
         return new
 
-    def _schedulable(self, listed: Sequence[str]) -> list[str]:
-        """The listed names the ledger can hold; each other one is left out with its reason, alone."""
-        names, rejected = [], {}
-        for name in sorted(set(listed)):
-            problem = model_name_problem(name)
+    def _schedulable(self, listed: Sequence[ModelRef | str]) -> list[ModelRef]:
+        """The listed models the ledger can hold; each other one is left out with its reason, alone."""
+        refs, rejected = [], {}
+        for ref in sorted(set(as_refs(listed))):
+            problem = model_name_problem(ref.name) or project_name_problem(ref.project)
             if problem:
-                rejected[name] = problem
+                rejected[ref] = problem
             else:
-                names.append(name)
-        for name, problem in rejected.items():
-            if self.rejected.get(name) != problem:
-                log.error("model %r is not scheduled: %s", name[:80], problem)
+                refs.append(ref)
+        for ref, problem in rejected.items():
+            if self.rejected.get(ref) != problem:
+                log.error("model %r of project %r is not scheduled: %s", ref.name[:80], ref.project[:80], problem)
         self.rejected = rejected
-        return names
+        return refs
 
     def enqueue(self, tasks: Sequence[Task], advance_state: bool, progress: Callable[[int], None] | None = None) -> int:
         """Enqueue in batches: ledger rows, the queue's messages and (with `advance_state`) the schedule
@@ -233,11 +245,13 @@ class Scheduler:
         return new
 
     def backfill(self, start: datetime, end: datetime, models: Sequence[str] | None = None,
-                 progress: Callable[[int], None] | None = None, rerun: bool = False) -> int:
-        """Enqueue every grid window inside [start, end) for the given (default: all) models; with `rerun`,
-        windows already done (or failed) are computed again. Leaves schedule_state alone: a backfill fills
-        the past, the live schedule goes on. Returns how many tasks will run."""
-        tasks = self.backfill_tasks(start, end, self.backfill_models(models))
+                 progress: Callable[[int], None] | None = None, rerun: bool = False,
+                 projects: Sequence[str] | None = None) -> int:
+        """Enqueue every grid window inside [start, end) for the given (default: all) models of the given
+        (default: all) projects; with `rerun`, windows already done (or failed) are computed again. Leaves
+        schedule_state alone: a backfill fills the past, the live schedule goes on. Returns how many tasks
+        will run."""
+        tasks = self.backfill_tasks(start, end, self.backfill_models(models, projects))
         return self.enqueue_backfill(tasks, rerun, progress)
 
     def enqueue_backfill(self, tasks: Sequence[Task], rerun: bool = False,
@@ -246,18 +260,33 @@ class Scheduler:
             return self._rerun(tasks, progress)
         return self.enqueue(tasks, advance_state=False, progress=progress)
 
-    def backfill_models(self, models: Sequence[str] | None) -> list[str]:
+    def backfill_models(self, models: Sequence[str] | None, projects: Sequence[str] | None = None) -> list[ModelRef]:
+        """The listed models with these names (`name`, or `project/name`) in these projects (default: every
+        one); a name or project that matches nothing is an error naming it."""
+        listed = self._schedulable(self.models.get_model_list())
+        if projects:
+            unknown_projects = sorted(set(projects) - {ref.project for ref in listed})
+            if unknown_projects:
+                raise ConfigError(f"backfill: no models listed in project(s): {', '.join(unknown_projects)}")
+            listed = [ref for ref in listed if ref.project in set(projects)]
         if not models:
-            return self._schedulable(self.models.get_model_list())
-        names = sorted(set(models))
-        unknown = [name for name in names if model_name_problem(name) or not self.models.model_exists(name)]
+            return listed
+        chosen: list[ModelRef] = []
+        unknown = []
+        for wanted in sorted(set(models)):
+            matches = [ref for ref in listed if wanted in (ref.name, str(ref))]
+            if matches:
+                chosen.extend(matches)
+            else:
+                unknown.append(wanted)
         if unknown:
             raise ConfigError(f"backfill: unknown model(s): {', '.join(name[:80] for name in unknown)}")
-        return names
+        return sorted(set(chosen))
 
-    def backfill_tasks(self, start: datetime, end: datetime, names: Sequence[str]) -> list[Task]:
+    def backfill_tasks(self, start: datetime, end: datetime, refs: Sequence[ModelRef]) -> list[Task]:
         windows = self.grid.windows_between(start, end)
-        return sorted((Task(name, w) for name in names for w in windows), key=lambda t: (t.window.start, t.model))
+        return sorted((Task(ref.name, w, ref.project) for ref in refs for w in windows),
+                      key=lambda t: (t.window.start, t.project, t.model))
 
     def _rerun(self, tasks: Sequence[Task], progress: Callable[[int], None] | None) -> int:
         total = 0
@@ -272,10 +301,11 @@ class Scheduler:
                 progress(len(batch))
         return total
 
-    def _load_state(self) -> dict[str, datetime]:
+    def _load_state(self) -> dict[ModelRef, datetime]:
         with self.lifecycle.engine.connect() as connection:
-            rows = connection.execute(sa.select(ScheduleState.model, ScheduleState.last_window_end)).all()
-        return {model: end for model, end in rows}
+            rows = connection.execute(sa.select(ScheduleState.project, ScheduleState.model,
+                                                ScheduleState.last_window_end)).all()
+        return {ModelRef(project, model): end for project, model, end in rows}
 
     def run(self, stop: threading.Event, on_tick: Callable[[], None] | None = None) -> None:
         """Schedule at every tick until `stop` is set. A failed cycle is retried with backoff within

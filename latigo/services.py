@@ -98,7 +98,8 @@ def run_scheduler(config: Config, once: bool = False) -> int:
 
 
 def run_backfill(config: Config, start: datetime, end: datetime, models: Sequence[str] | None,
-                 progress: bool = True, rerun: bool = False, dry_run: bool = False, confirmed: bool = False) -> int:
+                 progress: bool = True, rerun: bool = False, dry_run: bool = False, confirmed: bool = False,
+                 projects: Sequence[str] | None = None) -> int:
     """Enqueue every window of [start, end) — after saying how many, and asking for --yes above
     scheduler.backfill_confirm_above."""
     from tqdm import tqdm
@@ -106,7 +107,7 @@ def run_backfill(config: Config, start: datetime, end: datetime, models: Sequenc
     components = Components(config)
     ensure_schema_current(components.engine)
     scheduler = build_scheduler(components)
-    names = scheduler.backfill_models(models)
+    names = scheduler.backfill_models(models, projects)
     if not names:
         print("nothing to backfill: the model provider lists no models")
         return 0
@@ -115,7 +116,9 @@ def run_backfill(config: Config, start: datetime, end: datetime, models: Sequenc
         print(f"nothing to backfill: no whole window of the schedule lies in [{start.isoformat()}, {end.isoformat()})")
         return 0
     first, last = tasks[0].window.start.isoformat(), tasks[-1].window.end.isoformat()
-    summary = f"{len(tasks):,} tasks: {len(names)} models x {len(tasks) // len(names):,} windows from {first} to {last}"
+    in_projects = len({ref.project for ref in names})
+    summary = (f"{len(tasks):,} tasks: {len(names)} models" + (f" in {in_projects} projects" if in_projects > 1 else "")
+               + f" x {len(tasks) // len(names):,} windows from {first} to {last}")
     if dry_run:
         print(f"would enqueue {summary}" + (" (windows already done are skipped; --rerun computes them again)"
                                              if not rerun else ""))

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from latigo.types import DEFAULT_PROJECT
+
 DEFAULT_OUTPUTS = (
     "model-output",
     "total-anomaly-scaled",
@@ -171,3 +173,16 @@ class Config:
     """Dotted key -> where its value came from: "default", "file <path>:<line>" or "env <VAR>"."""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     """The merged plain mapping the settings were built from (for printing)."""
+
+    def sole_project(self) -> str | None:
+        """The one project the model provider names (`project: NAME` or a one-item `projects`), `default` for a
+        provider without projects, None when it names several or discovers them."""
+        settings = self.model_information.settings
+        if not hasattr(settings, "project"):
+            return DEFAULT_PROJECT
+        projects = list(getattr(settings, "projects", None) or [])
+        if getattr(settings, "discover", ""):
+            return None
+        if settings.project and not projects:
+            return str(settings.project)
+        return str(projects[0]) if len(projects) == 1 else None

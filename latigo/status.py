@@ -13,11 +13,13 @@ from sqlalchemy.engine import Connection, Engine
 from latigo.lifecycle import CANCELLED, DONE, FAILED, QUEUED, RUNNING
 from latigo.storage.db import utc_from_db
 from latigo.storage.tables import DeadLetter, PredictionValue, QueuedTask, TaskRecord
+from latigo.types import ModelRef
 
 
 @dataclass
 class Failure:
     task_id: str
+    project: str
     model: str
     window_start: str
     attempts: int
@@ -57,7 +59,8 @@ class StatusReport:
         ]
         if self.last_failures:
             lines.append("last failures:")
-            lines += [f"  {f.model} {f.window_start} (runs {f.runs}, failed attempts {f.attempts}): {f.error}"
+            lines += [f"  {ModelRef(f.project, f.model).label} {f.window_start} (runs {f.runs}, failed attempts "
+                      f"{f.attempts}): {f.error}"
                       for f in self.last_failures]
         if self.last_predicted_window:
             lines.append("last predicted window end per model:")
@@ -90,23 +93,31 @@ def prediction_rows(connection: Connection) -> tuple[int, bool]:
     return connection.execute(sa.select(sa.func.count()).select_from(PredictionValue)).scalar_one(), False
 
 
-_LAST_DONE = sa.text("""
-WITH RECURSIVE known(model) AS (
-    SELECT min(model) FROM tasks
+MODELS_IN_LEDGER = """
+WITH RECURSIVE known(project, model) AS (
+    SELECT * FROM (SELECT project, model FROM tasks ORDER BY project, model LIMIT 1) AS first
     UNION ALL
-    SELECT (SELECT min(t.model) FROM tasks t WHERE t.model > known.model) FROM known WHERE known.model IS NOT NULL
-)
-SELECT known.model, (SELECT t.window_end FROM tasks t WHERE t.model = known.model AND t.state = 'done'
-                     ORDER BY t.window_end DESC LIMIT 1) AS window_end
+    SELECT (SELECT t.project FROM tasks t WHERE (t.project, t.model) > (known.project, known.model)
+            ORDER BY t.project, t.model LIMIT 1),
+           (SELECT t.model FROM tasks t WHERE (t.project, t.model) > (known.project, known.model)
+            ORDER BY t.project, t.model LIMIT 1)
+    FROM known WHERE known.model IS NOT NULL
+)"""
+"""Every (project, model) in the ledger, walked along the tasks(project, model, window_end) index one probe
+each (a skip scan): milliseconds for thousands of models, whatever the size of the ledger."""
+
+_LAST_DONE = sa.text(MODELS_IN_LEDGER + """
+SELECT known.project, known.model,
+       (SELECT t.window_end FROM tasks t WHERE t.project = known.project AND t.model = known.model
+        AND t.state = 'done' ORDER BY t.window_end DESC LIMIT 1) AS window_end
 FROM known WHERE known.model IS NOT NULL
 """)
 
 
-def last_done_windows(connection: Connection) -> list[tuple[str, Any]]:
-    """Per model, the end of its newest done window. The models are walked along the tasks(model,
-    window_end) index one probe each (a skip scan), and each model's newest done window is read backwards
-    from it: milliseconds for thousands of models, whatever the size of the ledger."""
-    return [(model, end) for model, end in connection.execute(_LAST_DONE).all() if end is not None]
+def last_done_windows(connection: Connection) -> list[tuple[str, str, Any]]:
+    """Per (project, model), the end of its newest done window, read backwards from the skip scan's probe."""
+    return [(project, model, end) for project, model, end in connection.execute(_LAST_DONE).all()
+            if end is not None]
 
 
 EXACT_LEDGER_BELOW = 500_000
@@ -138,7 +149,9 @@ def task_counts(engine: Engine) -> dict[str, int]:
     return {state: count for state, count in rows}
 
 
-def collect_status(engine: Engine, failures: int = 10, now: datetime | None = None) -> StatusReport:
+def collect_status(engine: Engine, failures: int = 10, now: datetime | None = None,
+                   projects: tuple[str, ...] = ()) -> StatusReport:
+    """The report; with `projects`, its failures and last windows are those projects' only."""
     now = now or datetime.now(timezone.utc)
     with engine.connect() as c:
         tasks, tasks_estimated = ledger_counts(c)
@@ -149,17 +162,20 @@ def collect_status(engine: Engine, failures: int = 10, now: datetime | None = No
         oldest = c.execute(sa.select(sa.func.min(TaskRecord.enqueued_at)).where(TaskRecord.state == QUEUED)).scalar()
         rows, estimated = prediction_rows(c)
         letters = c.execute(sa.select(sa.func.count()).select_from(DeadLetter)).scalar_one()
-        failed = c.execute(sa.select(TaskRecord).where(TaskRecord.state == FAILED)
+        of_projects = TaskRecord.project.in_(projects) if projects else sa.true()
+        failed = c.execute(sa.select(TaskRecord).where(TaskRecord.state == FAILED, of_projects)
                            .order_by(TaskRecord.finished_at.desc()).limit(failures)).all()
-        last = last_done_windows(c)
+        last = [row for row in last_done_windows(c) if not projects or row[0] in projects]
     oldest = utc_from_db(oldest)
     return StatusReport(
         tasks=tasks, queue_size=queue_size, queue_available=available,
         oldest_queued_age_seconds=(now - oldest).total_seconds() if oldest else None,
         prediction_rows=rows, prediction_rows_estimated=estimated, dead_letters=letters,
         tasks_estimated=tasks_estimated,
-        last_failures=[Failure(f.task_id, f.model, f.window_start.isoformat(), f.attempts, f.runs, f.error or "",
+        last_failures=[Failure(f.task_id, f.project, f.model, f.window_start.isoformat(), f.attempts, f.runs,
+                               f.error or "",
                                f.finished_at.isoformat() if f.finished_at else None) for f in failed],
-        last_predicted_window={model: end.isoformat() for model, end in
-                               ((model, utc_from_db(end)) for model, end in last) if end is not None},
+        last_predicted_window={ModelRef(project, model).label: end.isoformat() for project, model, end in
+                               ((project, model, utc_from_db(end)) for project, model, end in last)
+                               if end is not None},
     )

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -132,7 +132,7 @@ class TaskPipeline:
         if delivery.task is None:
             return self.count(self._dead_letter(delivery, None, delivery.error or "undecodable message"))
         task = delivery.task
-        with task_context(task_id=task.task_id, model=task.model, window=str(task.window)):
+        with task_context(task_id=task.task_id, project=task.project, model=task.model, window=str(task.window)):
             return self.count(self._handle_task(task, delivery))
 
     def _handle_task(self, task: Task, delivery: Delivery) -> Outcome:
@@ -173,6 +173,8 @@ class TaskPipeline:
         """Why a message is not taken at all (it can never be recorded or run), or ''."""
         if len(task.model) > MAX_NAME_LENGTH:
             return f"model name is {len(task.model)} characters; the ledger holds at most {MAX_NAME_LENGTH}"
+        if len(task.project) > MAX_NAME_LENGTH:
+            return f"project name is {len(task.project)} characters; the ledger holds at most {MAX_NAME_LENGTH}"
         if task.window.duration > self.settings.max_window:
             return f"window {task.window} is longer than executor.max_window ({self.settings.max_window})"
         if delivery.attempt > self.settings.max_deliveries:
@@ -203,14 +205,15 @@ class TaskPipeline:
     def _execute(self, task: Task) -> PredictionFrame:
         began = time.monotonic()
         try:
-            return self.execution.execute_model(task.model, task.window.start, task.window.end)
+            return self.execution.execute_model(task.ref, task.window.start, task.window.end)
         finally:
             PROVIDER_LATENCY.labels(provider=type(self.execution).__name__, call="execute_model").observe(
                 time.monotonic() - began)
 
     def _finish(self, task: Task, delivery: Delivery, frame: PredictionFrame, began: float) -> Outcome:
         # The provider returns the buckets that complete in the window (latigo.timegrid); none lies after it.
-        frame = frame.only_outputs(self.outputs)
+        # The task names the model: the frame is stored under its (project, name), whatever the provider said.
+        frame = replace(frame.only_outputs(self.outputs), project=task.project, model=task.model)
         late = [row for row in frame.rows if row.ts >= task.window.end]
         if late:
             return self._fail(task, delivery, "internal", f"internal: the provider returned {len(late)} rows at or "
@@ -296,7 +299,7 @@ class TaskPipeline:
         source = type(self.queue).__name__
 
         def change(connection: Connection) -> None:
-            kept = self.lifecycle.dead_letter(connection, source, delivery.message_id, delivery.body, error)
+            kept = self.lifecycle.dead_letter(connection, source, delivery.message_id, delivery.body, error, task)
             if task is not None:
                 self.lifecycle.fail(connection, task, f"dead_letter: {error}")
             if kept:

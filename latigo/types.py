@@ -67,6 +67,12 @@ class ModelRef(NamedTuple):
     def __str__(self) -> str:
         return f"{self.project}/{self.name}"
 
+    @property
+    def label(self) -> str:
+        """How people see it: the name alone in the default project, else "project/name" (the forms the
+        command line takes back)."""
+        return self.name if self.project == DEFAULT_PROJECT else str(self)
+
 
 def make_task_id(model: str, window: TimeRange, project: str = DEFAULT_PROJECT) -> str:
     """A deterministic id for (project, model, window): the same window always gets the same id,

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,12 +42,7 @@ from latigo.errors import (
     UnknownModelError,
 )
 from latigo.http import NO_RETRY, ClientCredentialsToken, HttpClient, RetryPolicy, describe_response
-from latigo.interfaces import (
-    CheckableProvider,
-    ModelExecutionProvider,
-    ModelInformationProvider,
-    SensorDataProvider,
-)
+from latigo.interfaces import SensorDataProvider
 from latigo.model_input import InputSettings, ModelInput, build_model_input
 from latigo.models.gordo_batches import plan_batches
 from latigo.models.gordo_kubernetes import (
@@ -78,8 +74,9 @@ class RevisionGone(TransientError):
     """The server answered 410: the revision asked for is no longer served."""
 
 
-class GordoModels(ModelInformationProvider, ModelExecutionProvider, CheckableProvider):
-    """Models served by one Gordo project; see the module docstring."""
+class GordoModels:
+    """The client of one Gordo project (models by name); see the module docstring. latigo's `gordo`
+    provider (latigo.models.gordo_projects.GordoProjects) keeps one per project."""
 
     Settings = GordoSettings
 
@@ -323,10 +320,11 @@ class GordoModels(ModelInformationProvider, ModelExecutionProvider, CheckablePro
     def _execute(self, name: str, window: TimeRange) -> PredictionFrame:
         info = self._model_info(name)
         model_input = self.model_input(info, window)
+        project, revision = self.settings.project, info.revision
         if model_input.empty or model_input.span is None:
-            return PredictionFrame(name, note=model_input.note)
+            return PredictionFrame(name, note=model_input.note, project=project, revision=revision)
         frame = self._predict(info, model_input)
-        return frame.within(model_input.span)
+        return replace(frame.within(model_input.span), project=project, revision=revision)
 
     def _sensor_provider(self) -> SensorDataProvider:
         if self._sensors is None and self._sensor_source is not None:

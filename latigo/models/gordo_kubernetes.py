@@ -199,6 +199,19 @@ class GordoKubernetes:
         except OSError as exc:
             raise PermanentError(f"kubernetes: cannot read the service account token: {exc.strerror}") from None
 
+    def project_names(self) -> list[str]:
+        """The Gordo resources of the namespace (`kubectl get gordos`): one project each, sorted."""
+        names: list[str] = []
+        params: dict[str, str] = {"limit": "500"}
+        while True:
+            body = self.http.request("GET", self.gordos_url, params=params).json()
+            names += [str(item.get("metadata", {}).get("name")) for item in body.get("items") or []
+                      if item.get("metadata", {}).get("name")]
+            token = (body.get("metadata") or {}).get("continue")
+            if not token:
+                return sorted(set(names))
+            params = {"limit": "500", "continue": str(token)}
+
     def get_gordo(self) -> dict[str, Any] | None:
         response = self.http.request("GET", self.gordo_url, accept={404})
         if response.status_code == 404:

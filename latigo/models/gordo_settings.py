@@ -13,7 +13,17 @@ from latigo.http import AzureAdSettings
 class GordoSettings(AzureAdSettings):
     base_url: str
     """Server root, e.g. https://gordo.example.com (the /gordo/v0/<project> prefix is added)."""
-    project: str
+    project: str = ""
+    """One project (the one-project form of `projects`)."""
+    projects: list[str] = field(default_factory=list)
+    """The Gordo projects served at base_url (one model server each, behind one ingress)."""
+    project_urls: dict[str, str] = field(default_factory=dict)
+    """A server root per project served elsewhere than base_url."""
+    discover: str = field(default="", metadata={"choices": ("", "kubernetes")})
+    """`kubernetes`: the projects are the Gordo resources in kubernetes_namespace, listed again every
+    schedule cycle (a new project is picked up, a removed one is no longer scheduled)."""
+    project_parallelism: int = field(default=8, metadata={"min": 1})
+    """Projects listed at once in a schedule cycle."""
     revision: str = ""
     """Pin one revision; empty = the server's latest, refreshed every `revision_refresh`."""
     batch_size: int = field(default=1000, metadata={"min": 1})

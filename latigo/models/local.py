@@ -15,7 +15,7 @@ import pickle
 import re
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,7 @@ from latigo.interfaces import ModelExecutionProvider, ModelInformationProvider, 
 from latigo.storage.db import write_transaction
 from latigo.storage.tables import MODELS, ModelRecord
 from latigo.storage.upsert import dialect_insert
-from latigo.types import ModelInfo, ModelStatus, PredictionFrame, TimeRange, parse_timestamp
+from latigo.types import DEFAULT_PROJECT, ModelInfo, ModelRef, ModelStatus, PredictionFrame, TimeRange, parse_timestamp
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -137,6 +137,8 @@ class LocalModels(ModelInformationProvider, ModelExecutionProvider):
     @dataclass
     class Settings:
         validation_folds: int = 3
+        project: str = DEFAULT_PROJECT
+        """The project every local model belongs to."""
 
     @classmethod
     def from_settings(cls, settings: Settings, components: Any) -> LocalModels:
@@ -145,30 +147,37 @@ class LocalModels(ModelInformationProvider, ModelExecutionProvider):
     def __init__(self, engine: Engine, sensors: SensorDataProvider, settings: Settings | None = None) -> None:
         self.engine, self.sensors = engine, sensors
         self.settings = settings or self.Settings()
-        self._cache: dict[tuple[str, str], FittedModel] = {}
+        self._cache: dict[tuple[str, str, str], FittedModel] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ information
-    def get_model_list(self) -> list[str]:
-        with self.engine.connect() as connection:
-            return list(connection.execute(
-                sa.select(ModelRecord.name).where(ModelRecord.status == READY).order_by(ModelRecord.name)
-            ).scalars())
+    @property
+    def project(self) -> str:
+        return self.settings.project
 
-    def model_exists(self, name: str) -> bool:
-        record = self._record(name)
+    def get_model_list(self) -> list[ModelRef]:
+        with self.engine.connect() as connection:
+            names = connection.execute(
+                sa.select(ModelRecord.name).where(ModelRecord.project == self.project, ModelRecord.status == READY)
+                .order_by(ModelRecord.name)
+            ).scalars()
+            return [ModelRef(self.project, name) for name in names]
+
+    def model_exists(self, model: ModelRef) -> bool:
+        record = self._record(model)
         return record is not None and record.status == READY
 
-    def get_model_info(self, name: str) -> ModelInfo:
-        record = self._ready_record(name)
+    def get_model_info(self, model: ModelRef) -> ModelInfo:
+        record = self._ready_record(model)
         return ModelInfo(name=record.name, tags=tuple(record.tags), target_tags=tuple(record.target_tags),
-                         resolution=timedelta(seconds=record.resolution_seconds), project="local",
+                         resolution=timedelta(seconds=record.resolution_seconds), project=self.project,
                          revision=record.revision, model_offset=record.model_offset)
 
-    def get_model_status(self, name: str) -> ModelStatus:
-        record = self._record(name)
+    def get_model_status(self, model: ModelRef) -> ModelStatus:
+        name = model.name
+        record = self._record(model)
         if record is None:
-            return ModelStatus(name, "unknown", f"no model {name!r} is registered")
+            return ModelStatus(name, "unknown", f"no model {str(model)!r} is registered")
         return ModelStatus(name, record.status, record.status_reason,
                            {"revision": record.revision, "tags": list(record.tags)})
 
@@ -188,15 +197,16 @@ class LocalModels(ModelInformationProvider, ModelExecutionProvider):
         self._save(spec, READY, "", pickle.dumps(fitted), dict(model_data))
         log.info("model %s trained on %d sensors over %s", spec.name, len(spec.tags), spec.train)
 
-    def unregister_model(self, name: str) -> None:
+    def unregister_model(self, model: ModelRef) -> None:
         with write_transaction(self.engine) as connection:
-            deleted = connection.execute(sa.delete(ModelRecord).where(ModelRecord.name == name)).rowcount
+            deleted = connection.execute(sa.delete(ModelRecord).where(ModelRecord.project == model.project,
+                                                                      ModelRecord.name == model.name)).rowcount
         if not deleted:
-            raise UnknownModelError(f"no model {name!r} is registered")
+            raise UnknownModelError(f"no model {str(model)!r} is registered")
 
     def _save(self, spec: MachineSpec, status: str, reason: str, artifact: bytes | None, raw: dict) -> None:
         now = datetime.now(timezone.utc)
-        values = {"name": spec.name, "project": "local", "revision": now.strftime("%Y%m%d%H%M%S%f"),
+        values = {"name": spec.name, "project": self.project, "revision": now.strftime("%Y%m%d%H%M%S%f"),
                   "tags": list(spec.tags), "target_tags": list(spec.target_tags),
                   "resolution_seconds": int(spec.resolution.total_seconds()), "model_offset": 0,
                   "status": status, "status_reason": reason, "spec": _jsonable(raw), "artifact": artifact,
@@ -204,48 +214,56 @@ class LocalModels(ModelInformationProvider, ModelExecutionProvider):
         with write_transaction(self.engine) as connection:
             statement = dialect_insert(connection, MODELS)
             connection.execute(statement.on_conflict_do_update(
-                index_elements=["name"], set_={k: v for k, v in values.items() if k != "name"}), values)
+                index_elements=["project", "name"],
+                set_={k: v for k, v in values.items() if k not in ("project", "name")}), values)
 
     # ------------------------------------------------------------------ execution
-    def execute_model(self, name: str, start: datetime, end: datetime) -> PredictionFrame:
-        info = self.get_model_info(name)
-        fitted = self._fitted(name, info.revision)
+    def execute_model(self, model: ModelRef, start: datetime, end: datetime) -> PredictionFrame:
+        info = self.get_model_info(model)
+        fitted = self._fitted(model, info.revision)
         from latigo.model_input import build_model_input  # pandas, loaded when a model runs
 
         window = TimeRange(start, end)
         model_input = build_model_input(info, window, self.sensors)
+        project, revision = model.project, info.revision
         if model_input.empty or model_input.span is None:
-            return PredictionFrame(name, note=model_input.note)
-        return PredictionFrame.from_groups(name, fitted.outputs(model_input.X)).within(model_input.span)
+            return PredictionFrame(model.name, note=model_input.note, project=project, revision=revision)
+        frame = PredictionFrame.from_groups(model.name, fitted.outputs(model_input.X)).within(model_input.span)
+        return replace(frame, project=project, revision=revision)
 
-    def _fitted(self, name: str, revision: str) -> FittedModel:
+    def _fitted(self, model: ModelRef, revision: str) -> FittedModel:
+        key = (model.project, model.name, revision)
         with self._lock:
-            cached = self._cache.get((name, revision))
+            cached = self._cache.get(key)
         if cached is None:
             with self.engine.connect() as connection:
-                blob = connection.execute(sa.select(ModelRecord.artifact).where(ModelRecord.name == name)).scalar()
+                blob = connection.execute(sa.select(ModelRecord.artifact).where(
+                    ModelRecord.project == model.project, ModelRecord.name == model.name)).scalar()
             if blob is None:
-                raise PermanentError(f"model {name} has no trained artifact; register it again")
+                raise PermanentError(f"model {model} has no trained artifact; register it again")
             cached = pickle.loads(blob)
             with self._lock:
-                self._cache[(name, revision)] = cached
+                self._cache[key] = cached
         return cached
 
-    def _record(self, name: str) -> Any:
+    def _record(self, model: ModelRef) -> Any:
+        if model.project != self.project:
+            return None
         with self.engine.connect() as connection:
             return connection.execute(
                 sa.select(ModelRecord.name, ModelRecord.status, ModelRecord.status_reason, ModelRecord.revision,
                           ModelRecord.tags, ModelRecord.target_tags, ModelRecord.resolution_seconds,
-                          ModelRecord.model_offset).where(ModelRecord.name == name)
+                          ModelRecord.model_offset)
+                .where(ModelRecord.project == model.project, ModelRecord.name == model.name)
             ).first()
 
-    def _ready_record(self, name: str) -> Any:
-        record = self._record(name)
+    def _ready_record(self, model: ModelRef) -> Any:
+        record = self._record(model)
         if record is None:
-            raise UnknownModelError(f"no model {name!r} is registered")
+            raise UnknownModelError(f"no model {str(model)!r} is registered")
         if record.status != READY:
             detail = f": {record.status_reason}" if record.status_reason else ""
-            raise PermanentError(f"model {name} is not ready (status {record.status}{detail})")
+            raise PermanentError(f"model {model} is not ready (status {record.status}{detail})")
         return record
 
 

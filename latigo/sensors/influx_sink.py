@@ -110,8 +110,8 @@ class InfluxPredictionSink(PredictionSink):
 
     def lines(self, frame: PredictionFrame) -> tuple[list[str], int]:
         """The line-protocol lines for `frame` and how many rows could not be written."""
-        model = escape_tag(frame.model)
-        if model is None:
+        model, project = escape_tag(frame.model), escape_tag(frame.project)
+        if model is None or project is None:
             return [], len(frame.rows)
         lines: list[str] = []
         skipped = 0
@@ -124,7 +124,8 @@ class InfluxPredictionSink(PredictionSink):
                 skipped += 1
                 continue
             tag_part = f",tag={tag}" if tag else ""  # InfluxDB drops empty tag values anyway
-            lines.append(f"{measurement},model={model}{tag_part} value={value!r} {_timestamp_ns(row.ts)}")
+            lines.append(f"{measurement},model={model},project={project}{tag_part} value={value!r} "
+                         f"{_timestamp_ns(row.ts)}")
         return lines, skipped
 
     def _measurement(self, output: str) -> str | None:

@@ -39,15 +39,19 @@ def current_revision(engine: Engine) -> str | None:
     return schema.current_revision(engine)
 
 
-def _run(engine: Engine, action, *args) -> None:
+def _run(engine: Engine, action, *args, project: str | None = None) -> None:
     cfg = _alembic_config()
     with engine.begin() as connection:
         cfg.attributes["connection"] = connection
+        if project:
+            cfg.attributes["project"] = project
         action(cfg, *args)
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    _run(engine, command.upgrade, revision)
+def upgrade(engine: Engine, revision: str = "head", project: str | None = None) -> None:
+    """Upgrade to `revision`. `project`: the project the rows already in the database belong to (migration
+    0005 gives it to every row that predates projects)."""
+    _run(engine, command.upgrade, revision, project=project)
 
 
 def downgrade(engine: Engine, revision: str) -> None:

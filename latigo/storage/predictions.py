@@ -1,7 +1,7 @@
 """Bulk, idempotent prediction writes into series + prediction_values.
 
 Values are keyed by (series_id, ts): a redelivered task rewrites the same rows instead of adding new
-ones. A series (model, output, tag) is created the first time it is written, in the task's own
+ones. A series (project, model, output, tag) is created the first time it is written, in the task's own
 transaction, so a rolled-back task leaves no half-made series behind.
 
 PostgreSQL: a task's few hundred rows go in one INSERT ... SELECT from unnest() of four arrays joined to
@@ -29,7 +29,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
 from latigo.storage.tables import UtcDateTime
-from latigo.types import PredictionFrame
+from latigo.types import ModelRef, PredictionFrame
 
 Key = tuple[str, str, datetime]  # (output, tag, ts) within one model
 
@@ -39,11 +39,12 @@ COPY_FROM_ROWS = 2000
 _PG_UNNEST = (
     "INSERT INTO prediction_values (series_id, ts, value) SELECT s.id, u.ts, u.value "
     "FROM unnest(%(outputs)s::text[], %(tags)s::text[], %(stamps)s::timestamptz[], %(values)s::float8[]) "
-    "AS u(output, tag, ts, value) JOIN series s ON s.model = %(model)s AND s.output = u.output AND s.tag = u.tag "
+    "AS u(output, tag, ts, value) JOIN series s ON s.project = %(project)s AND s.model = %(model)s "
+    "AND s.output = u.output AND s.tag = u.tag "
     "ON CONFLICT (series_id, ts) DO UPDATE SET value = EXCLUDED.value"
 )
-_PG_SERIES = ("INSERT INTO series (model, output, tag) VALUES %s "
-              "ON CONFLICT (model, output, tag) DO NOTHING")
+_PG_SERIES = ("INSERT INTO series (project, model, output, tag) VALUES %s "
+              "ON CONFLICT (project, model, output, tag) DO NOTHING")
 _STAGING_DDL = (
     "CREATE TEMPORARY TABLE IF NOT EXISTS prediction_staging "
     "(series_id integer, ts timestamptz, value double precision) ON COMMIT DELETE ROWS"
@@ -52,11 +53,12 @@ _MERGE = (
     "INSERT INTO prediction_values (series_id, ts, value) SELECT series_id, ts, value FROM prediction_staging "
     "ON CONFLICT (series_id, ts) DO UPDATE SET value = EXCLUDED.value"
 )
-_SQLITE_SERIES = sa.text("INSERT INTO series (model, output, tag) VALUES (:model, :output, :tag) "
-                         "ON CONFLICT (model, output, tag) DO NOTHING")
+_SQLITE_SERIES = sa.text("INSERT INTO series (project, model, output, tag) VALUES (:project, :model, :output, :tag) "
+                         "ON CONFLICT (project, model, output, tag) DO NOTHING")
 _SQLITE_VALUES = sa.text(
     "INSERT INTO prediction_values (series_id, ts, value) "
-    "SELECT id, :ts, :value FROM series WHERE model = :model AND output = :output AND tag = :tag "
+    "SELECT id, :ts, :value FROM series WHERE project = :project AND model = :model AND output = :output "
+    "AND tag = :tag "
     "ON CONFLICT (series_id, ts) DO UPDATE SET value = excluded.value"
 ).bindparams(sa.bindparam("ts", type_=UtcDateTime))
 
@@ -78,20 +80,20 @@ def write_predictions(connection: Connection, frame: PredictionFrame,
     unique = {(row.output, row.tag, row.ts): row.value for row in frame.rows}
     follow_up = then(len(unique)) if then is not None else None
     if connection.dialect.name == "postgresql" and 0 < len(unique) < COPY_FROM_ROWS:
-        _values_upsert(connection, frame.model, unique, follow_up)
+        _values_upsert(connection, frame.ref, unique, follow_up)
         return len(unique)
     if unique and connection.dialect.name != "postgresql":
-        _sqlite_upsert(connection, frame.model, unique)
+        _sqlite_upsert(connection, frame.ref, unique)
     elif unique:
-        _copy_merge(connection, frame.model, unique)
+        _copy_merge(connection, frame.ref, unique)
     if follow_up is not None:
         connection.execute(*follow_up)
     return len(unique)
 
 
-def _values_upsert(connection: Connection, model: str, rows: Mapping[Key, float],
+def _values_upsert(connection: Connection, ref: ModelRef, rows: Mapping[Key, float],
                    follow_up: FollowUp | None) -> None:
-    params = {"model": model, "outputs": _array_literal(key[0] for key in rows),
+    params = {"project": ref.project, "model": ref.name, "outputs": _array_literal(key[0] for key in rows),
               "tags": _array_literal(key[1] for key in rows),
               "stamps": _array_literal(key[2].isoformat() for key in rows),
               "values": "{" + ",".join(_copy_float(value) for value in rows.values()) + "}"}
@@ -103,10 +105,10 @@ def _values_upsert(connection: Connection, model: str, rows: Mapping[Key, float]
             _pg_insert_unnest(cursor, _with_follow_up(statement, connection.dialect), {**follow_up_params, **params})
             written = cursor.fetchone()[0]
         if written < len(rows):  # some series are new: create them, then write again (idempotent)
-            _pg_insert_series(cursor, model, {(output, tag) for output, tag, _ in rows})
+            _pg_insert_series(cursor, ref, {(output, tag) for output, tag, _ in rows})
             written = _pg_insert_unnest(cursor, _PG_UNNEST, params)
     if written != len(rows):
-        raise RuntimeError(f"{len(rows) - written} of {len(rows)} prediction rows of {model!r} found no series")
+        raise RuntimeError(f"{len(rows) - written} of {len(rows)} prediction rows of {str(ref)!r} found no series")
 
 
 @functools.lru_cache(maxsize=8)
@@ -155,17 +157,17 @@ def _pg_insert_unnest(cursor: Any, statement: str, params: dict[str, Any]) -> in
     return cursor.rowcount
 
 
-def _pg_insert_series(cursor: Any, model: str, names: set[tuple[str, str]]) -> None:
-    execute_values(cursor, _PG_SERIES, [(model, output, tag) for output, tag in sorted(names)])
+def _pg_insert_series(cursor: Any, ref: ModelRef, names: set[tuple[str, str]]) -> None:
+    execute_values(cursor, _PG_SERIES, [(ref.project, ref.name, output, tag) for output, tag in sorted(names)])
 
 
-def _copy_merge(connection: Connection, model: str, rows: Mapping[Key, float]) -> None:
+def _copy_merge(connection: Connection, ref: ModelRef, rows: Mapping[Key, float]) -> None:
     with _raw_cursor(connection) as cursor:
-        ids = _series_ids(cursor, model)
+        ids = _series_ids(cursor, ref)
         missing = {(output, tag) for output, tag, _ in rows} - set(ids)
         if missing:
-            _pg_insert_series(cursor, model, missing)
-            ids = _series_ids(cursor, model)
+            _pg_insert_series(cursor, ref, missing)
+            ids = _series_ids(cursor, ref)
         buffer = io.StringIO()
         for (output, tag, ts), value in rows.items():
             buffer.write(f"{ids[(output, tag)]}\t{ts.isoformat()}\t{_copy_float(value)}\n")
@@ -183,8 +185,8 @@ def _copy_merge(connection: Connection, model: str, rows: Mapping[Key, float]) -
         cursor.execute("DELETE FROM prediction_staging")
 
 
-def _series_ids(cursor: Any, model: str) -> dict[tuple[str, str], int]:
-    cursor.execute("SELECT output, tag, id FROM series WHERE model = %s", (model,))
+def _series_ids(cursor: Any, ref: ModelRef) -> dict[tuple[str, str], int]:
+    cursor.execute("SELECT output, tag, id FROM series WHERE project = %s AND model = %s", (ref.project, ref.name))
     return {(output, tag): series_id for output, tag, series_id in cursor.fetchall()}
 
 
@@ -194,10 +196,11 @@ def _copy_float(value: float) -> str:
     return repr(float(value))
 
 
-def _sqlite_upsert(connection: Connection, model: str, rows: Mapping[Key, float]) -> None:
+def _sqlite_upsert(connection: Connection, ref: ModelRef, rows: Mapping[Key, float]) -> None:
     names = {(output, tag) for output, tag, _ in rows}
-    connection.execute(_SQLITE_SERIES, [{"model": model, "output": o, "tag": t} for o, t in sorted(names)])
+    named = {"project": ref.project, "model": ref.name}
+    connection.execute(_SQLITE_SERIES, [{**named, "output": o, "tag": t} for o, t in sorted(names)])
     connection.execute(
         _SQLITE_VALUES,
-        [{"model": model, "output": o, "tag": t, "ts": ts, "value": v} for (o, t, ts), v in rows.items()],
+        [{**named, "output": o, "tag": t, "ts": ts, "value": v} for (o, t, ts), v in rows.items()],
     )

@@ -57,8 +57,8 @@ class ModelRecord(Base):
     """Models latigo knows of; local models also keep their fitted artifact here."""
 
     __tablename__ = "models"
+    project: Mapped[str] = mapped_column(String(255), primary_key=True)
     name: Mapped[str] = mapped_column(String(255), primary_key=True)
-    project: Mapped[str] = mapped_column(String(255), default="")
     revision: Mapped[str] = mapped_column(String(64), default="")
     tags: Mapped[list] = mapped_column(JSON, default=list)
     target_tags: Mapped[list] = mapped_column(JSON, default=list)
@@ -73,9 +73,10 @@ class ModelRecord(Base):
 
 
 class ScheduleState(Base):
-    """Per model, the end of the last window enqueued: restarts resume from here."""
+    """Per (project, model), the end of the last window enqueued: restarts resume from here."""
 
     __tablename__ = "schedule_state"
+    project: Mapped[str] = mapped_column(String(255), primary_key=True)
     model: Mapped[str] = mapped_column(String(255), primary_key=True)
     last_window_end: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
@@ -86,10 +87,12 @@ class TaskRecord(Base):
 
     `attempts` counts runs in which the model ran and failed in a way worth retrying (what
     executor.max_attempts caps); `lost` counts runs that never finished (the executor died); `runs`
-    counts every start. A release on shutdown or an infrastructure fault counts in neither."""
+    counts every start. A release on shutdown or an infrastructure fault counts in neither. `revision` is
+    the model server's revision that produced the task's rows (set when it is done)."""
 
     __tablename__ = "tasks"
     task_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project: Mapped[str] = mapped_column(String(255))
     model: Mapped[str] = mapped_column(String(255))
     window_start: Mapped[datetime] = mapped_column(UtcDateTime)
     window_end: Mapped[datetime] = mapped_column(UtcDateTime)
@@ -104,24 +107,26 @@ class TaskRecord(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     duration_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
     rows: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    revision: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     __table_args__ = (
         Index(None, "state", "finished_at"),
-        Index(None, "model", "window_end"),
+        Index(None, "project", "model", "window_end"),
     )
 
 
 class Series(Base):
-    """One predicted series: (model, output group, tag) ↔ a small integer, so each stored value carries
-    4 bytes of key instead of three strings."""
+    """One predicted series: (project, model, output group, tag) ↔ a small integer, so each stored value
+    carries 4 bytes of key instead of four strings."""
 
     __tablename__ = "series"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project: Mapped[str] = mapped_column(String(255))
     model: Mapped[str] = mapped_column(String(255))
     output: Mapped[str] = mapped_column(String(64))
     tag: Mapped[str] = mapped_column(String(255))
 
-    __table_args__ = (Index(None, "model", "output", "tag", unique=True),)
+    __table_args__ = (Index(None, "project", "model", "output", "tag", unique=True),)
 
 
 PREDICTION_VALUES = "prediction_values"
@@ -154,6 +159,7 @@ class AnomalyAlert(Base):
     __tablename__ = "anomaly_alerts"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     event: Mapped[str] = mapped_column(String(16), primary_key=True)  # started | ended
+    project: Mapped[str] = mapped_column(String(255))
     model: Mapped[str] = mapped_column(String(255))
     episode_start: Mapped[datetime] = mapped_column(UtcDateTime)
     claimed_at: Mapped[datetime] = mapped_column(UtcDateTime)
@@ -167,10 +173,11 @@ class ViewBase(DeclarativeBase):
 
 
 class Prediction(ViewBase):
-    """The `predictions` view (model, output, tag, ts, value): every stored value with its series' names,
-    so queries, `latigo status` and Grafana read predictions as they always did."""
+    """The `predictions` view (project, model, output, tag, ts, value): every stored value with its series'
+    names, so queries, `latigo status` and Grafana read predictions as they always did."""
 
     __tablename__ = "predictions"
+    project: Mapped[str] = mapped_column(String(255), primary_key=True)
     model: Mapped[str] = mapped_column(String(255), primary_key=True)
     output: Mapped[str] = mapped_column(String(64), primary_key=True)
     tag: Mapped[str] = mapped_column(String(255), primary_key=True)
@@ -179,7 +186,7 @@ class Prediction(ViewBase):
 
 
 PREDICTIONS_VIEW_SQL = (
-    "CREATE VIEW predictions AS SELECT s.model, s.output, s.tag, v.ts, v.value "
+    "CREATE VIEW predictions AS SELECT s.project, s.model, s.output, s.tag, v.ts, v.value "
     "FROM prediction_values v JOIN series s ON s.id = v.series_id"
 )
 
@@ -222,11 +229,13 @@ class EventHubCheckpoint(Base):
 
 class DeadLetter(Base):
     """Messages that could not be decoded or recorded, kept once per (source, message id) with their raw
-    body for a human to look at."""
+    body for a human to look at; `project` and `model` when the body named them."""
 
     __tablename__ = "dead_letters"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     source: Mapped[str] = mapped_column(String(255))
+    project: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    model: Mapped[str | None] = mapped_column(String(255), nullable=True)
     message_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
     body: Mapped[bytes] = mapped_column(LargeBinary)
     error: Mapped[str] = mapped_column(Text)

@@ -21,9 +21,10 @@ from sqlalchemy.engine.url import make_url
 from latigo.errors import ConfigError
 from latigo.lifecycle import DONE, FAILED, QUEUED, RUNNING
 from latigo.settings import DatabaseSettings
-from latigo.status import last_done_windows
+from latigo.status import MODELS_IN_LEDGER, last_done_windows
 from latigo.storage.db import utc_from_db
 from latigo.storage.tables import DeadLetter, ScheduleState, TaskRecord, UtcDateTime
+from latigo.types import ModelRef
 
 TOTAL_CONFIDENCE = "total-anomaly-confidence"
 TAG_OUTPUTS = ("anomaly-confidence", "tag-anomaly-scaled")
@@ -99,14 +100,14 @@ class ReasonCount:
     reason: str
     count: int
     last_at: datetime | None
-    example_model: str = ""
+    example_model: ModelRef | None = None
     example_window: datetime | None = None
     example_error: str = ""
 
 
 @dataclass
 class FailureRow:
-    model: str
+    model: ModelRef
     window_start: datetime
     reason: str
     error: str
@@ -146,7 +147,7 @@ class Health:
 
 @dataclass
 class ModelRow:
-    name: str
+    ref: ModelRef
     last_done_end: datetime | None = None
     newest_state: str | None = None
     newest_window_end: datetime | None = None
@@ -159,6 +160,14 @@ class ModelRow:
     def above(self) -> bool:
         return self.confidence is not None and self.confidence > THRESHOLD
 
+    @property
+    def name(self) -> str:
+        return self.ref.name
+
+    @property
+    def label(self) -> str:
+        return self.ref.label
+
 
 @dataclass
 class Overview:
@@ -166,6 +175,9 @@ class Overview:
     models: list[ModelRow]
     total_models: int
     since: datetime
+    projects: list[str] = field(default_factory=list)
+    """Every project of the ledger; `project` the one shown (empty: all)."""
+    project: str = ""
 
 
 @dataclass
@@ -181,11 +193,12 @@ class TaskRow:
     duration_ms: int | None
     rows: int | None
     error: str | None
+    revision: str | None = None
 
 
 @dataclass
 class ModelDetail:
-    name: str
+    ref: ModelRef
     output: str | None
     """The per-tag output drawn (None: the model has no per-tag anomaly series)."""
     outputs: list[str]
@@ -197,6 +210,10 @@ class ModelDetail:
     until: datetime
     row: ModelRow | None
     hours: int = MAX_HOURS
+
+    @property
+    def name(self) -> str:
+        return self.ref.name
 
     @property
     def known(self) -> bool:
@@ -247,9 +264,11 @@ def pipeline_health(connection: Connection, now: datetime) -> Health:
     )
     health.reasons = _reasons(connection, day)
     health.recent_failures = [
-        FailureRow(r.model, r.window_start, reason_of(r.error), r.error or "", r.finished_at, r.runs, r.attempts)
+        FailureRow(ModelRef(r.project, r.model), r.window_start, reason_of(r.error), r.error or "", r.finished_at,
+                   r.runs, r.attempts)
         for r in connection.execute(
-            sa.select(_tasks.c.model, _tasks.c.window_start, _tasks.c.error, _tasks.c.finished_at, _tasks.c.runs,
+            sa.select(_tasks.c.project, _tasks.c.model, _tasks.c.window_start, _tasks.c.error, _tasks.c.finished_at,
+                      _tasks.c.runs,
                       _tasks.c.attempts)
             .where(_finished(FAILED, day)).order_by(_tasks.c.finished_at.desc()).limit(RECENT_FAILURES))]
     health.executors = _executors(connection, hour)
@@ -275,11 +294,12 @@ def _reasons(connection: Connection, since: datetime) -> list[ReasonCount]:
             prefix = entry.reason + ":"
             condition = sa.and_(condition, sa.func.substr(_tasks.c.error, 1, len(prefix)) == prefix)
         example = connection.execute(
-            sa.select(_tasks.c.model, _tasks.c.window_start, _tasks.c.error).where(condition)
+            sa.select(_tasks.c.project, _tasks.c.model, _tasks.c.window_start, _tasks.c.error).where(condition)
             .order_by(_tasks.c.finished_at.desc()).limit(1 if entry.reason != "other" else 50)).all()
-        for model, start, error in example:
+        for project, model, start, error in example:
             if entry.reason != "other" or reason_of(error) == "other":
-                entry.example_model, entry.example_window, entry.example_error = model, start, error or ""
+                entry.example_model = ModelRef(project, model)
+                entry.example_window, entry.example_error = start, error or ""
                 break
     return sorted(merged.values(), key=lambda r: (-r.count, r.reason))
 
@@ -330,28 +350,33 @@ def _bucket(connection: Connection, column: Any, seconds: int) -> Any:
 
 # ---------------------------------------------------------------------------------------------- models
 
-_NEWEST_TASK = sa.text("""
-WITH RECURSIVE known(model) AS (
-    SELECT min(model) FROM tasks
-    UNION ALL
-    SELECT (SELECT min(t.model) FROM tasks t WHERE t.model > known.model) FROM known WHERE known.model IS NOT NULL
-)
-SELECT known.model,
-       (SELECT t.state FROM tasks t WHERE t.model = known.model ORDER BY t.window_end DESC LIMIT 1) AS state,
-       (SELECT t.window_end FROM tasks t WHERE t.model = known.model ORDER BY t.window_end DESC LIMIT 1) AS window_end
+_NEWEST_TASK = sa.text(MODELS_IN_LEDGER + """
+SELECT known.project, known.model,
+       (SELECT t.state FROM tasks t WHERE t.project = known.project AND t.model = known.model
+        ORDER BY t.window_end DESC LIMIT 1) AS state,
+       (SELECT t.window_end FROM tasks t WHERE t.project = known.project AND t.model = known.model
+        ORDER BY t.window_end DESC LIMIT 1) AS window_end
 FROM known WHERE known.model IS NOT NULL
-""").columns(model=sa.String, state=sa.String, window_end=UtcDateTime)
-"""Per model, its newest task (by window): the skip scan of `latigo status`'s last-done query."""
+""").columns(project=sa.String, model=sa.String, state=sa.String, window_end=UtcDateTime)
+"""Per (project, model), its newest task (by window): the skip scan of `latigo status`'s last-done query."""
 
-_LATEST_VALUE = sa.text("""
-SELECT s.model, s.id,
-       (SELECT v.ts FROM prediction_values v WHERE v.series_id = s.id AND v.ts >= :since
-        ORDER BY v.ts DESC LIMIT 1) AS ts,
-       (SELECT v.value FROM prediction_values v WHERE v.series_id = s.id AND v.ts >= :since
-        ORDER BY v.ts DESC LIMIT 1) AS value
-FROM series s WHERE s.model IN :models AND s.output = :output
-""").bindparams(sa.bindparam("models", expanding=True), sa.bindparam("since", type_=UtcDateTime)).columns(
-    model=sa.String, id=sa.Integer, ts=UtcDateTime, value=sa.Float)
+_series_table = sa.table("series", sa.column("id"), sa.column("project"), sa.column("model"), sa.column("output"),
+                         sa.column("tag"))
+_values_table = sa.table("prediction_values", sa.column("series_id"), sa.column("ts"), sa.column("value"))
+
+
+def _latest_value(column: Any, since: Any) -> Any:
+    return (sa.select(column).where(_values_table.c.series_id == _series_table.c.id, _values_table.c.ts >= since)
+            .order_by(_values_table.c.ts.desc()).limit(1).scalar_subquery())
+
+
+def _latest_values(refs: Sequence[ModelRef], output: str, since: datetime) -> Any:
+    """Per series of `output` of these models, its newest value since `since` (one probe of the key each)."""
+    bound = sa.bindparam("since", since, type_=UtcDateTime)
+    s = _series_table
+    return sa.select(s.c.project, s.c.model, s.c.id, _latest_value(_values_table.c.ts, bound).label("ts"),
+                     _latest_value(_values_table.c.value, bound).label("value")).where(
+        sa.tuple_(s.c.project, s.c.model).in_([tuple(ref) for ref in refs]), s.c.output == output)
 
 
 def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
@@ -359,35 +384,45 @@ def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
         yield items[index:index + size]
 
 
-def model_rows(connection: Connection, now: datetime, names: Sequence[str] | None = None) -> list[ModelRow]:
-    """Every model of the ledger (or `names`), with its last done window, newest task, scheduled end and
-    latest total-anomaly-confidence of the last 24 hours."""
-    rows: dict[str, ModelRow] = {}
-    if names is None:
-        for model, state, end in connection.execute(_NEWEST_TASK):
-            rows[model] = ModelRow(model, newest_state=state, newest_window_end=end)
-        for model, end in last_done_windows(connection):
-            if model in rows:
-                rows[model].last_done_end = utc_from_db(end)
+def _of(table: Any, ref: ModelRef) -> Any:
+    return sa.and_(table.c.project == ref.project, table.c.model == ref.name)
+
+
+def model_rows(connection: Connection, now: datetime, refs: Sequence[ModelRef] | None = None,
+               project: str = "") -> list[ModelRow]:
+    """Every model of the ledger (or `refs`, or the models of `project`), with its last done window, newest
+    task, scheduled end and latest total-anomaly-confidence of the last 24 hours."""
+    rows: dict[ModelRef, ModelRow] = {}
+    if refs is None:
+        for row_project, model, state, end in connection.execute(_NEWEST_TASK):
+            if not project or row_project == project:
+                ref = ModelRef(row_project, model)
+                rows[ref] = ModelRow(ref, newest_state=state, newest_window_end=end)
+        for row_project, model, end in last_done_windows(connection):
+            if ModelRef(row_project, model) in rows:
+                rows[ModelRef(row_project, model)].last_done_end = utc_from_db(end)
     else:
-        for name in names:
+        for ref in refs:
             newest = connection.execute(
-                sa.select(_tasks.c.state, _tasks.c.window_end).where(_tasks.c.model == name)
+                sa.select(_tasks.c.state, _tasks.c.window_end).where(_of(_tasks, ref))
                 .order_by(_tasks.c.window_end.desc()).limit(1)).first()
             done = connection.execute(
-                sa.select(_tasks.c.window_end).where(_tasks.c.model == name, _tasks.c.state == DONE)
+                sa.select(_tasks.c.window_end).where(_of(_tasks, ref), _tasks.c.state == DONE)
                 .order_by(_tasks.c.window_end.desc()).limit(1)).scalar()
-            rows[name] = ModelRow(name, last_done_end=done, newest_state=newest.state if newest else None,
-                                  newest_window_end=newest.window_end if newest else None)
+            rows[ref] = ModelRow(ref, last_done_end=done, newest_state=newest.state if newest else None,
+                                 newest_window_end=newest.window_end if newest else None)
     models = list(rows)
     since = now - timedelta(hours=MAX_HOURS)
     for chunk in _chunks(models):
-        for model, end in connection.execute(
-                sa.select(_schedule.c.model, _schedule.c.last_window_end).where(_schedule.c.model.in_(chunk))):
-            rows[model].scheduled_until = end
-        for model, _series, ts, value in connection.execute(
-                _LATEST_VALUE, {"models": list(chunk), "output": TOTAL_CONFIDENCE, "since": since}):
-            row = rows[model]
+        keys = [tuple(ref) for ref in chunk]
+        for row_project, model, end in connection.execute(
+                sa.select(_schedule.c.project, _schedule.c.model, _schedule.c.last_window_end)
+                .where(sa.tuple_(_schedule.c.project, _schedule.c.model).in_(keys))):
+            rows[ModelRef(row_project, model)].scheduled_until = end
+        for row_project, model, _series, ts, value in connection.execute(
+                _latest_values(chunk, TOTAL_CONFIDENCE, since)):
+            ts = utc_from_db(ts)
+            row = rows[ModelRef(row_project, model)]
             if ts is not None and (row.confidence_at is None or ts > row.confidence_at):
                 row.confidence, row.confidence_at = value, ts
     return list(rows.values())
@@ -395,20 +430,21 @@ def model_rows(connection: Connection, now: datetime, names: Sequence[str] | Non
 
 def rank(rows: list[ModelRow]) -> list[ModelRow]:
     """Above the threshold first (highest confidence first), then the others by name."""
-    above = sorted((r for r in rows if r.above), key=lambda r: (-(r.confidence or 0.0), r.name))
-    others = sorted((r for r in rows if not r.above), key=lambda r: r.name)
+    above = sorted((r for r in rows if r.above), key=lambda r: (-(r.confidence or 0.0), r.ref))
+    others = sorted((r for r in rows if not r.above), key=lambda r: r.ref)
     return above + others
 
 
-def _series(connection: Connection, models: Sequence[str], output: str) -> dict[int, tuple[str, str]]:
-    """{series id: (model, tag)} of one output group, along the series(model, output, tag) index."""
-    found: dict[int, tuple[str, str]] = {}
-    series = sa.table("series", sa.column("id"), sa.column("model"), sa.column("output"), sa.column("tag"))
+def _series(connection: Connection, models: Sequence[ModelRef], output: str) -> dict[int, tuple[ModelRef, str]]:
+    """{series id: (model, tag)} of one output group, along the series(project, model, output, tag) index."""
+    found: dict[int, tuple[ModelRef, str]] = {}
+    series = _series_table
     for chunk in _chunks(list(models)):
-        for sid, model, tag in connection.execute(
-                sa.select(series.c.id, series.c.model, series.c.tag)
-                .where(series.c.model.in_(chunk), series.c.output == output)):
-            found[sid] = (model, tag)
+        for sid, project, model, tag in connection.execute(
+                sa.select(series.c.id, series.c.project, series.c.model, series.c.tag)
+                .where(sa.tuple_(series.c.project, series.c.model).in_([tuple(ref) for ref in chunk]),
+                       series.c.output == output)):
+            found[sid] = (ModelRef(project, model), tag)
     return found
 
 
@@ -437,21 +473,24 @@ def bucketed_values(connection: Connection, series_ids: Sequence[int], since: da
     return out
 
 
-def overview(engine: Engine, now: datetime | None = None, limit: int = MAX_MODELS) -> Overview:
+def overview(engine: Engine, now: datetime | None = None, limit: int = MAX_MODELS, project: str = "") -> Overview:
+    """The pipeline's health and the models ranked (of `project` only, when given)."""
     now = now or datetime.now(timezone.utc)
     since = now - timedelta(hours=MAX_HOURS)
     with engine.connect() as connection:
         health = pipeline_health(connection, now)
-        ranked = rank(model_rows(connection, now))
+        every = model_rows(connection, now)
+        projects = sorted({row.ref.project for row in every})
+        ranked = rank([row for row in every if not project or row.ref.project == project])
         shown = ranked[:limit]
-        series = _series(connection, [r.name for r in shown], TOTAL_CONFIDENCE)
+        series = _series(connection, [r.ref for r in shown], TOTAL_CONFIDENCE)
         values = bucketed_values(connection, list(series), since, now + timedelta(seconds=1), SPARK_BUCKET)
-    by_name = {r.name: r for r in shown}
+    by_ref = {r.ref: r for r in shown}
     for sid, points in values.items():
-        row = by_name[series[sid][0]]
+        row = by_ref[series[sid][0]]
         if len(points) > len(row.spark):  # a model with two total series: the fuller one
             row.spark = points
-    return Overview(health, shown, len(ranked), since)
+    return Overview(health, shown, len(ranked), since, projects, project)
 
 
 RANGES = (6, 12, MAX_HOURS)
@@ -468,14 +507,14 @@ def _first_value_at(connection: Connection, series_ids: Sequence[int], since: da
         values.c.ts >= sa.bindparam("since", since, type_=UtcDateTime))).scalar())
 
 
-def model_detail(engine: Engine, name: str, output: str | None = None, hours: int | None = None,
+def model_detail(engine: Engine, ref: ModelRef, output: str | None = None, hours: int | None = None,
                  now: datetime | None = None) -> ModelDetail:
     now = now or datetime.now(timezone.utc)
     with engine.connect() as connection:
-        per_output = {o: _series(connection, [name], o) for o in TAG_OUTPUTS}
+        per_output = {o: _series(connection, [ref], o) for o in TAG_OUTPUTS}
         outputs = [o for o in TAG_OUTPUTS if per_output[o]]
         shown = output if output in outputs else (outputs[0] if outputs else None)
-        totals = _series(connection, [name], TOTAL_CONFIDENCE)
+        totals = _series(connection, [ref], TOTAL_CONFIDENCE)
         if hours is None:
             first = _first_value_at(connection, list(totals) or list(per_output.get(shown or "") or ()),
                                     now - timedelta(hours=MAX_HOURS))
@@ -493,7 +532,7 @@ def model_detail(engine: Engine, name: str, output: str | None = None, hours: in
         tasks = [TaskRow(*r) for r in connection.execute(
             sa.select(_tasks.c.window_start, _tasks.c.window_end, _tasks.c.state, _tasks.c.runs, _tasks.c.attempts,
                       _tasks.c.lost, _tasks.c.executor, _tasks.c.finished_at, _tasks.c.duration_ms, _tasks.c.rows,
-                      _tasks.c.error)
-            .where(_tasks.c.model == name).order_by(_tasks.c.window_end.desc()).limit(MODEL_TASKS))]
-        row = model_rows(connection, now, [name])[0] if tasks else None
-    return ModelDetail(name, shown, outputs, lines, total, tasks, since, now, row, hours)
+                      _tasks.c.error, _tasks.c.revision)
+            .where(_of(_tasks, ref)).order_by(_tasks.c.window_end.desc()).limit(MODEL_TASKS))]
+        row = model_rows(connection, now, [ref])[0] if tasks else None
+    return ModelDetail(ref, shown, outputs, lines, total, tasks, since, now, row, hours)

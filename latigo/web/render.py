@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from urllib.parse import quote, urlencode
 
+from latigo.types import DEFAULT_PROJECT, ModelRef
 from latigo.web.queries import (
     RANGES,
     TAG_OUTPUTS,
@@ -30,9 +31,15 @@ def esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def model_href(name: str, **query: object) -> str:
-    path = "/models/" + quote(name, safe="")
+def model_href(ref: ModelRef, **query: object) -> str:
+    """/models/NAME in the default project, /models/PROJECT/NAME elsewhere (each part quoted whole)."""
+    parts = [ref.name] if ref.project == DEFAULT_PROJECT else [ref.project, ref.name]
+    path = "/models/" + "/".join(quote(part, safe="") for part in parts)
     return path + ("?" + urlencode(query) if query else "")
+
+
+def project_href(project: str) -> str:
+    return "/?" + urlencode({"project": project})
 
 
 # ---------------------------------------------------------------------------------------------- formatting
@@ -166,7 +173,7 @@ def confidence_cell(value: float | None) -> str:
 def overview_page(view: Overview, database: str, late_after: timedelta) -> str:
     health, now = view.health, view.health.now
     above = sum(1 for row in view.models if row.above)
-    body = [_health_cards(health, view.total_models, above), _models_section(view, late_after),
+    body = [_health_cards(health, view.total_models, above), _projects_section(view), _models_section(view, late_after),
             '<section class="grid2">', _reasons_section(health), _executors_section(health), "</section>",
             _hourly_section(health), _recent_failures_section(health)]
     return page("latigo — pipeline", '<a href="/">latigo</a> · pipeline and anomalies', _meta(now, database),
@@ -194,6 +201,16 @@ def _health_cards(health: Health, models: int, above: int) -> str:
     ])
 
 
+def _projects_section(view: Overview) -> str:
+    """Links per project (shown once the ledger holds more than the default project)."""
+    if view.projects in ([], [DEFAULT_PROJECT]):
+        return ""
+    links = ['<b>all</b>' if not view.project else '<a href="/">all</a>']
+    links += [f"<b>{esc(p)}</b>" if p == view.project else f'<a href="{esc(project_href(p))}">{esc(p)}</a>'
+              for p in view.projects]
+    return f'<section class="projects"><h2>Projects</h2><div class="tabs">{" ".join(links)}</div></section>'
+
+
 def _models_section(view: Overview, late_after: timedelta) -> str:
     now = view.health.now
     rows = []
@@ -203,8 +220,9 @@ def _models_section(view: Overview, late_after: timedelta) -> str:
         late_text = "never" if lateness is None else fmt_age(lateness)
         cls = "model above" if row.above else "model"
         rows.append(
-            f'<tr class="{cls}" data-model="{esc(row.name)}">'
-            f'<td class="name"><a href="{esc(model_href(row.name))}">{esc(row.name)}</a></td>'
+            f'<tr class="{cls}" data-model="{esc(row.name)}" data-project="{esc(row.ref.project)}">'
+            f'<td class="name"><a href="{esc(model_href(row.ref))}">{esc(row.name)}</a></td>'
+            f'<td class="project"><a href="{esc(project_href(row.ref.project))}">{esc(row.ref.project)}</a></td>'
             f'<td class="num confidence">{confidence_cell(row.confidence)}</td>'
             f'<td class="spark">{sparkline(row.spark, view.since, now, row.above)}</td>'
             f'<td class="time last-window">{esc(fmt_time(row.last_done_end))}</td>'
@@ -216,7 +234,7 @@ def _models_section(view: Overview, late_after: timedelta) -> str:
     if not rows:
         table = '<p class="empty">No tasks in the ledger yet: run the scheduler or a backfill.</p>'
     else:
-        table = ('<table id="models"><thead><tr><th>Model</th><th class="num">Anomaly confidence</th>'
+        table = ('<table id="models"><thead><tr><th>Model</th><th>Project</th><th class="num">Anomaly confidence</th>'
                  '<th>Last 24 h (log scale, line at 1)</th><th>Last predicted window end (UTC)</th>'
                  '<th class="num">Lateness</th><th>Newest task</th></tr></thead><tbody>'
                  + "".join(rows) + "</tbody></table>")
@@ -232,7 +250,7 @@ def _reasons_section(health: Health) -> str:
         rows = "".join(
             f'<tr data-reason="{esc(r.reason)}"><td><b>{esc(r.reason)}</b></td>'
             f'<td class="num count">{fmt_int(r.count)}</td><td class="time">{esc(fmt_time(r.last_at))}</td>'
-            f'<td class="error"><a href="{esc(model_href(r.example_model))}">{esc(r.example_model)}</a> '
+            f'<td class="error">{_model_link(r.example_model)} '
             f'<span class="muted">{esc(fmt_time(r.example_window))}</span><br>{esc(_clip(r.example_error))}</td></tr>'
             for r in health.reasons)
         body = ('<table id="reasons"><thead><tr><th>Reason</th><th class="num">Tasks</th><th>Last (UTC)</th>'
@@ -264,7 +282,7 @@ def _recent_failures_section(health: Health) -> str:
         return ""
     rows = "".join(
         f'<tr><td class="time">{esc(fmt_time(f.finished_at, seconds=True))}</td>'
-        f'<td class="name"><a href="{esc(model_href(f.model))}">{esc(f.model)}</a></td>'
+        f'<td class="name">{_model_link(f.model)}</td>'
         f'<td class="time">{esc(fmt_time(f.window_start))}</td><td>{esc(f.reason)}</td>'
         f'<td class="num">{f.runs}</td><td class="error">{esc(_clip(f.error, 300))}</td></tr>'
         for f in health.recent_failures)
@@ -274,6 +292,12 @@ def _recent_failures_section(health: Health) -> str:
             "</section>")
 
 
+def _model_link(ref: ModelRef | None) -> str:
+    if ref is None:
+        return ""
+    return f'<a href="{esc(model_href(ref))}">{esc(ref.label)}</a>'
+
+
 def _clip(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -281,11 +305,13 @@ def _clip(text: str, limit: int = 160) -> str:
 # ---------------------------------------------------------------------------------------------- model page
 
 def model_page(detail: ModelDetail, database: str, late_after: timedelta) -> str:
-    name, now, hours = detail.name, detail.until, detail.hours
-    heading = f'<a href="/">latigo</a> · model {esc(name)}'
+    ref, now, hours = detail.ref, detail.until, detail.hours
+    name = ref.label
+    heading = (f'<a href="/">latigo</a> · project <a href="{esc(project_href(ref.project))}">{esc(ref.project)}</a>'
+               f' · model {esc(ref.name)}')
     if not detail.known:
-        body = (f'<p class="empty">latigo knows no task and no prediction of the model {esc(name)}.</p>'
-                '<p><a href="/">← all models</a></p>')
+        body = (f'<p class="empty">latigo knows no task and no prediction of the model {esc(ref.name)} in project '
+                f'{esc(ref.project)}.</p><p><a href="/">← all models</a></p>')
         return page(f"latigo — {name}", heading, _meta(now, database), body)
     row = detail.row
     lateness = now - row.last_done_end if row and row.last_done_end else None
@@ -304,7 +330,7 @@ def model_page(detail: ModelDetail, database: str, late_after: timedelta) -> str
         "</section>",
     ])
     ranges = " ".join(
-        f"<b>{h} h</b>" if h == hours else f'<a href="{esc(model_href(name, output=detail.output or "", hours=h))}">'
+        f"<b>{h} h</b>" if h == hours else f'<a href="{esc(model_href(ref, output=detail.output or "", hours=h))}">'
         f"{h} h</a>" for h in RANGES)
     total = line_chart([(TOTAL_CONFIDENCE, detail.total)], detail.since, now, log=True, threshold=THRESHOLD,
                        css_class="total-chart", height=200)
@@ -323,7 +349,7 @@ def _tag_section(detail: ModelDetail, hours: int) -> str:
                 f'({" or ".join(TAG_OUTPUTS)}) is stored for this model.</p></section>')
     tabs = " ".join(
         f"<b>{esc(o)}</b>" if o == detail.output
-        else f'<a href="{esc(model_href(detail.name, output=o, hours=hours))}">{esc(o)}</a>' for o in detail.outputs)
+        else f'<a href="{esc(model_href(detail.ref, output=o, hours=hours))}">{esc(o)}</a>' for o in detail.outputs)
     confidence = detail.output == "anomaly-confidence"
     lines = [(tag, points) for tag, points in detail.lines.items()]
     chart = line_chart(lines, detail.since, detail.until, log=confidence, threshold=THRESHOLD if confidence else None,
@@ -345,11 +371,13 @@ def _tasks_section(detail: ModelDetail) -> str:
         f'<td class="time">{esc(fmt_time(t.finished_at, seconds=True))}</td>'
         f'<td class="num">{"—" if t.duration_ms is None else fmt_int(t.duration_ms) + " ms"}</td>'
         f'<td class="num">{"—" if t.rows is None else fmt_int(t.rows)}</td>'
+        f'<td class="revision">{esc(t.revision or "—")}</td>'
         f'<td class="error">{esc(_clip(t.error or "", 300))}</td></tr>' for t in detail.tasks)
     return ('<section><h2>Last tasks<span class="note">newest window first</span></h2>'
             '<table id="tasks"><thead><tr><th>Window (UTC)</th><th>State</th><th class="num">Runs</th>'
             '<th class="num">Failed attempts</th><th>Executor</th><th>Finished (UTC)</th><th class="num">Took</th>'
-            f'<th class="num">Rows</th><th>Error</th></tr></thead><tbody>{rows}</tbody></table></section>')
+            f'<th class="num">Rows</th><th>Revision</th><th>Error</th></tr></thead><tbody>{rows}</tbody></table>'
+            "</section>")
 
 
 # ---------------------------------------------------------------------------------------------- SVG

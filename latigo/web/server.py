@@ -31,6 +31,7 @@ from latigo.errors import ConfigError, LatigoError
 from latigo.secrets import mask_text, register_secret
 from latigo.settings import Config
 from latigo.storage.db import database_location
+from latigo.types import DEFAULT_PROJECT, ModelRef
 from latigo.web import queries, render
 
 log = logging.getLogger(__name__)
@@ -88,15 +89,19 @@ class WebApp:
         self.late_after = late_after
         self.bound_host = bound_host.strip("[]").lower()
         self._overview_lock = threading.Lock()
-        self._overview: tuple[float, queries.Overview] | None = None
+        self._overview: dict[str, tuple[float, queries.Overview]] = {}
 
-    def overview(self) -> queries.Overview:
+    def overview(self, project: str = "") -> queries.Overview:
         """The overview's reads, shared for OVERVIEW_CACHE_SECONDS: every open page refreshes every 30 s, and
-        ten viewers should not cost the database ten times what one does."""
+        ten viewers should not cost the database ten times what one does (one cached view per project link)."""
         with self._overview_lock:
-            if self._overview is None or time.monotonic() >= self._overview[0]:
-                self._overview = (time.monotonic() + OVERVIEW_CACHE_SECONDS, queries.overview(self.engine))
-            return self._overview[1]
+            cached = self._overview.get(project)
+            if cached is None or time.monotonic() >= cached[0]:
+                if len(self._overview) > 64:
+                    self._overview.clear()
+                cached = (time.monotonic() + OVERVIEW_CACHE_SECONDS, queries.overview(self.engine, project=project))
+                self._overview[project] = cached
+            return cached[1]
 
     # ---------------------------------------------------------------- authorization
 
@@ -155,22 +160,23 @@ class WebApp:
         path = parts.path
         try:
             if path == "/":
-                view = self.overview()
+                view = self.overview((query.get("project") or [""])[0])
                 return self._html(200, render.overview_page(view, self.database, self.late_after), extra)
-            if path.startswith("/models/") and len(path) > len("/models/"):
-                return self._model(unquote(path[len("/models/"):]), query, extra)
+            ref = _model_ref(path)
+            if ref is not None:
+                return self._model(ref, query, extra)
         except Exception as exc:  # the database went away, a statement timed out: say so, keep serving
             log.warning("latigo web: %s %s failed: %s", method, path, mask_text(_first_line(exc)))
             return self._html(503, render.error_page(503, "database unavailable", mask_text(_first_line(exc))))
         return self._html(404, render.error_page(404, "not found", "Nothing here: see the overview."))
 
-    def _model(self, name: str, query: dict[str, list[str]], extra: dict[str, str]) -> Response:
+    def _model(self, ref: ModelRef, query: dict[str, list[str]], extra: dict[str, str]) -> Response:
         output = (query.get("output") or [""])[0] or None
         try:
             hours: int | None = min(max(int((query.get("hours") or [""])[0]), 1), queries.MAX_HOURS)
         except ValueError:
             hours = None  # the shortest range that holds the last 24 hours' values
-        detail = queries.model_detail(self.engine, name, output if output in queries.TAG_OUTPUTS else None, hours)
+        detail = queries.model_detail(self.engine, ref, output if output in queries.TAG_OUTPUTS else None, hours)
         status = 200 if detail.known else 404
         return self._html(status, render.model_page(detail, self.database, self.late_after), extra)
 
@@ -178,6 +184,18 @@ class WebApp:
     def _html(status: int, text: str, headers: dict[str, str] | None = None) -> Response:
         return Response(status, text.encode("utf-8"),
                         {"Content-Type": "text/html; charset=utf-8", **SECURITY_HEADERS, **(headers or {})})
+
+
+def _model_ref(path: str) -> ModelRef | None:
+    """/models/NAME (the default project) or /models/PROJECT/NAME, each part quoted; None for any other path."""
+    if not path.startswith("/models/"):
+        return None
+    parts = [unquote(part) for part in path[len("/models/"):].split("/")]
+    if len(parts) == 1 and parts[0]:
+        return ModelRef(DEFAULT_PROJECT, parts[0])
+    if len(parts) == 2 and all(parts):
+        return ModelRef(parts[0], parts[1])
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

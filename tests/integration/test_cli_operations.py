@@ -90,7 +90,8 @@ def test_tasks_cancel_then_retry_and_rerun(config):
 
 
 def test_models_and_sensors_in_json_and_a_models_lifecycle(config):
-    assert json.loads(run(config, "models", "--json")[1]) == ["pump-1", "pump-2"]
+    assert json.loads(run(config, "models", "--json")[1]) == [{"project": "default", "name": "pump-1"},
+                                                              {"project": "default", "name": "pump-2"}]
     machine = config.parent / "pump-3.yaml"
     machine.write_text("name: pump-3\ndataset: {tags: [a, b]}\n")
     code, output = run(config, "models", "register", str(machine))

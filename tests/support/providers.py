@@ -16,7 +16,7 @@ from typing import Any
 
 from latigo.errors import PermanentError, TransientError, UnknownModelError
 from latigo.interfaces import ModelExecutionProvider, ModelInformationProvider
-from latigo.types import ModelInfo, ModelStatus, PredictionFrame, PredictionRow
+from latigo.types import DEFAULT_PROJECT, ModelInfo, ModelRef, ModelStatus, PredictionFrame, PredictionRow
 
 RESOLUTION = timedelta(minutes=10)
 TAGS = ("tag-a", "tag-b")
@@ -30,7 +30,8 @@ def expected_rows(start: datetime, end: datetime) -> int:
 
 
 class StaticModels(ModelInformationProvider, ModelExecutionProvider):
-    """Models named in config; predictions are a deterministic function of (model, tag, ts).
+    """Models named in config (`name`, or `project/name` for a project other than the default);
+    predictions are a deterministic function of (model, tag, ts).
 
     Models named `transient-N-*` fail N times with a TransientError per task before succeeding
     (counted in this process), `broken-*` fail permanently, `crash-*` raise a plain bug."""
@@ -45,33 +46,35 @@ class StaticModels(ModelInformationProvider, ModelExecutionProvider):
         return cls(settings.models, settings.sleep)
 
     def __init__(self, models: list[str], sleep: float = 0.0) -> None:
-        self.models, self.sleep = list(models), sleep
+        self.models, self.sleep = [_ref(m) for m in models], sleep
         self.calls: dict[tuple[str, datetime], int] = {}
+        """Runs per (model label: `name`, or `project/name` outside the default project, window start)."""
         self._lock = threading.Lock()
 
-    def get_model_list(self) -> list[str]:
+    def get_model_list(self) -> list[ModelRef]:
         return list(self.models)
 
-    def model_exists(self, name: str) -> bool:
-        return name in self.models
+    def model_exists(self, model: ModelRef) -> bool:
+        return model in self.models
 
-    def get_model_info(self, name: str) -> ModelInfo:
-        if name not in self.models:
-            raise UnknownModelError(f"unknown model {name!r}")
-        return ModelInfo(name=name, tags=TAGS, target_tags=TAGS, resolution=RESOLUTION)
+    def get_model_info(self, model: ModelRef) -> ModelInfo:
+        if model not in self.models:
+            raise UnknownModelError(f"unknown model {model.label!r}")
+        return ModelInfo(name=model.name, tags=TAGS, target_tags=TAGS, resolution=RESOLUTION, project=model.project)
 
     def register_model(self, model_data: Mapping[str, Any]) -> None:
-        self.models.append(model_data["name"])
+        self.models.append(ModelRef(model_data.get("project") or DEFAULT_PROJECT, model_data["name"]))
 
-    def unregister_model(self, name: str) -> None:
-        self.models.remove(name)
+    def unregister_model(self, model: ModelRef) -> None:
+        self.models.remove(model)
 
-    def get_model_status(self, name: str) -> ModelStatus:
-        return ModelStatus(name, "ready" if name in self.models else "unknown")
+    def get_model_status(self, model: ModelRef) -> ModelStatus:
+        return ModelStatus(model.name, "ready" if model in self.models else "unknown")
 
-    def execute_model(self, name: str, start: datetime, end: datetime) -> PredictionFrame:
+    def execute_model(self, model: ModelRef, start: datetime, end: datetime) -> PredictionFrame:
+        name = model.name
         with self._lock:
-            call = self.calls[(name, start)] = self.calls.get((name, start), 0) + 1
+            call = self.calls[(model.label, start)] = self.calls.get((model.label, start), 0) + 1
         if self.sleep:
             time.sleep(self.sleep)
         if name.startswith("transient-") and call <= int(name.split("-")[1]):
@@ -80,8 +83,8 @@ class StaticModels(ModelInformationProvider, ModelExecutionProvider):
             raise PermanentError("simulated bad request: Unexpected features")
         if name.startswith("crash-"):
             raise KeyError("simulated bug")
-        if name not in self.models:
-            raise UnknownModelError(f"unknown model {name!r}")
+        if model not in self.models:
+            raise UnknownModelError(f"unknown model {model.label!r}")
         rows = []
         ts = start
         while ts < end:
@@ -91,4 +94,10 @@ class StaticModels(ModelInformationProvider, ModelExecutionProvider):
             rows.append(PredictionRow("total-anomaly-scaled", "total-anomaly-scaled", ts, minute / 2))
             rows.append(PredictionRow("model-input", TAGS[0], ts, 0.0))  # not a stored output by default
             ts += RESOLUTION
-        return PredictionFrame(name, rows)
+        return PredictionFrame(name, rows, project=model.project)
+
+
+def _ref(text: str) -> ModelRef:
+    """`name` (the default project) or `project/name`."""
+    project, _, name = text.rpartition("/")
+    return ModelRef(project or DEFAULT_PROJECT, name)

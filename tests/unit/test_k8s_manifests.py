@@ -195,7 +195,8 @@ def gordo_calls() -> set[tuple[str, str]]:
     calls = re.findall(r'self\.http\.request\(\s*"(\w+)",\s*self\.(\w+)_url', source)
     assert calls, "no Kubernetes calls found in gordo_kubernetes.py: update gordo_calls()"
     verbs = {("GET", "gordo"): ("gordos", "get"), ("PATCH", "gordo"): ("gordos", "patch"),
-             ("POST", "gordos"): ("gordos", "create"), ("GET", "models"): ("models", "list"),
+             ("POST", "gordos"): ("gordos", "create"), ("GET", "gordos"): ("gordos", "list"),
+             ("GET", "models"): ("models", "list"),
              ("GET", "model"): ("models", "get"), ("PUT", "gordo"): ("gordos", "update"),
              ("DELETE", "gordo"): ("gordos", "delete")}
     unknown = [call for call in calls if call not in verbs]
