@@ -63,6 +63,9 @@ class GordoProjects(ModelInformationProvider, ModelExecutionProvider, CheckableP
         self._discovery: GordoKubernetes | None = None
         self.skipped: dict[str, str] = {}
         """Projects left out of the last listing, with the reason."""
+        if not settings.discover:
+            for project in self.projects():  # each configured project's settings checked at start-up
+                self.client(project)
 
     @classmethod
     def from_settings(cls, settings: GordoSettings, components: Any) -> GordoProjects:
@@ -142,6 +145,8 @@ class GordoProjects(ModelInformationProvider, ModelExecutionProvider, CheckableP
         for project in set(self.skipped) - set(failures):
             log.info("gordo project %s is listed again", project)
         self.skipped = {p: str(e) for p, e in failures.items()}
+        if len(projects) == 1 and failures:
+            raise next(iter(failures.values()))
         if failures and len(failures) == len(projects) and all(isinstance(e, TransientError)
                                                                 for e in failures.values()):
             raise TransientError(f"gordo: every project failed to list, e.g. {next(iter(failures.values()))}")

@@ -177,7 +177,7 @@ class LocalModels(ModelInformationProvider, ModelExecutionProvider):
         name = model.name
         record = self._record(model)
         if record is None:
-            return ModelStatus(name, "unknown", f"no model {str(model)!r} is registered")
+            return ModelStatus(name, "unknown", f"no model {model.label!r} is registered")
         return ModelStatus(name, record.status, record.status_reason,
                            {"revision": record.revision, "tags": list(record.tags)})
 
@@ -202,7 +202,7 @@ class LocalModels(ModelInformationProvider, ModelExecutionProvider):
             deleted = connection.execute(sa.delete(ModelRecord).where(ModelRecord.project == model.project,
                                                                       ModelRecord.name == model.name)).rowcount
         if not deleted:
-            raise UnknownModelError(f"no model {str(model)!r} is registered")
+            raise UnknownModelError(f"no model {model.label!r} is registered")
 
     def _save(self, spec: MachineSpec, status: str, reason: str, artifact: bytes | None, raw: dict) -> None:
         now = datetime.now(timezone.utc)
@@ -260,7 +260,7 @@ class LocalModels(ModelInformationProvider, ModelExecutionProvider):
     def _ready_record(self, model: ModelRef) -> Any:
         record = self._record(model)
         if record is None:
-            raise UnknownModelError(f"no model {str(model)!r} is registered")
+            raise UnknownModelError(f"no model {model.label!r} is registered")
         if record.status != READY:
             detail = f": {record.status_reason}" if record.status_reason else ""
             raise PermanentError(f"model {model} is not ready (status {record.status}{detail})")

@@ -17,8 +17,9 @@ from latigo.durations import parse_frequency
 from latigo.errors import NoDataError, PermanentError, TransientError, UnknownModelError
 from latigo.factory import Components
 from latigo.models.gordo import GordoModels, GordoSettings, check_models, format_check_report
+from latigo.models.gordo_projects import GordoProjects
 from latigo.models.gordo_wire import parse_prediction
-from latigo.types import SensorFrame, TimeRange
+from latigo.types import ModelRef, SensorFrame, TimeRange
 from tests.support.gordo_server import (
     FIXTURES,
     GordoServer,
@@ -486,8 +487,8 @@ model_execution: *gordo
     components = Components(config)
     assert components.model_information is components.model_execution
     gordo = components.model_execution
-    assert isinstance(gordo, GordoModels) and gordo.settings.timeout == timedelta(seconds=10)
-    frame = gordo.execute_model("model-a", START, START + timedelta(hours=1))
+    assert isinstance(gordo, GordoProjects) and gordo.client("demo").settings.timeout == timedelta(seconds=10)
+    frame = gordo.execute_model(ModelRef("demo", "model-a"), START, START + timedelta(hours=1))
     assert sorted({r.ts for r in frame.rows}) == grid(START, START + timedelta(hours=1))
     assert [len(json.loads(r.raw)["X"]["TAG-1"]) for r in posts(server)] == [5, 1]
 
@@ -547,7 +548,7 @@ def test_latigo_models_check_prints_the_report(server, tmp_path, capsys):
     path.write_text(f"model_information: {{type: gordo, base_url: '{server.url}', project: demo}}\n"
                     "sensor_data: {type: 'tests.support.gordo_server:RampSensors'}\n")
     assert main(["--config", str(path), "models"]) == 0
-    assert capsys.readouterr().out.split() == ["model-a"]
+    assert capsys.readouterr().out.split() == ["demo", "(1", "models)", "model-a"]
     main(["--config", str(path), "models", "--check"])
     out = capsys.readouterr().out
     assert "listed without metadata: half-deployed" in out and "PROBLEMS FOUND" in out
