@@ -564,10 +564,11 @@ def test_requests_per_task_are_bounded_by_max_attempts_times_batches(server, eng
     from tests.support.memory_queue import MemoryQueue
 
     server.fail_next(100, status=503, match="anomaly")
-    gordo = provider(server, batch_size=10, history_margin=0, max_retries=3)
+    gordo = GordoProjects(GordoSettings(base_url=server.url, project=server.project, batch_size=10, history_margin=0,
+                                        max_retries=3, timeout=timedelta(seconds=5)), sensors=RampSensors())
     settings = ExecutorSettings(max_attempts=3, retry_base_delay=timedelta(0), retry_max_delay=timedelta(0))
     executor = Executor(settings, MemoryQueue(), gordo, TaskLifecycle(engine), ["model-output"])
-    task = Task("model-a", TimeRange(START, START + timedelta(hours=3)))  # 18 buckets: 2 batches of 10
+    task = Task("model-a", TimeRange(START, START + timedelta(hours=3)), server.project)  # 18 buckets: 2 of 10
     with executor.lifecycle.transaction() as connection:
         executor.queue.put_many(executor.lifecycle.enqueue(connection, [task]).to_send)
     outcomes = []
