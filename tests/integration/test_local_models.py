@@ -15,6 +15,10 @@ TRAIN = {"train_start_date": "2026-01-01T00:00:00+00:00", "train_end_date": "202
 TAGS = [f"sensor-g1-{i}" for i in range(5)]
 
 
+def Ref(name: str) -> ModelRef:  # noqa: N802 - reads as the type it builds
+    return ModelRef(DEFAULT_PROJECT, name)
+
+
 @pytest.fixture
 def models(engine):
     return LocalModels(engine, SyntheticSensors())
@@ -26,16 +30,16 @@ def machine(name="pump-1", tags=TAGS, **extra):
 
 def test_registered_model_becomes_ready_and_is_listed(models):
     models.register_model(machine())
-    assert models.get_model_status(ModelRef(DEFAULT_PROJECT, "pump-1")).state == "ready"
-    assert models.get_model_list() == [ModelRef(DEFAULT_PROJECT, "pump-1")] and models.model_exists(ModelRef(DEFAULT_PROJECT, "pump-1"))
-    info = models.get_model_info(ModelRef(DEFAULT_PROJECT, "pump-1"))
+    assert models.get_model_status(Ref("pump-1")).state == "ready"
+    assert models.get_model_list() == [Ref("pump-1")] and models.model_exists(Ref("pump-1"))
+    info = models.get_model_info(Ref("pump-1"))
     assert info.tags == tuple(TAGS) and info.resolution == timedelta(minutes=10)
 
 
 def test_execution_returns_gordo_output_groups_for_the_window_timestamps(models):
     models.register_model(machine())
     start = datetime(2026, 1, 5, 3, 0, tzinfo=UTC)
-    frame = models.execute_model(ModelRef(DEFAULT_PROJECT, "pump-1"), start, start + timedelta(minutes=30))
+    frame = models.execute_model(Ref("pump-1"), start, start + timedelta(minutes=30))
     assert {r.output for r in frame.rows} == {"model-input", "model-output", "tag-anomaly-scaled",
                                               "total-anomaly-scaled", "anomaly-confidence",
                                               "total-anomaly-confidence"}
@@ -45,13 +49,13 @@ def test_execution_returns_gordo_output_groups_for_the_window_timestamps(models)
 
 def test_unknown_and_unready_models_give_clear_errors(models, engine):
     with pytest.raises(UnknownModelError, match="no model 'ghost'"):
-        models.execute_model(ModelRef(DEFAULT_PROJECT, "ghost"), datetime(2026, 1, 5, tzinfo=UTC), datetime(2026, 1, 5, 1, tzinfo=UTC))
+        models.execute_model(Ref("ghost"), datetime(2026, 1, 5, tzinfo=UTC), datetime(2026, 1, 5, 1, tzinfo=UTC))
     with pytest.raises(PermanentError, match="unknown sensors sensor-g9-9"):
         models.register_model(machine("bad-tags", tags=["sensor-g1-0", "sensor-g9-9"]))
-    status = models.get_model_status(ModelRef(DEFAULT_PROJECT, "bad-tags"))
+    status = models.get_model_status(Ref("bad-tags"))
     assert status.state == "failed" and "sensor-g9-9" in status.reason
     with pytest.raises(PermanentError, match="not ready \\(status failed"):
-        models.execute_model(ModelRef(DEFAULT_PROJECT, "bad-tags"), datetime(2026, 1, 5, tzinfo=UTC), datetime(2026, 1, 5, 1, tzinfo=UTC))
+        models.execute_model(Ref("bad-tags"), datetime(2026, 1, 5, tzinfo=UTC), datetime(2026, 1, 5, 1, tzinfo=UTC))
     assert models.get_model_list() == []
 
 
@@ -74,7 +78,7 @@ def test_invalid_machines_are_refused_naming_the_field(models, bad, message):
 
 def test_unregister_removes_the_model(models):
     models.register_model(machine())
-    models.unregister_model(ModelRef(DEFAULT_PROJECT, "pump-1"))
-    assert models.get_model_status(ModelRef(DEFAULT_PROJECT, "pump-1")).state == "unknown"
+    models.unregister_model(Ref("pump-1"))
+    assert models.get_model_status(Ref("pump-1")).state == "unknown"
     with pytest.raises(UnknownModelError):
-        models.unregister_model(ModelRef(DEFAULT_PROJECT, "pump-1"))
+        models.unregister_model(Ref("pump-1"))

@@ -10,6 +10,10 @@ from latigo.sensors.catalog import SensorCatalog
 from latigo.types import DEFAULT_PROJECT, ModelRef
 
 
+def Ref(name: str) -> ModelRef:  # noqa: N802 - reads as the type it builds
+    return ModelRef(DEFAULT_PROJECT, name)
+
+
 def test_sensor_catalog_from_yaml_and_csv(tmp_path):
     (tmp_path / "s.yaml").write_text("sensors:\n  - TAG-1\n  - {name: TAG-2, unit: bar}\n")
     (tmp_path / "s.csv").write_text("name,unit\nTAG-1,degC\nTAG 2,bar\n")
@@ -23,22 +27,22 @@ def test_model_catalog_from_yaml_and_csv(tmp_path):
         "models:\n  - {name: pump-1, tags: [A, B], resolution: 10T, model_offset: 3}\n")
     (tmp_path / "m.csv").write_text("name,tags,target_tags,resolution\npump-2,A;B;C,C,1H\n")
     yaml_catalog = ModelCatalog(str(tmp_path / "m.yaml"))
-    info = yaml_catalog.get_model_info(ModelRef(DEFAULT_PROJECT, "pump-1"))
+    info = yaml_catalog.get_model_info(Ref("pump-1"))
     assert (info.tags, info.target_tags, info.resolution, info.model_offset) == (
         ("A", "B"), ("A", "B"), timedelta(minutes=10), 3)
-    csv_info = ModelCatalog(str(tmp_path / "m.csv")).get_model_info(ModelRef(DEFAULT_PROJECT, "pump-2"))
+    csv_info = ModelCatalog(str(tmp_path / "m.csv")).get_model_info(Ref("pump-2"))
     assert (csv_info.tags, csv_info.target_tags, csv_info.resolution) == (("A", "B", "C"), ("C",), timedelta(hours=1))
-    assert yaml_catalog.model_exists(ModelRef(DEFAULT_PROJECT, "pump-1")) and not yaml_catalog.model_exists(ModelRef(DEFAULT_PROJECT, "pump-2"))
+    assert yaml_catalog.model_exists(Ref("pump-1")) and not yaml_catalog.model_exists(Ref("pump-2"))
     with pytest.raises(UnknownModelError, match="pump-9"):
-        yaml_catalog.get_model_info(ModelRef(DEFAULT_PROJECT, "pump-9"))
-    assert yaml_catalog.get_model_list() == [ModelRef(DEFAULT_PROJECT, "pump-1")]
+        yaml_catalog.get_model_info(Ref("pump-9"))
+    assert yaml_catalog.get_model_list() == [Ref("pump-1")]
 
 
 def test_model_catalog_names_projects(tmp_path):
     (tmp_path / "m.csv").write_text("name,tags,project\npump-1,A;B,plant-a\npump-2,C,plant-b\npump-3,D,\n")
     catalog = ModelCatalog(str(tmp_path / "m.csv"))
     assert catalog.get_model_list() == [ModelRef("plant-a", "pump-1"), ModelRef("plant-b", "pump-2"),
-                                        ModelRef(DEFAULT_PROJECT, "pump-3")]
+                                        Ref("pump-3")]
     assert catalog.get_model_info(ModelRef("plant-b", "pump-2")).tags == ("C",)
     assert not catalog.model_exists(ModelRef("plant-a", "pump-2"))
 
