@@ -40,7 +40,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -585,9 +585,14 @@ class OracleTarget(Protocol):
     `http://{host}:{port}/gordo/v0/{project}/...`. A GordoRealServer is one; so is a project behind
     the test ingress (tests/support/gordo_ingress.py). `log_tail()` goes into the error messages."""
 
-    project: str
-    host: str
-    port: int
+    @property
+    def project(self) -> str: ...
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
 
     def log_tail(self, lines: int = 40) -> str: ...
 
@@ -688,7 +693,7 @@ def _escape_tag(value: str) -> str:
     return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
 
 
-def write_sensors(influx_url: str, database: str, points: dict[str, Sequence[tuple[datetime, float]]],
+def write_sensors(influx_url: str, database: str, points: Mapping[str, Sequence[tuple[datetime, float]]],
                   measurement: str = "sensors", create: bool = True) -> int:
     """Write points in latigo's schema (`<measurement>,tag=<sensor> Value=<float> <ns>`); returns the count."""
     if create:
