@@ -40,11 +40,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import yaml
@@ -288,11 +288,11 @@ class GordoBuildError(RuntimeError):
     """Gordo's builder failed; the message holds its output."""
 
 
-def _collection_key(configs: list[dict[str, Any]], project: str) -> str:
+def _collection_key(configs: list[dict[str, Any]], project: str, revision: str = REVISION) -> str:
     material = {
         "gordo": GORDO_REQUIREMENT,
         "project": project,
-        "revision": REVISION,
+        "revision": revision,
         "machines": configs,
         "builder": hashlib.sha256((SCRIPTS / "build_models.py").read_bytes()).hexdigest(),
     }
@@ -300,20 +300,25 @@ def _collection_key(configs: list[dict[str, Any]], project: str) -> str:
 
 
 def build_models(models: Sequence[ModelSpec] = DEFAULT_MODELS, project: str = PROJECT,
-                 timeout: float = BUILD_TIMEOUT) -> Path:
+                 timeout: float = BUILD_TIMEOUT, *, revision: str = REVISION) -> Path:
     """Build `models` with Gordo's builder in the gordo venv; returns the collection directory
-    (`<cache>/models/<key>/collection/<REVISION>/<model name>/`), which `gordo run-server` serves.
+    (`<cache>/models/<key>/collection/<revision>/<model name>/`), which `gordo run-server` serves.
 
-    The key hashes the configs, Gordo's version and the build script, so later sessions reuse the models.
+    The key hashes the configs, the project, the revision, Gordo's version and the build script, so later
+    sessions reuse the models. Every key has a `collection/` of its own holding only its revision: a
+    server over one revision answers `?revision=<any other>` with 410, as Gordo does for a revision that
+    is no longer deployed. `revision` must be all digits (the server refuses any other with 410).
     """
+    if not revision.isdigit():
+        raise ValueError(f"a revision is all digits, got {revision!r}")
     names = [model.name for model in models]
     if len(set(names)) != len(names):
         raise ValueError(f"model names must be unique: {names}")
     configs = [model.machine_config() for model in models]
     root = cache_dir() / "models"
-    key = _collection_key(configs, project)
+    key = _collection_key(configs, project, revision)
     final = root / key
-    collection = final / "collection" / REVISION
+    collection = final / "collection" / revision
     if collection.is_dir():
         return collection
     venv = gordo_venv()
@@ -328,7 +333,7 @@ def build_models(models: Sequence[ModelSpec] = DEFAULT_MODELS, project: str = PR
         config_path.write_text(yaml.safe_dump({"machines": configs}, sort_keys=False))
         log_path = work / "build.log"
         command = [str(_venv_python(venv)), str(SCRIPTS / "build_models.py"), str(config_path), project,
-                   str(work / "collection" / REVISION)]
+                   str(work / "collection" / revision)]
         started = time.monotonic()
         with open(log_path, "w") as log:
             try:
@@ -575,7 +580,24 @@ class OracleError(RuntimeError):
     """gordo-client (the oracle script) failed; the message holds its output."""
 
 
-def gordo_client_predict(server: GordoRealServer, influx_url: str, database: str, measurement: str,
+class OracleTarget(Protocol):
+    """Where gordo-client connects: `Client(project, host, port, scheme="http")` asks
+    `http://{host}:{port}/gordo/v0/{project}/...`. A GordoRealServer is one; so is a project behind
+    the test ingress (tests/support/gordo_ingress.py). `log_tail()` goes into the error messages."""
+
+    @property
+    def project(self) -> str: ...
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    def log_tail(self, lines: int = 40) -> str: ...
+
+
+def gordo_client_predict(server: OracleTarget, influx_url: str, database: str, measurement: str,
                          start: datetime, end: datetime, models: Iterable[str], batch_size: int | None = None,
                          *, n_retries: int = 0, parallelism: int = 2, timeout: float = ORACLE_TIMEOUT,
                          ) -> dict[str, dict[str, list]]:
@@ -671,7 +693,7 @@ def _escape_tag(value: str) -> str:
     return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
 
 
-def write_sensors(influx_url: str, database: str, points: dict[str, Sequence[tuple[datetime, float]]],
+def write_sensors(influx_url: str, database: str, points: Mapping[str, Sequence[tuple[datetime, float]]],
                   measurement: str = "sensors", create: bool = True) -> int:
     """Write points in latigo's schema (`<measurement>,tag=<sensor> Value=<float> <ns>`); returns the count."""
     if create:
