@@ -223,7 +223,7 @@ class Scheduler:
                 refs.append(ref)
         for ref, problem in rejected.items():
             if self.rejected.get(ref) != problem:
-                log.error("model %r of project %r is not scheduled: %s", ref.name[:80], ref.project[:80], problem)
+                log.error("model %r is not scheduled: %s", ref.label[:80], problem)
         self.rejected = rejected
         return refs
 
