@@ -197,7 +197,7 @@ def timed(label: str, action: Callable[[], Any]) -> tuple[Any, float]:
 
 def make_series(engine: sa.Engine, models: int) -> int:
     """models x 20 tags x 3 outputs, ids in (model, output, tag) order."""
-    run(engine, f"INSERT INTO series (model, output, tag) SELECT {MODEL_SQL}, o.name, {TAG_SQL} "
+    run(engine, f"INSERT INTO series (project, model, output, tag) SELECT 'default', {MODEL_SQL}, o.name, {TAG_SQL} "
                 f"FROM generate_series(0, :last) m, {OUTPUTS_SQL}, generate_series(0, {TAGS - 1}) t "
                 "ORDER BY m, o.k, t", last=models - 1)
     autocommit(engine, "VACUUM (ANALYZE) series")
@@ -257,9 +257,9 @@ def fill_ledger(engine: sa.Engine, shape: Shape, tasks: int) -> int:
     first = shape.end - windows * STEP
     newest = windows - 1
     run(engine, f"""
-        INSERT INTO tasks (task_id, model, window_start, window_end, state, attempts, runs, lost, error, executor,
-                           enqueued_at, started_at, finished_at, duration_ms, rows)
-        SELECT md5(name || '|' || w::text), name, ws, ws + interval '30 minutes', state,
+        INSERT INTO tasks (task_id, project, model, window_start, window_end, state, attempts, runs, lost, error,
+                           executor, enqueued_at, started_at, finished_at, duration_ms, rows)
+        SELECT md5(name || '|' || w::text), 'default', name, ws, ws + interval '30 minutes', state,
                CASE state WHEN 'failed' THEN 5 ELSE 0 END,
                CASE state WHEN 'failed' THEN 5 WHEN 'queued' THEN 0 WHEN 'cancelled' THEN 0 ELSE 1 END,
                0, CASE state WHEN 'failed' THEN :error WHEN 'cancelled' THEN 'cancelled by hand' END,
@@ -287,8 +287,8 @@ def fill_ledger(engine: sa.Engine, shape: Shape, tasks: int) -> int:
                enqueued_at, CASE state WHEN 'queued' THEN 0 ELSE 1 END,
                CASE state WHEN 'running' THEN executor END
         FROM tasks WHERE state IN ('queued', 'running')""")
-    run(engine, f"INSERT INTO schedule_state (model, last_window_end, updated_at) "
-                f"SELECT {MODEL_SQL}, :end, :end FROM generate_series(0, :models - 1) m",
+    run(engine, f"INSERT INTO schedule_state (project, model, last_window_end, updated_at) "
+                f"SELECT 'default', {MODEL_SQL}, :end, :end FROM generate_series(0, :models - 1) m",
         end=shape.end, models=shape.models)
     run(engine, "INSERT INTO dead_letters (source, message_id, body, error, received_at) "
                 "SELECT 'eventhub', 'msg-' || i, convert_to('{\"broken\": ' || i, 'UTF8'), "

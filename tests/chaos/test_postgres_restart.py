@@ -83,7 +83,8 @@ def test_postgres_restarted_during_a_scheduling_cycle(private_pg, private_pg_dat
     engine = create_engine_for(DatabaseSettings(url=url))
     with engine.begin() as connection:
         connection.execute(sa.insert(ScheduleState), [
-            {"model": m, "last_window_end": first, "updated_at": datetime.now(timezone.utc)} for m in models])
+            {"project": "default", "model": m, "last_window_end": first, "updated_at": datetime.now(timezone.utc)}
+            for m in models])
     engine.dispose()
 
     probe = Probe(url)
