@@ -115,3 +115,32 @@ def test_run_at_once_schedules_on_start_then_waits_for_the_tick(engine):
     stop.set()
     thread.join(5)
     assert queued(engine) == [("a", "07:25"), ("b", "07:25")]
+
+
+def test_the_same_name_in_two_projects_is_two_models_everywhere(engine):
+    """Schedule, ledger, queue, predictions and backfill keep (project, name) apart."""
+    from latigo.executor import Executor
+    from latigo.settings import ExecutorSettings
+    from latigo.types import ModelRef
+
+    scheduler, provider, queue = make(engine, models=("plant-a/pump", "plant-b/pump", "pump"))
+    assert scheduler.run_cycle(NOW) == 3
+    with engine.connect() as c:
+        assert set(c.execute(sa.select(ScheduleState.project, ScheduleState.model)).all()) == \
+            {("plant-a", "pump"), ("plant-b", "pump"), ("default", "pump")}
+        bodies = [Task.from_json(b) for b in c.execute(sa.select(QueuedTask.body)).scalars()]
+    assert sorted(t.project for t in bodies) == ["default", "plant-a", "plant-b"]
+    assert len({t.task_id for t in bodies}) == 3
+    executor = Executor(ExecutorSettings(), queue, provider, scheduler.lifecycle, ["model-output"])
+    for _ in range(3):
+        executor.handle(queue.get(timeout=1))
+    with engine.connect() as c:
+        stored = c.execute(sa.text("SELECT project, model, count(*) FROM predictions GROUP BY project, model "
+                                   "ORDER BY project")).all()
+        states = c.execute(sa.text("SELECT project, state FROM tasks ORDER BY project")).all()
+    assert [tuple(r) for r in stored] == [("default", "pump", 6), ("plant-a", "pump", 6), ("plant-b", "pump", 6)]
+    assert [tuple(r) for r in states] == [("default", "done"), ("plant-a", "done"), ("plant-b", "done")]
+    assert scheduler.backfill_models(["pump"], ["plant-b"]) == [ModelRef("plant-b", "pump")]
+    assert scheduler.backfill_models(["plant-a/pump"]) == [ModelRef("plant-a", "pump")]
+    with pytest.raises(ConfigError, match="plant-c"):
+        scheduler.backfill_models(None, ["plant-c"])
