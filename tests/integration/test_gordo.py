@@ -14,7 +14,7 @@ import requests
 
 from latigo.config import load_config
 from latigo.durations import parse_frequency
-from latigo.errors import NoDataError, PermanentError, TransientError, UnknownModelError
+from latigo.errors import ConfigError, NoDataError, PermanentError, TransientError, UnknownModelError
 from latigo.factory import Components
 from latigo.models.gordo import GordoModels, GordoSettings, check_models, format_check_report
 from latigo.models.gordo_projects import GordoProjects
@@ -576,3 +576,29 @@ def test_requests_per_task_are_bounded_by_max_attempts_times_batches(server, eng
         outcomes.append(executor.handle(executor.queue.get(1)))
     assert outcomes == [Outcome.RETRYING, Outcome.RETRYING, Outcome.FAILED]
     assert len(posts(server)) == 3  # the first batch fails each time: 3 attempts x 1 request, not 3 x 4
+
+
+def test_a_project_that_cannot_be_listed_is_skipped_and_the_others_are_listed(server, caplog):
+    """One project's server answering errors never holds back the others' models."""
+    down = GordoServer()
+    down.__enter__()
+    down_url = down.url
+    down.__exit__(None, None, None)  # a closed port: connection refused
+    gordo = GordoProjects(GordoSettings(base_url=server.url, projects=[server.project, "elsewhere"],
+                                        project_urls={"elsewhere": down_url}, max_retries=0,
+                                        timeout=timedelta(seconds=2)), sensors=RampSensors())
+    listed = gordo.get_model_list()
+    assert listed and {ref.project for ref in listed} == {server.project}
+    assert "gordo project elsewhere skipped this cycle" in caplog.text
+    assert set(gordo.skipped) == {"elsewhere"}
+    with pytest.raises(UnknownModelError, match="not configured"):
+        gordo.get_model_info(ModelRef("plant-z", listed[0].name))
+
+
+def test_gordo_settings_name_the_projects_one_way():
+    with pytest.raises(ConfigError, match="one way"):
+        GordoProjects(GordoSettings(base_url="http://gordo", project="a", projects=["b"]))
+    with pytest.raises(ConfigError, match="more than once"):
+        GordoProjects(GordoSettings(base_url="http://gordo", projects=["a", "a"]))
+    with pytest.raises(ConfigError, match="not served: c"):
+        GordoProjects(GordoSettings(base_url="http://gordo", projects=["a"], project_urls={"c": "http://x"}))
