@@ -16,9 +16,11 @@ import yaml
 from latigo.errors import ConfigError
 
 
-def read_catalog(path: str | Path, list_key: str, required: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+def read_catalog(path: str | Path, list_key: str, required: Sequence[str],
+                 scope: str | None = None) -> list[tuple[str, dict[str, Any]]]:
     """(row label, record) for each record of a .yaml/.yml (a list, or a mapping with `list_key`) or a
-    .csv (header row) file. In YAML a plain string record means {"name": string}."""
+    .csv (header row) file. In YAML a plain string record means {"name": string}. A name is listed once
+    per `scope` (a field such as `project`: the same name in two projects is two records)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"catalog {path}: file not found")
@@ -35,6 +37,8 @@ def read_catalog(path: str | Path, list_key: str, required: Sequence[str]) -> li
         if missing:
             raise ConfigError(f"catalog {path} {label}: missing {', '.join(missing)}")
         name = str(record["name"]).strip()
+        within = str(record.get(scope) or "").strip() if scope else ""
+        name = f"{within}/{name}" if within else name
         if name in seen:
             raise ConfigError(f"catalog {path} {label}: {name!r} already listed at {seen[name]}")
         seen[name] = label

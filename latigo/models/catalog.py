@@ -28,7 +28,7 @@ class ModelCatalog(ModelInformationProvider):
 
     def __init__(self, path: str) -> None:
         self.models: dict[ModelRef, ModelInfo] = {}
-        for label, record in read_catalog(path, "models", ["name", "tags"]):
+        for label, record in read_catalog(path, "models", ["name", "tags"], scope="project"):
             try:
                 info = _model_info(record)
             except (ValueError, PermanentError) as exc:

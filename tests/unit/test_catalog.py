@@ -47,6 +47,16 @@ def test_model_catalog_names_projects(tmp_path):
     assert not catalog.model_exists(ModelRef("plant-a", "pump-2"))
 
 
+def test_a_model_name_may_repeat_across_projects_but_not_within_one(tmp_path):
+    (tmp_path / "m.csv").write_text("name,tags,project\npump-1,A,plant-a\npump-1,B,plant-b\npump-1,C,\n")
+    catalog = ModelCatalog(str(tmp_path / "m.csv"))
+    assert catalog.get_model_list() == [ModelRef("plant-a", "pump-1"), ModelRef("plant-b", "pump-1"), Ref("pump-1")]
+    assert catalog.get_model_info(ModelRef("plant-b", "pump-1")).tags == ("B",)
+    (tmp_path / "twice.csv").write_text("name,tags,project\npump-1,A,plant-a\npump-1,B,plant-a\n")
+    with pytest.raises(ConfigError, match="row 3: 'plant-a/pump-1' already listed at row 2"):
+        ModelCatalog(str(tmp_path / "twice.csv"))
+
+
 @pytest.mark.parametrize("name,text,message", [
     ("m.csv", "name,tags\npump-1,A;B\npump-2\n", "row 3: fewer fields"),
     ("m.csv", "name,tags\npump-1,A;B,extra\n", "row 2: more fields"),
