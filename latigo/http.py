@@ -22,6 +22,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from latigo.errors import ConfigError, PermanentError, TransientError
+from latigo.peers import GATEWAY_STATUS, CircuitBreaker
 from latigo.secrets import register_secret
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,12 @@ class HttpClient:
 
     `request()` returns the response for 2xx and for any status in `accept`; it raises
     TransientError after retries are exhausted, PermanentError (with the server's own
-    message) for other 4xx."""
+    message) for other 4xx. With a `peer` breaker, every request reports to it (a connection failure
+    or a gateway's 502/503/504 counts against the peer, any other answer clears it) and raises
+    latigo.peers.PeerDown instead of calling a peer whose breaker is open.
+
+    `timeout` is the read timeout; connections get `connect_timeout` (a server that is not there is
+    known in seconds, a slow model may take long to answer)."""
 
     def __init__(
         self,
@@ -145,8 +151,12 @@ class HttpClient:
         headers: dict[str, str] | None = None,
         pool_size: int = 32,
         sleep: Callable[[float], None] = time.sleep,
+        peer: CircuitBreaker | None = None,
+        connect_timeout: float = 10.0,
     ) -> None:
         self.name, self.timeout = name, timeout
+        self.connect_timeout = min(connect_timeout, timeout)
+        self.peer = peer
         self.retry = retry or RetryPolicy()
         self.session = requests.Session()
         adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
@@ -167,11 +177,13 @@ class HttpClient:
         attempt = 0
         while True:
             attempt += 1
-            response = self._send(method, url, force_refresh, attempt, policy, dict(kwargs))
+            probe = self.peer.before_call() if self.peer is not None else False
+            response = self._send(method, url, force_refresh, attempt, policy, dict(kwargs), probe)
             force_refresh = False
             if response is None:
                 continue
             status = response.status_code
+            self._report(status, method, url, probe)
             if status < 300 or status in accept:
                 return response
             if status == 401 and self._token is not None and not refreshed:
@@ -190,16 +202,20 @@ class HttpClient:
             raise PermanentError(f"{self.name}: {method} {_path(url)} answered {status}: {describe_response(response)}")
 
     def _send(
-        self, method: str, url: str, refresh: bool, attempt: int, policy: RetryPolicy, kwargs: dict[str, Any]
+        self, method: str, url: str, refresh: bool, attempt: int, policy: RetryPolicy, kwargs: dict[str, Any],
+        probe: bool = False,
     ) -> requests.Response | None:
         headers = dict(kwargs.pop("headers", None) or {})
         if self._token is not None:
             headers["Authorization"] = f"Bearer {self._token(refresh)}"
+        timeout = kwargs.pop("timeout", self.timeout)
         try:
             self.requests_sent += 1
-            return self.session.request(method, url, headers=headers, timeout=kwargs.pop("timeout", self.timeout),
-                                        **kwargs)
+            response = self.session.request(method, url, headers=headers,
+                                            timeout=(min(self.connect_timeout, timeout), timeout), **kwargs)
         except (requests.ConnectionError, requests.Timeout) as exc:
+            if self.peer is not None and self.peer.failed(f"{method} {_path(url)}: {type(exc).__name__}", probe):
+                raise self.peer.down_error() from None
             if attempt <= policy.max_retries:
                 delay = policy.delay(attempt)
                 log.warning("%s %s %s failed (%s); retry %d/%d in %.1fs", self.name, method, _path(url),
@@ -208,6 +224,17 @@ class HttpClient:
                 return None
             raise TransientError(f"{self.name}: {method} {_path(url)} failed after {attempt} attempts: "
                                  f"{type(exc).__name__}") from None
+        return response
+
+    def _report(self, status: int, method: str, url: str, probe: bool) -> None:
+        """Tell the peer's breaker how the answer went: a gateway's 502/503/504 counts against the peer
+        (raising PeerDown once the breaker is open), any other answer is the peer answering."""
+        if self.peer is None:
+            return
+        if status not in GATEWAY_STATUS:
+            self.peer.succeeded()
+        elif self.peer.failed(f"{method} {_path(url)} answered {status}", probe):
+            raise self.peer.down_error()
 
     def close(self) -> None:
         self.session.close()

@@ -130,9 +130,10 @@ class Delivery(ABC):
     def nack(self, delay: float = 0.0, connection: Any = None) -> None:
         """Deliver it again after `delay` seconds (a retry: counts as a delivery)."""
 
-    def release(self, connection: Any = None) -> None:
-        """Hand it back unused (shutdown, infrastructure fault): deliver it again soon; not a retry."""
-        self.nack(0.0, connection)
+    def release(self, connection: Any = None, delay: float = 0.0) -> None:
+        """Hand it back unused (shutdown, infrastructure fault, a peer it needs is down): deliver it again
+        after `delay` seconds; not a retry (it counts against no cap)."""
+        self.nack(delay, connection)
 
     def renew(self) -> None:  # noqa: B027 - optional for queues without leases
         """Keep the claim alive while the task is still running."""

@@ -249,10 +249,14 @@ class TaskLifecycle:
             .values(state=FAILED, error=one_line(reason), finished_at=utcnow(), duration_ms=duration_ms)
         )
 
-    def release(self, connection: Connection, task: Task) -> None:
-        """Handed back unfinished (shutdown, infrastructure fault): queued again, counting nothing."""
+    def release(self, connection: Connection, task: Task, reason: str = "") -> None:
+        """Handed back unfinished (shutdown, infrastructure fault, a peer down): queued again, counting
+        nothing; `reason` (why it waits) is kept as the task's error for `latigo tasks list`."""
+        values: dict[str, object] = {"state": QUEUED}
+        if reason:
+            values["error"] = one_line(reason)
         connection.execute(
-            sa.update(_tasks).where(_tasks.c.task_id == task.task_id, _tasks.c.state == RUNNING).values(state=QUEUED)
+            sa.update(_tasks).where(_tasks.c.task_id == task.task_id, _tasks.c.state == RUNNING).values(**values)
         )
 
     def dead_letter(self, connection: Connection, source: str, message_id: str | None, body: bytes,

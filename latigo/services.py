@@ -22,6 +22,8 @@ from latigo.observability import (
     scheduler_metrics,
     start_http_server,
 )
+from latigo.peer_status import PeerStatusWriter
+from latigo.peers import PEERS
 from latigo.scheduler import Chore, Scheduler, retention_chore
 from latigo.settings import Config
 from latigo.storage.schema import ensure_schema_current
@@ -141,14 +143,29 @@ def build_executor(components: Components) -> Executor:
                     config.predictions.outputs, components.prediction_sinks)
 
 
+def executor_problems(executor: Executor) -> list[str]:
+    """What /readyz says besides the database: database faults, and every peer whose breaker is open."""
+    problems = [] if executor.ready else ["database faults: tasks are being released until it answers again"]
+    problems += [f"peer {state.peer} down since {state.down_since.isoformat(timespec='seconds')}: {state.reason}"
+                 for state in PEERS.down() if state.down_since is not None]
+    return problems
+
+
 def run_executor(config: Config, exit_when_idle: float | None = None) -> int:
     components = Components(config)
     ensure_schema_current(components.engine)
+    PEERS.configure(config.executor.peer_failures, 1.0, config.executor.peer_probe_max_delay.total_seconds())
     executor = build_executor(components)
+    peer_status = PeerStatusWriter(components.engine, executor.name, PEERS)
     on_stop_signals(executor.stop)
-    health, server = serve_health(components, "executor", 60.0, extra_check=lambda: [] if executor.ready else [
-        "database faults: tasks are being released until it answers again"])
-    stats = executor.run(exit_when_idle=exit_when_idle, on_tick=lambda: health.beat("executor"))
+    health, server = serve_health(components, "executor", 60.0, extra_check=lambda: executor_problems(executor))
+
+    def tick() -> None:
+        health.beat("executor")
+        peer_status.refresh()
+
+    stats = executor.run(exit_when_idle=exit_when_idle, on_tick=tick)
+    peer_status.clear()
     log.info("executor stopped: %s", stats)
     if server:
         server.close()

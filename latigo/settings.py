@@ -81,6 +81,11 @@ class ExecutorSettings:
     """The longest task window taken; longer ones are refused (and scheduler.interval may not exceed it)."""
     shutdown_timeout: timedelta = timedelta(seconds=30)
     poll_timeout: timedelta = timedelta(seconds=2)
+    peer_failures: int = _spec(5, min=1)
+    """Connection-level failures in a row (no success between) after which a peer counts as down: its
+    circuit breaker opens and tasks that need it wait without spending attempts (latigo.peers)."""
+    peer_probe_max_delay: timedelta = timedelta(seconds=30)
+    """While a peer is down, one request at a time probes it, after a delay doubling from 1 s up to this."""
 
     @property
     def workers(self) -> int:

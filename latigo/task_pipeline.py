@@ -38,6 +38,7 @@ from latigo.observability import (
     TASKS_FAILED,
     TASKS_RETRIED,
 )
+from latigo.peers import PeerDown
 from latigo.settings import ExecutorSettings
 from latigo.sinks import SinkSet
 from latigo.storage.faults import DatabaseFaults, is_infrastructure_fault, is_unrecordable
@@ -56,6 +57,7 @@ class Outcome(Enum):
     RETRYING = "retrying"  # handed back with a delay after a transient failure
     DEAD_LETTER = "dead_letter"
     RELEASED = "released"  # handed back unfinished: shutdown or an infrastructure fault
+    WAITING = "waiting"  # handed back unrun, for later: a peer it needs is down (no attempt spent)
 
 
 @dataclass
@@ -66,6 +68,7 @@ class ExecutorStats:
     retrying: int = 0
     dead_letter: int = 0
     released: int = 0
+    waiting: int = 0
     rows: int = 0
 
 
@@ -158,6 +161,8 @@ class TaskPipeline:
             log.info("stopping before its model ran: handing it back")
             self.release_on_shutdown(delivery)
             return Outcome.RELEASED
+        except PeerDown as exc:
+            return self._wait_for_peer(task, delivery, exc)
         except TransientError as exc:
             return self._retry_later(task, delivery, exc, began)
         except PermanentError as exc:
@@ -224,6 +229,8 @@ class TaskPipeline:
                 return Outcome.RELEASED
         try:
             self.sinks.write_required(frame)
+        except PeerDown as exc:
+            return self._wait_for_peer(task, delivery, exc)
         except TransientError as exc:
             return self._retry_later(task, delivery, exc, began)
         try:
@@ -277,6 +284,23 @@ class TaskPipeline:
         log.warning("attempt %d failed (%s); redelivering in %.1fs", attempts, exc, decided["delay"])
         TASKS_RETRIED.inc()
         return Outcome.RETRYING
+
+    def _wait_for_peer(self, task: Task, delivery: Delivery, exc: PeerDown) -> Outcome:
+        """Hand the task back unrun until the peer's next probe: an outage is not the task's failure, so no
+        attempt is spent and no delivery counted. The delays spread between one and two probe intervals,
+        so a backlog does not come back all at once."""
+        delay = exc.retry_in * random.uniform(1.0, 2.0) + random.uniform(0.0, 1.0)
+
+        def change(connection: Connection) -> None:
+            self.lifecycle.release(connection, task, f"waiting: {exc}")
+            if delivery.transactional:
+                delivery.release(connection, delay)
+
+        self._transaction(change, task, delivery, "handing the task back while a peer is down")
+        if not delivery.transactional:
+            self._settle_alone(delivery, "release", delay)
+        log.debug("waiting %.1fs: %s", delay, exc)
+        return Outcome.WAITING
 
     def _fail(self, task: Task, delivery: Delivery, kind: str, reason: str, began: float | None) -> Outcome:
         """Record a final failure (`kind` is the metric label: transient, permanent, no_data, ...)."""
@@ -334,11 +358,11 @@ class TaskPipeline:
         else:
             delivery.nack(delay, connection)
 
-    def _settle_alone(self, delivery: Delivery, how: str) -> None:
+    def _settle_alone(self, delivery: Delivery, how: str, delay: float = 0.0) -> None:
         """Settle a non-transactional delivery after the commit: if that fails, the ledger already says what
         happened and a redelivery is harmless (skipped, or run again)."""
         try:
-            delivery.ack() if how == "ack" else delivery.release()
+            delivery.ack() if how == "ack" else delivery.release(delay=delay)
         except Exception as exc:
             log.warning("settling the message failed (%s); it will be redelivered", describe_exception(exc))
 

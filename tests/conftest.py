@@ -91,6 +91,15 @@ def isolated_secret_registry() -> Iterator[None]:
         secrets._registered.update(saved)
 
 
+@pytest.fixture(autouse=True)
+def closed_circuit_breakers() -> Iterator[None]:
+    """A peer one test brought down is not down for the next (the breakers are per process)."""
+    from latigo.peers import PEERS
+
+    yield
+    PEERS.reset()
+
+
 @pytest.fixture
 def pg_engine(pg_url: str) -> Iterator[Engine]:
     """An engine on the session's PostgreSQL database, emptied first."""

@@ -29,7 +29,7 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pandas as pd
 import requests
@@ -52,13 +52,14 @@ from latigo.models.gordo_kubernetes import (
     resolve_kubernetes,
     validate_machine,
 )
-from latigo.models.gordo_settings import GordoSettings
+from latigo.models.gordo_settings import DEFAULT_MODEL_SLOTS, GordoSettings, with_pool_for
 from latigo.models.gordo_wire import (
     json_columns,
     parquet_bytes,
     parse_model_info,
     parse_prediction,
 )
+from latigo.peers import PEERS
 from latigo.types import ModelInfo, ModelStatus, PredictionFrame, TimeRange
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,10 @@ class GordoModels:
         self.token = _make_token(settings)
         self.http = HttpClient(
             "gordo", timeout=settings.timeout.total_seconds(), retry=retry,
-            token=self.token.get if self.token else None, pool_size=settings.pool_size,
+            token=self.token.get if self.token else None,
+            pool_size=settings.pool_size or DEFAULT_MODEL_SLOTS + settings.parallelism,
+            peer=PEERS.breaker(f"gordo {settings.project} at {urlsplit(settings.base_url).netloc}"),
+            connect_timeout=settings.connect_timeout.total_seconds(),
         )
         target = resolve_kubernetes(settings, os.environ if kubernetes_environ is None else kubernetes_environ,
                                     service_account_dir)
@@ -119,7 +123,7 @@ class GordoModels:
     @classmethod
     def from_settings(cls, settings: GordoSettings, components: Any) -> GordoModels:
         # The sensor provider is built on first use: listing models needs no sensor source.
-        return cls(settings, sensor_source=lambda: components.sensor_data)
+        return cls(with_pool_for(settings, components), sensor_source=lambda: components.sensor_data)
 
     def check_report(self) -> str:
         """`latigo models --check`: see check_models."""

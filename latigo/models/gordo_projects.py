@@ -34,7 +34,7 @@ from latigo.interfaces import (
 )
 from latigo.models.gordo import GordoModels, check_models, format_check_report
 from latigo.models.gordo_kubernetes import SERVICE_ACCOUNT_DIR, GordoKubernetes, resolve_kubernetes
-from latigo.models.gordo_settings import GordoSettings
+from latigo.models.gordo_settings import GordoSettings, with_pool_for
 from latigo.types import ModelInfo, ModelRef, ModelStatus, PredictionFrame
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class GordoProjects(ModelInformationProvider, ModelExecutionProvider, CheckableP
     @classmethod
     def from_settings(cls, settings: GordoSettings, components: Any) -> GordoProjects:
         # The sensor provider is built on first use: listing models needs no sensor source.
-        return cls(settings, sensor_source=lambda: components.sensor_data)
+        return cls(with_pool_for(settings, components), sensor_source=lambda: components.sensor_data)
 
     def close(self) -> None:
         with self._lock:

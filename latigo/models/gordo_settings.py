@@ -3,8 +3,9 @@ both read them without importing each other."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from typing import Any
 
 from latigo.http import AzureAdSettings
 
@@ -29,6 +30,9 @@ class GordoSettings(AzureAdSettings):
     batch_size: int = field(default=1000, metadata={"min": 1})
     """Rows per prediction request (a request for a windowed model holds at least its look-back + 2)."""
     timeout: timedelta = timedelta(seconds=30)
+    """Read timeout: how long an answer may take (gordo-client has none: a hung connection blocks it)."""
+    connect_timeout: timedelta = timedelta(seconds=5)
+    """How long connecting may take: a server that is not there is known in seconds."""
     max_retries: int = field(default=3, metadata={"min": 0})
     """HTTP retries of listing and metadata requests. Prediction requests are not retried here: the
     executor retries the whole task by redelivery, so retries never multiply."""
@@ -47,7 +51,9 @@ class GordoSettings(AzureAdSettings):
     revision_refresh: timedelta = timedelta(minutes=5)
     parallelism: int = field(default=10, metadata={"min": 1})
     """Concurrent metadata requests when listing models."""
-    pool_size: int = field(default=32, metadata={"min": 1})
+    pool_size: int = field(default=0, metadata={"min": 0})
+    """Connections kept per project; 0: executor.concurrency + parallelism (one for every model slot and
+    every concurrent metadata request, so no request waits for a connection or opens a throwaway one)."""
     kubernetes_api_url: str = ""
     """Empty: in-cluster (service account) when running in Kubernetes, else no Kubernetes."""
     kubernetes_token: str = ""
@@ -55,3 +61,16 @@ class GordoSettings(AzureAdSettings):
     kubernetes_ca_file: str = ""
     deploy_version: str = ""
     """Gordo deploy-version used when register_model has to create the project's Gordo resource."""
+
+
+DEFAULT_MODEL_SLOTS = 8
+"""executor.concurrency's default: the pool size when the executor's settings are not at hand."""
+
+
+def with_pool_for(settings: GordoSettings, components: Any) -> GordoSettings:
+    """`pool_size: 0` made concrete: the executor's model slots plus the metadata requests at once."""
+    if settings.pool_size:
+        return settings
+    config = getattr(components, "config", None)
+    slots = config.executor.concurrency if config is not None else DEFAULT_MODEL_SLOTS
+    return replace(settings, pool_size=slots + settings.parallelism)

@@ -112,9 +112,9 @@ class DatabaseDelivery(Delivery):
     def nack(self, delay: float = 0.0, connection: Connection | None = None) -> None:
         self._finish(self._queue.sql.nack, {**self._claim(), **self._queue.after(delay)}, connection)
 
-    def release(self, connection: Connection | None = None) -> None:
-        """Back at once, and this delivery does not count against the delivery cap."""
-        self._finish(self._queue.sql.release, {**self._claim(), **self._queue.after(0.0)}, connection)
+    def release(self, connection: Connection | None = None, delay: float = 0.0) -> None:
+        """Back after `delay`, and this delivery does not count against the delivery cap."""
+        self._finish(self._queue.sql.release, {**self._claim(), **self._queue.after(delay)}, connection)
 
     def renew(self) -> None:
         if not self._finished and not self._settling:

@@ -69,8 +69,8 @@ class EventHubDelivery(Delivery):
         first, the partition's next owner delivers it."""
         self._again(delay, retry=True)
 
-    def release(self, connection: Any = None) -> None:
-        self._again(0.0, retry=False)
+    def release(self, connection: Any = None, delay: float = 0.0) -> None:
+        self._again(delay, retry=False)
 
     def _again(self, delay: float, retry: bool) -> None:
         if self._settled:

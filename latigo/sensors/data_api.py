@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
@@ -33,6 +34,7 @@ from latigo.http import (
     describe_response,
 )
 from latigo.interfaces import SensorDataProvider, SensorInformationProvider
+from latigo.peers import PEERS
 from latigo.secrets import register_secret
 from latigo.sensors.resample import BucketGrid, as_timedelta, frame, resolution_ns, unique
 from latigo.types import SensorFrame, ensure_utc
@@ -116,6 +118,7 @@ class DataApiSensors(SensorInformationProvider, SensorDataProvider):
             token=self.token.get if self.token else None,
             headers=headers,
             sleep=sleep,
+            peer=PEERS.breaker(f"data api {urlsplit(self.base).netloc}"),
         )
         self._ids: dict[str, str] = {}
         self._lock = threading.Lock()

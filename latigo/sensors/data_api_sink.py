@@ -39,6 +39,7 @@ import requests
 from latigo.errors import ConfigError, PermanentError, TransientError
 from latigo.http import describe_response
 from latigo.interfaces import PredictionSink
+from latigo.peers import PeerDown
 from latigo.sensors.data_api import LOOKUP_CONCURRENCY, MAX_IDS_PER_REQUEST, DataApiSensors, rfc3339
 from latigo.types import PredictionFrame
 
@@ -173,6 +174,8 @@ class DataApiPredictionSink(PredictionSink):
         what = f"writing {sum(len(p) for _, _, p in batch)} points to {_names(batch)}"
         try:
             response = self.http.request("POST", f"{self.base}/data", json=body, accept=(404,))
+        except PeerDown:
+            raise  # the API is down: not this write's failure
         except (TransientError, PermanentError) as exc:
             raise type(exc)(f"data_api sink: {what}: {exc}") from None
         if response.status_code == 404:  # a series deleted since its id was cached: create it again next time
@@ -230,6 +233,8 @@ class DataApiPredictionSink(PredictionSink):
                     log.info("data_api sink: created series %r (id %s)", name, created)
                     return created
             found = self.api.series_id(name)
+        except PeerDown:
+            raise  # the API is down: not this write's failure
         except (TransientError, PermanentError) as exc:
             raise type(exc)(f"data_api sink: creating series {name!r}: {exc}") from None
         if found is None:

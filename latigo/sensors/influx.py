@@ -34,6 +34,7 @@ from influxdb.exceptions import InfluxDBClientError, InfluxDBServerError
 
 from latigo.errors import PermanentError, TransientError
 from latigo.interfaces import SensorDataProvider, SensorInformationProvider
+from latigo.peers import PEERS, CircuitBreaker
 from latigo.sensors.aggregations import check_aggregation
 from latigo.sensors.resample import BucketGrid, as_timedelta, frame, resolution_ns, unique
 from latigo.types import SensorFrame, ensure_utc
@@ -113,6 +114,30 @@ def classify_error(exc: Exception, action: str, settings: InfluxConnectionSettin
     if isinstance(exc, ValueError):  # a cut-off answer is not valid JSON
         return TransientError(f"{where}: {action}: unreadable answer: {exc}")
     return exc
+
+
+def influx_peer(settings: InfluxConnectionSettings) -> CircuitBreaker:
+    """The circuit breaker of the InfluxDB server (shared by the sensor provider and the sink)."""
+    return PEERS.breaker(f"influx {settings.host}:{settings.port}")
+
+
+def request(client: InfluxDBClient, settings: InfluxConnectionSettings, action: str, *args: Any,
+            **kwargs: Any) -> Any:
+    """`client.request(...)` reported to the server's circuit breaker: a connection failure or timeout
+    counts against it (PeerDown once it is open), any answer clears it; failures come back classified."""
+    peer = influx_peer(settings)
+    probe = peer.before_call()
+    try:
+        response = client.request(*args, **kwargs)
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        if peer.failed(f"{action}: {type(exc).__name__}", probe):
+            raise peer.down_error() from None
+        raise classify_error(exc, action, settings) from None
+    except Exception as exc:  # noqa: BLE001 - the server answered: translated, or re-raised as is
+        peer.succeeded()
+        raise classify_error(exc, action, settings) from None
+    peer.succeeded()
+    return response
 
 
 def _message(content: Any) -> str:
@@ -267,9 +292,9 @@ class InfluxSensors(SensorInformationProvider, SensorDataProvider):
             params["q"] = query
         if self.settings.retention_policy:
             params["rp"] = self.settings.retention_policy
+        response = request(self.client, self.settings, action, "query", method=method, params=params, data=data,
+                           expected_response_code=200, headers=headers)
         try:
-            response = self.client.request("query", method=method, params=params, data=data,
-                                           expected_response_code=200, headers=headers)
             statements = _read_chunks(response.content.split(b"\n"))
         except Exception as exc:  # noqa: BLE001 - translated, or re-raised as is
             raise classify_error(exc, action, self.settings) from None

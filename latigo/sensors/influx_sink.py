@@ -13,7 +13,7 @@ import pandas as pd
 from influxdb import InfluxDBClient
 
 from latigo.interfaces import PredictionSink
-from latigo.sensors.influx import InfluxConnectionSettings, classify_error, connect, quote_ident
+from latigo.sensors.influx import InfluxConnectionSettings, connect, quote_ident, request
 from latigo.types import PredictionFrame, ensure_utc
 
 log = logging.getLogger(__name__)
@@ -146,19 +146,15 @@ class InfluxPredictionSink(PredictionSink):
         return len(lines)
 
     def _create_database(self) -> None:
-        try:
-            query = f"CREATE DATABASE {quote_ident(self.settings.database)}"
-            self.client.request("query", method="POST", params={"q": query}, expected_response_code=200)
-        except Exception as exc:  # noqa: BLE001
-            raise classify_error(exc, "creating the database", self.settings) from None
+        query = f"CREATE DATABASE {quote_ident(self.settings.database)}"
+        request(self.client, self.settings, "creating the database", "query", method="POST", params={"q": query},
+                expected_response_code=200)
         self._created = True
 
     def _post(self, body: str) -> None:
         params = {"db": self.settings.database, "precision": "n"}
         if self.settings.retention_policy:
             params["rp"] = self.settings.retention_policy
-        try:
-            self.client.request("write", method="POST", params=params, data=body.encode("utf-8"),
-                                expected_response_code=204, headers={"Content-Type": "text/plain; charset=utf-8"})
-        except Exception as exc:  # noqa: BLE001
-            raise classify_error(exc, "writing predictions", self.settings) from None
+        request(self.client, self.settings, "writing predictions", "write", method="POST", params=params,
+                data=body.encode("utf-8"), expected_response_code=204,
+                headers={"Content-Type": "text/plain; charset=utf-8"})

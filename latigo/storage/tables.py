@@ -244,6 +244,18 @@ class DeadLetter(Base):
     __table_args__ = (Index(None, "source", "message_id", unique=True),)
 
 
+class PeerStatus(Base):
+    """A peer an executor sees down (its circuit breaker open): written when it opens, refreshed while
+    it stays open, deleted when the peer is back (latigo.peer_status)."""
+
+    __tablename__ = "peer_status"
+    peer: Mapped[str] = mapped_column(String(255), primary_key=True)
+    executor: Mapped[str] = mapped_column(String(255), primary_key=True)
+    down_since: Mapped[datetime] = mapped_column(UtcDateTime)
+    reason: Mapped[str] = mapped_column(Text)
+    reported_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
 def _table(model: type[Base]) -> Table:
     """A mapped class's Table, typed as one (the ORM declares `__table__` as a plain FromClause)."""
     return cast(Table, model.__table__)
@@ -259,3 +271,4 @@ EVENTHUB_OWNERSHIP = _table(EventHubOwnership)
 EVENTHUB_CHECKPOINTS = _table(EventHubCheckpoint)
 DEAD_LETTERS = _table(DeadLetter)
 ANOMALY_ALERTS = _table(AnomalyAlert)
+PEER_STATUS = _table(PeerStatus)

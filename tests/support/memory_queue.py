@@ -29,10 +29,10 @@ class MemoryDelivery(Delivery):
         self.queue.history.append(("nack", self.task.task_id, delay))
         self.queue.push(self.task, self.attempt + 1, delay)
 
-    def release(self, connection: Any = None) -> None:
+    def release(self, connection: Any = None, delay: float = 0.0) -> None:
         self.settled = "release"
-        self.queue.history.append(("release", self.task.task_id, 0.0))
-        self.queue.push(self.task, self.attempt, 0.0)
+        self.queue.history.append(("release", self.task.task_id, delay))
+        self.queue.push(self.task, self.attempt, delay)
 
 
 class MemoryQueue(TaskQueue):
