@@ -165,7 +165,10 @@ class Executor:
 
     def _idle_for(self) -> float:
         with self._lock:
-            return 0.0 if self._in_flight else time.monotonic() - self.pipeline.last_activity
+            if self._in_flight:
+                return 0.0
+        # A task handed back while a peer is down comes back later: until then the executor is not idle.
+        return time.monotonic() - max(self.pipeline.last_activity, self.pipeline.waiting_until)
 
     def _release_stragglers(self) -> None:
         with self._lock:

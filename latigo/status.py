@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from latigo.lifecycle import CANCELLED, DONE, FAILED, QUEUED, RUNNING
+from latigo.peer_status import peers_down
 from latigo.storage.db import utc_from_db
 from latigo.storage.tables import DeadLetter, PredictionValue, QueuedTask, TaskRecord
 from latigo.types import ModelRef
@@ -29,6 +30,14 @@ class Failure:
 
 
 @dataclass
+class PeerDown:
+    peer: str
+    down_since: str
+    reason: str
+    executors: int
+
+
+@dataclass
 class StatusReport:
     tasks: dict[str, int]
     queue_size: int
@@ -41,6 +50,8 @@ class StatusReport:
     """`done` is PostgreSQL's estimate (a large ledger); the other states are counted."""
     last_failures: list[Failure] = field(default_factory=list)
     last_predicted_window: dict[str, str] = field(default_factory=dict)
+    peers_down: list[PeerDown] = field(default_factory=list)
+    """Peers some executor sees down (its circuit breaker open): their tasks wait, unrun."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -49,7 +60,9 @@ class StatusReport:
         states = ", ".join(f"{state} {'~' if state == 'done' and self.tasks_estimated else ''}{count}"
                            for state, count in sorted(self.tasks.items())) or "none"
         age = "-" if self.oldest_queued_age_seconds is None else _age(self.oldest_queued_age_seconds)
-        lines = [
+        lines = [f"PEER DOWN:        {p.peer} since {p.down_since} (seen by {p.executors} executor"
+                 f"{'s' if p.executors != 1 else ''}): {p.reason}" for p in self.peers_down]
+        lines += [
             f"tasks:            {states}",
             f"queue:            {self.queue_size} queued ({self.queue_available} claimable now)",
             f"oldest queued:    {age}",
@@ -166,12 +179,14 @@ def collect_status(engine: Engine, failures: int = 10, now: datetime | None = No
         failed = c.execute(sa.select(TaskRecord).where(TaskRecord.state == FAILED, of_projects)
                            .order_by(TaskRecord.finished_at.desc()).limit(failures)).all()
         last = [row for row in last_done_windows(c) if not projects or row[0] in projects]
+        down = peers_down(c, now)
     oldest = utc_from_db(oldest)
     return StatusReport(
         tasks=tasks, queue_size=queue_size, queue_available=available,
         oldest_queued_age_seconds=(now - oldest).total_seconds() if oldest else None,
         prediction_rows=rows, prediction_rows_estimated=estimated, dead_letters=letters,
         tasks_estimated=tasks_estimated,
+        peers_down=[PeerDown(p.peer, p.down_since.isoformat(timespec="seconds"), p.reason, p.executors) for p in down],
         last_failures=[Failure(f.task_id, f.project, f.model, f.window_start.isoformat(), f.attempts, f.runs,
                                f.error or "",
                                f.finished_at.isoformat() if f.finished_at else None) for f in failed],

@@ -111,6 +111,8 @@ class TaskPipeline:
         self.stats = ExecutorStats()
         self.faults = DatabaseFaults()
         self.last_activity = time.monotonic()
+        self.waiting_until = 0.0
+        """When the last task handed back for a peer that is down comes back (monotonic)."""
         self._lock = threading.Lock()
         self._handed_back: set[int] = set()
         """Deliveries released at shutdown while their worker still runs: their results are not stored."""
@@ -300,6 +302,8 @@ class TaskPipeline:
         if not delivery.transactional:
             self._settle_alone(delivery, "release", delay)
         log.debug("waiting %.1fs: %s", delay, exc)
+        with self._lock:
+            self.waiting_until = max(self.waiting_until, time.monotonic() + delay)
         return Outcome.WAITING
 
     def _fail(self, task: Task, delivery: Delivery, kind: str, reason: str, began: float | None) -> Outcome:

@@ -20,6 +20,7 @@ from sqlalchemy.engine.url import make_url
 
 from latigo.errors import ConfigError
 from latigo.lifecycle import DONE, FAILED, QUEUED, RUNNING
+from latigo.peer_status import PeerDownReport, peers_down
 from latigo.settings import DatabaseSettings
 from latigo.status import MODELS_IN_LEDGER, last_done_windows
 from latigo.storage.db import utc_from_db
@@ -139,6 +140,8 @@ class Health:
     executors: list[ExecutorSeen] = field(default_factory=list)
     hourly: list[tuple[datetime, int, int]] = field(default_factory=list)
     """(hour start, done, failed) for each of the last 24 hours, oldest first."""
+    peers_down: list[PeerDownReport] = field(default_factory=list)
+    """Peers some executor sees down: shown above everything else."""
 
     @property
     def oldest_queued_age(self) -> timedelta | None:
@@ -273,6 +276,7 @@ def pipeline_health(connection: Connection, now: datetime) -> Health:
             .where(_finished(FAILED, day)).order_by(_tasks.c.finished_at.desc()).limit(RECENT_FAILURES))]
     health.executors = _executors(connection, hour)
     health.hourly = _hourly(connection, now)
+    health.peers_down = peers_down(connection, now)
     return health
 
 

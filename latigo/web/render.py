@@ -128,6 +128,8 @@ tr.above td{background:#fff5f4}
 .legend i{display:inline-block;width:18px;height:3px;border-radius:2px}
 .tabs a,.tabs b{margin-right:10px;font-size:13px}.tabs b{font-weight:600}
 .empty{color:var(--muted);padding:10px 0}
+.peers-down{border:2px solid var(--bad);background:var(--badbg);border-radius:8px;padding:10px 14px;margin-bottom:14px}
+.peers-down h2{color:var(--bad);margin:0 0 6px}.peers-down ul{margin:0;padding-left:20px}
 svg text{font:11px system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;fill:#5f6c78}
 """
 
@@ -173,11 +175,24 @@ def confidence_cell(value: float | None) -> str:
 def overview_page(view: Overview, database: str, late_after: timedelta) -> str:
     health, now = view.health, view.health.now
     above = sum(1 for row in view.models if row.above)
-    body = [_health_cards(health, view.total_models, above), _projects_section(view), _models_section(view, late_after),
+    body = [_peers_down_section(health), _health_cards(health, view.total_models, above),
+            _projects_section(view), _models_section(view, late_after),
             '<section class="grid2">', _reasons_section(health), _executors_section(health), "</section>",
             _hourly_section(health), _recent_failures_section(health)]
     return page("latigo — pipeline", '<a href="/">latigo</a> · pipeline and anomalies', _meta(now, database),
                 "".join(body))
+
+
+def _peers_down_section(health: Health) -> str:
+    """A banner over everything else while an executor sees a peer down: its tasks wait, unrun."""
+    if not health.peers_down:
+        return ""
+    items = "".join(
+        f'<li><b>{esc(p.peer)}</b> down since {esc(fmt_time(p.down_since, seconds=True))} UTC '
+        f'({esc(fmt_age(health.now - p.down_since))}, seen by {p.executors} executor{"s" if p.executors != 1 else ""})'
+        f': <span class="error">{esc(_clip(p.reason))}</span></li>' for p in health.peers_down)
+    return ('<section class="peers-down" id="peers-down"><h2>Peers down: their tasks wait, unrun, and spend no '
+            f'attempts</h2><ul>{items}</ul></section>')
 
 
 def _health_cards(health: Health, models: int, above: int) -> str:

@@ -183,7 +183,7 @@ def test_each_project_is_predicted_apart_and_equals_gordo_client(
     assert len(windows) >= 5 and len(tasks) == len(keys) * len(windows)  # every model, every window, once
     assert [(t.project, t.model, t.state, t.error) for t in tasks if t.state != "done"] == []
     assert {t.revision for t in tasks} == {REVISION}
-    assert Counter(t.attempts for t in tasks) == Counter({1: len(tasks)})
+    assert Counter(t.attempts for t in tasks) == Counter({0: len(tasks)})
 
     span = covered(tasks)
     for project, models in MODELS.items():
@@ -243,7 +243,7 @@ def test_a_rebuilt_project_is_picked_up_mid_run_and_no_window_fails(
 
     assert executor.returncode == 0, output[-4000:]
     assert [(t.project, t.model, t.state, t.error) for t in tasks if t.state != "done"] == []
-    assert Counter(t.attempts for t in tasks) == Counter({1: len(tasks)}), "an attempt was spent on the rebuild"
+    assert Counter(t.attempts for t in tasks) == Counter({0: len(tasks)}), "an attempt was spent on the rebuild"
     first = [t for t in tasks if t.window_end <= FIRST.end]
     second = [t for t in tasks if t.window_start >= FIRST.end]
     assert first and second and len(first) + len(second) == len(tasks)
