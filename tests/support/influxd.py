@@ -57,6 +57,23 @@ class InfluxServer:
         except OSError:
             return ""
 
+    def halt(self, timeout: float = 15.0) -> None:
+        """Stop the process (SIGTERM), keeping its data: `resume()` starts it again on the same ports."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout)
+
+    def resume(self, timeout: float = 30.0) -> None:
+        """Start influxd again over the same data and ports (after `halt()`) and wait until it answers."""
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [INFLUXD, "run", "-config", str(self.directory / "influxdb.conf"), "-pidfile",
+                 str(self.directory / "influxd.pid")], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.pid = self.process.pid
+        error = _wait_ready(self, timeout)
+        if error is not None:
+            raise RuntimeError(f"influxd did not come back: {error}\n{self.log_tail()}")
+
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM by PID, wait; SIGKILL only if it does not stop in time. Removes the data directory."""
         if self.process.poll() is None:
