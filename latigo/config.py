@@ -640,6 +640,7 @@ def effective_tree(config: Config) -> dict[str, Any]:
         f.name: _settings_tree(getattr(config, f.name))
         for f in dataclasses.fields(Config)
         if f.name not in ("sources", "raw")
+        and not (f.name in OPTIONAL_COMPONENT_SECTIONS and getattr(config, f.name) is None)
     }
 
 

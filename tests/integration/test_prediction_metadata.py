@@ -27,6 +27,7 @@ from tests.support.data_api_server import DataApiServer, Series
 from tests.support.gordo_server import GordoServer, ModelSpec
 from tests.support.metadata_api_server import MetadataApiServer
 from tests.support.omnia_client import official_client
+from tests.support.processes import latigo_ok
 
 pytestmark = pytest.mark.integration
 
@@ -184,6 +185,13 @@ def test_prediction_metadata_is_a_configured_component(prevent, tmp_path):
     assert isinstance(Components(config).prediction_metadata, MetadataPublisher)
     (tmp_path / "none.yaml").write_text("{}")
     assert Components(load_config(tmp_path / "none.yaml", env={})).prediction_metadata is None
+    path.write_text(yaml.safe_dump({"database": {"url": f"sqlite:///{tmp_path / 'latigo.db'}"},
+                                    "prediction_metadata": {"type": "metadata_api", "base_url": prevent.url,
+                                                            "subscription_key": KEY}}))
+    latigo_ok(path, "db", "upgrade")
+    checked = latigo_ok(path, "check-config", "--connect")
+    assert "ok   prediction_metadata: built (metadata_api)" in checked
+    assert "ok   prediction_metadata: 2 projects listed" in checked
     path.write_text(yaml.safe_dump({"prediction_metadata": {"type": "metadata_api", "base_url": "ftp://x",
                                                             "subscription_key": KEY}}))
     with pytest.raises(ConfigError, match="base_url 'ftp://x' is not an http"):
