@@ -11,7 +11,8 @@ Behind API Management: every request needs `Ocp-Apim-Subscription-Key`. `GET {ba
 and answers 201 `{"model_id": ...}` (the same id for the same project, model and revision). Anything
 missing, misspelt, extra or of the wrong shape is a 400 naming it (`{statusCode, message, traceId}`): a
 derived output names the tag it derives from, an aggregated one names none; the training period has
-zones and ends after it starts. Every request is recorded; faults can be injected.
+zones and ends after it starts. Every request is recorded; faults can be injected; clearing `open` makes
+POST /models hang until it is set.
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ class MetadataApiServer(LoopbackServer):
         self.posts: list[Posted] = []
         self.requests: list[tuple[str, str]] = []
         self.faults: list[list[Any]] = []
+        self.open = threading.Event()
+        """Cleared: POST /models waits (at most a minute) until it is set again: a Metadata API that hangs."""
+        self.open.set()
+        self.waiting = threading.Event()
+        """Set when a POST /models is waiting for `open`."""
         self._lock = threading.Lock()
 
     @property
@@ -123,6 +129,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._error(404, f"no route {method} {path}")
 
     def _models(self, raw: bytes) -> None:
+        if not self.api.open.is_set():
+            self.api.waiting.set()
+            self.api.open.wait(60)
         headers = dict(self.headers.items())
         try:
             body = json.loads(raw)
