@@ -156,10 +156,13 @@ class MetadataPublisher:
         self._outputs: dict[tuple[str, str, str], dict[str, WrittenSeries]] = {}
         self._pending: dict[tuple[str, str, str], _Pending] = {}
         self._retry_at: dict[tuple[str, str, str], float] = {}
+        self._in_flight: set[tuple[str, str, str]] = set()
         self._queue: queue.Queue[tuple[str, str, str] | None] = queue.Queue()
         self._idle = threading.Condition(self._lock)
         self._busy = 0
         self._thread: threading.Thread | None = None
+        self.handed_over = 0
+        """Jobs queued for the background thread (a write of an already told model queues none)."""
         self.failures: list[str] = []
         """The reasons of the failed attempts (the last 100), for `latigo check-config` and tests."""
 
@@ -184,18 +187,25 @@ class MetadataPublisher:
         names = frozenset(w.series.name for w in written)
         with self._lock:
             known = self._outputs.setdefault(key, {})
-            changed = any(known.get(w.series.name) != w for w in written)
+            changed = any(_told(known.get(w.series.name)) != _told(w) for w in written)
             known.update({w.series.name: w for w in written})
-            if not changed and names <= self._sent.get(key, frozenset()):
+            view = _Pending(frame, info, facility, dict(known), input_ids)
+            if key in self._pending or key in self._in_flight:
+                if changed:  # queued, or sent now: the latest view goes next
+                    self._pending[key] = view
                 return
-            if key in self._pending:  # queued already: it will send the latest view
-                self._pending[key] = _Pending(frame, info, facility, dict(known), input_ids)
+            if not changed and names <= self._sent.get(key, frozenset()):
                 return
             if self._clock() < self._retry_at.get(key, 0.0):
                 return
-            self._pending[key] = _Pending(frame, info, facility, dict(known), input_ids)
-            self._busy += 1
-            self._start()
+            self._pending[key] = view
+            self._enqueue(key)
+
+    def _enqueue(self, key: tuple[str, str, str]) -> None:
+        """Queue `key` for the background thread (the caller holds the lock)."""
+        self.handed_over += 1
+        self._busy += 1
+        self._start()
         self._queue.put(key)
 
     def flush(self, timeout: float = 30.0) -> bool:
@@ -223,11 +233,15 @@ class MetadataPublisher:
                 return
             with self._lock:
                 job = self._pending.pop(key, None)
+                self._in_flight.add(key)
             try:
                 if job is not None:
                     self._send(key, job)
             finally:
                 with self._idle:
+                    self._in_flight.discard(key)
+                    if key in self._pending:  # changed while it was being sent
+                        self._enqueue(key)
                     self._busy -= 1
                     self._idle.notify_all()
 
@@ -312,6 +326,13 @@ class MetadataPublisher:
         with self.engine.connect() as connection:
             return connection.execute(sa.select(table.model_id).where(
                 table.project == ref.project, table.model == ref.name, table.revision == revision)).scalar()
+
+
+def _told(written: WrittenSeries | None) -> tuple[str, ...] | None:
+    """What the Metadata API is told about an output series (its unit, for one, is not)."""
+    if written is None:
+        return None
+    return (written.series.name, written.series_id, written.series.tag, written.series.description)
 
 
 def _training_time(info: ModelInfo, source: str, model: str) -> str:

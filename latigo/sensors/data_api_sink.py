@@ -202,7 +202,10 @@ class DataApiPredictionSink(PredictionSink):
         derived = "" if tagless(output, tag) else tag
         shown = derived if derived or self.settings.naming == "latigo" else name.split("|", 1)[0]
         unit = self.settings.unit
-        if self.settings.naming == "prevent" and derived and output in UNIT_OUTPUTS:
+        with self._lock:
+            known = (facility, name) in self._ids
+        if not known and self.settings.naming == "prevent" and derived and output in UNIT_OUTPUTS:
+            # only what a creation needs: a tag without a series of its own is not asked for at every write
             metadata = self.api.series_metadata(derived, facility)
             unit = str(metadata.get("unit") or "") if metadata is not None else unit
         description = self.description.format(model=model, output=output, tag=shown, name=name)

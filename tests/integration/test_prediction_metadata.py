@@ -69,6 +69,7 @@ def test_one_post_per_revision_with_every_field_and_recorded_for_every_executor(
     for buckets in (2, 3, 4):  # three windows of one model: told once
         sink.write(make_frame(buckets=buckets))
     assert publisher.flush()
+    assert publisher.handed_over == 1, "a write of a model already told costs nothing (no database query either)"
     [body] = prevent.accepted()
     client = official_client(data_api)
     ids = {tag: client.search_timeseries(name=tag, facility=PLANT)["data"]["items"][0]["id"] for tag in TAGS}
