@@ -205,6 +205,7 @@ def test_prediction_metadata_is_a_configured_component(prevent, tmp_path):
     checked = latigo_ok(path, "check-config", "--connect")
     assert "ok   prediction_metadata: built (metadata_api)" in checked
     assert "ok   prediction_metadata: 2 projects listed" in checked
+    assert "subscription_key: '***'" in checked and KEY not in checked, "the key is masked"
     path.write_text(yaml.safe_dump({"prediction_metadata": {"type": "metadata_api", "base_url": "ftp://x",
                                                             "subscription_key": KEY}}))
     with pytest.raises(ConfigError, match="base_url 'ftp://x' is not an http"):
