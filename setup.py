@@ -55,6 +55,8 @@ setup(
             "podman-compose>=1.1,<2",
             "kubernetes-validate>=1.30,<2",
             "selenium>=4.20,<5",  # tests/e2e/test_web_browser.py drives Debian's chromium through chromedriver
+            # The Time Series API's own client: the judge of the local Data API server (tests/support/omnia_client.py).
+            "omnia-timeseries==2.0.0",
         ],
     },
     entry_points={"console_scripts": ["latigo=latigo.cli:main"]},

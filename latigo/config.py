@@ -56,6 +56,8 @@ PROCESS_VARIABLES = frozenset({
 RESERVED_PREFIXES = ("LATIGO_TEST_",)
 """LATIGO_* names kept for the test suite."""
 COMPONENT_SECTIONS = ("task_queue", "sensor_information", "sensor_data", "model_information", "model_execution")
+OPTIONAL_COMPONENT_SECTIONS = ("prediction_metadata",)
+"""Component sections that are absent unless configured."""
 PLAIN_SECTIONS: dict[str, type] = {
     "database": DatabaseSettings,
     "scheduler": SchedulerSettings,
@@ -204,7 +206,7 @@ def _env_suggestion(name: str) -> str:
     if close:
         return f" (did you mean {close[0]}?)"
     rest = name[len(ENV_PREFIX):].lower()
-    for section in (*PLAIN_SECTIONS, *COMPONENT_SECTIONS):
+    for section in (*PLAIN_SECTIONS, *COMPONENT_SECTIONS, *OPTIONAL_COMPONENT_SECTIONS):
         if rest.startswith(section + "_") and len(rest) > len(section) + 1:
             return f" (did you mean {ENV_PREFIX}{section.upper()}__{rest[len(section) + 1:].upper()}?)"
     return f" (settings are {ENV_PREFIX}<SECTION>__<KEY>, e.g. {ENV_PREFIX}SCHEDULER__INTERVAL)"
@@ -254,7 +256,8 @@ def merge_sources(
             raise ConfigError(f"{file_label}: section name {section!r} is not text")
         if values is None or values == {}:
             continue
-        if section in COMPONENT_SECTIONS and isinstance(values, dict) and "type" in values:
+        if section in (*COMPONENT_SECTIONS, *OPTIONAL_COMPONENT_SECTIONS) and isinstance(values, dict) \
+                and "type" in values:
             _drop_replaced_component(tree, sources, section, values["type"])
         _merge_into(tree, (section,), values, file_label, file_lines, sources)
     overrides = env_overrides(env)
@@ -541,7 +544,7 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
         label = f"file {file_path}"
         file_data, file_lines = read_yaml_file(file_path)
     tree, sources = merge_sources(file_data, file_lines, label, env)
-    known = [*PLAIN_SECTIONS, *COMPONENT_SECTIONS]
+    known = [*PLAIN_SECTIONS, *COMPONENT_SECTIONS, *OPTIONAL_COMPONENT_SECTIONS]
     for section in tree:
         if section not in known:
             raise ConfigError(_located(section, sources, "unknown section" + _did_you_mean(section, known)))
@@ -557,6 +560,9 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
         for key, source in list(sources.items()):
             if key == "sensor_data" or key.startswith("sensor_data."):
                 sources["sensor_information" + key[len("sensor_data"):]] = source
+    for section in OPTIONAL_COMPONENT_SECTIONS:
+        if section in tree:
+            built[section] = build_component(section, tree[section], sources)
     built["predictions"].sinks = [_build_sink(raw, sources, index)
                                   for index, raw in enumerate(built["predictions"].sinks)]
     _check_window_bounds(built["scheduler"], built["executor"], sources)
@@ -634,6 +640,7 @@ def effective_tree(config: Config) -> dict[str, Any]:
         f.name: _settings_tree(getattr(config, f.name))
         for f in dataclasses.fields(Config)
         if f.name not in ("sources", "raw")
+        and not (f.name in OPTIONAL_COMPONENT_SECTIONS and getattr(config, f.name) is None)
     }
 
 

@@ -15,7 +15,9 @@ from latigo.errors import LatigoError, describe_exception
 from latigo.factory import Components
 
 PARTS = ("engine", "task_queue", "sensor_data", "sensor_information", "model_information", "model_execution",
-         "prediction_sinks")
+         "prediction_metadata", "prediction_sinks")
+OPTIONAL_PARTS = frozenset({"prediction_metadata"})
+"""Parts built only when configured."""
 _LABELS = {"engine": "database", "prediction_sinks": "predictions.sinks"}
 
 
@@ -34,6 +36,8 @@ def build_all(components: Components) -> list[Check]:
     checks = []
     for part in PARTS:
         label = _LABELS.get(part, part)
+        if part in OPTIONAL_PARTS and getattr(components.config, part) is None:
+            continue
         try:
             built = getattr(components, part)
         except LatigoError as exc:
@@ -52,6 +56,10 @@ def probe_all(components: Components) -> list[Check]:
         ("model_information", lambda: f"{len(components.model_information.get_model_list())} models listed"),
         ("sensor_information", lambda: f"{len(components.sensor_information.get_sensor_list())} sensors listed"),
     ]
+    publisher = components.config.prediction_metadata
+    if publisher is not None:
+        probes.append(("prediction_metadata",
+                       lambda: f"{len(components.prediction_metadata.client.projects())} projects listed"))  # type: ignore[union-attr]
     checks = []
     for part, probe in probes:
         try:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         TaskQueue,
     )
     from latigo.lifecycle import TaskLifecycle
+    from latigo.prediction_metadata import MetadataPublisher
     from latigo.settings import Config
     from latigo.sinks import SinkSet
 
@@ -53,6 +54,9 @@ REGISTRY: dict[str, dict[str, str]] = {
     "model_execution": {
         "local": "latigo.models.local:LocalModels",
         "gordo": "latigo.models.gordo_projects:GordoProjects",
+    },
+    "prediction_metadata": {
+        "metadata_api": "latigo.prediction_metadata:MetadataPublisher",
     },
     "prediction_sink": {
         "influx": "latigo.sensors.influx_sink:InfluxPredictionSink",
@@ -143,6 +147,13 @@ class Components:
     def model_information(self) -> ModelInformationProvider:
         same = self.config.model_information == self.config.model_execution
         return self.model_execution if same else self._build("model_information")  # type: ignore[return-value]
+
+    @cached_property
+    def prediction_metadata(self) -> MetadataPublisher | None:
+        """Who tells the Metadata API about a model's series (`prediction_metadata:`); None when not configured."""
+        if self.config.prediction_metadata is None:
+            return None
+        return self._build("prediction_metadata")
 
     @cached_property
     def prediction_sinks(self) -> SinkSet:

@@ -101,6 +101,11 @@ TASKS_RETRIED = Counter("latigo_tasks_retried", "Tasks handed back for a retry a
 SINK_FAILURES = Counter("latigo_sink_failures", "Prediction sink writes that failed for good.", ["sink"],
                         registry=REGISTRY)
 PREDICTION_ROWS = Counter("latigo_prediction_rows", "Prediction rows written to the database.", registry=REGISTRY)
+METADATA_POSTS = Counter("latigo_prediction_metadata_posts", "Models (one per revision and set of series) the "
+                         "Metadata API was told about.", registry=REGISTRY)
+METADATA_FAILURES = Counter("latigo_prediction_metadata_failures", "Attempts to tell the Metadata API about a "
+                            "model's series that failed (retried later; predictions are not held).",
+                            registry=REGISTRY)
 
 
 def metrics_text() -> bytes:

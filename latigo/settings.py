@@ -174,6 +174,8 @@ class Config:
     alerts: AlertSettings
     logging: LoggingSettings
     metrics: MetricsSettings
+    prediction_metadata: ComponentSettings | None = None
+    """Who tells the Metadata API which series belong to which model (latigo.prediction_metadata); None: nobody."""
     sources: dict[str, str] = field(default_factory=dict, repr=False)
     """Dotted key -> where its value came from: "default", "file <path>:<line>" or "env <VAR>"."""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)

@@ -35,6 +35,7 @@ from latigo.interfaces import (
 from latigo.models.gordo import GordoModels, check_models, format_check_report
 from latigo.models.gordo_kubernetes import SERVICE_ACCOUNT_DIR, GordoKubernetes, resolve_kubernetes
 from latigo.models.gordo_settings import GordoSettings, with_pool_for
+from latigo.prediction_metadata import MetadataApiClient, MetadataApiSettings
 from latigo.types import ModelInfo, ModelRef, ModelStatus, PredictionFrame
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,10 @@ class GordoProjects(ModelInformationProvider, ModelExecutionProvider, CheckableP
         self._clients: dict[str, GordoModels] = {}
         self._lock = threading.Lock()
         self._discovery: GordoKubernetes | None = None
+        self._prevent: MetadataApiClient | None = None
+        if settings.discover == "metadata_api" and not settings.metadata_api_url:
+            raise ConfigError("gordo: discover: metadata_api needs metadata_api_url "
+                              "(and metadata_api_subscription_key)")
         self.skipped: dict[str, str] = {}
         """Projects left out of the last listing, with the reason."""
         if not settings.discover:
@@ -79,6 +84,8 @@ class GordoProjects(ModelInformationProvider, ModelExecutionProvider, CheckableP
             client.close()
         if self._discovery is not None:
             self._discovery.http.close()
+        if self._prevent is not None:
+            self._prevent.close()
 
     # ------------------------------------------------ projects
 
@@ -86,7 +93,18 @@ class GordoProjects(ModelInformationProvider, ModelExecutionProvider, CheckableP
         """The configured projects, or the discovered ones (asked again at every call)."""
         if self.settings.discover == "kubernetes":
             return self._kubernetes().project_names()
+        if self.settings.discover == "metadata_api":
+            return self._metadata_api().projects()
         return list(self.settings.projects) or [self.settings.project]
+
+    def _metadata_api(self) -> MetadataApiClient:
+        if self._prevent is None:
+            settings = MetadataApiSettings(base_url=self.settings.metadata_api_url,
+                                           subscription_key=self.settings.metadata_api_subscription_key,
+                                           timeout=self.settings.timeout, max_retries=self.settings.max_retries,
+                                           retry_base_delay=self.settings.retry_base_delay)
+            self._prevent = MetadataApiClient(settings, owner="gordo: discover: metadata_api")
+        return self._prevent
 
     def _kubernetes(self) -> GordoKubernetes:
         if self._discovery is None:
@@ -215,7 +233,7 @@ def _check(settings: GordoSettings) -> None:
         raise ConfigError("gordo: base_url is required (or a project_urls entry for every project)")
     if len(ways) != 1:
         raise ConfigError("gordo: name the projects one way: project: NAME, projects: [A, B, ...] or discover: "
-                          f"kubernetes (given: {', '.join(ways) or 'none'})")
+                          f"kubernetes | metadata_api (given: {', '.join(ways) or 'none'})")
     for project in [settings.project, *settings.projects, *settings.project_urls]:
         if project and (project != project.strip() or "/" in project):
             raise ConfigError(f"gordo: project {project!r} is not a Gordo project name")

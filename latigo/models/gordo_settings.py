@@ -20,9 +20,14 @@ class GordoSettings(AzureAdSettings):
     """The Gordo projects served at base_url (one model server each, behind one ingress)."""
     project_urls: dict[str, str] = field(default_factory=dict)
     """A server root per project served elsewhere than base_url."""
-    discover: str = field(default="", metadata={"choices": ("", "kubernetes")})
-    """`kubernetes`: the projects are the Gordo resources in kubernetes_namespace, listed again every
-    schedule cycle (a new project is picked up, a removed one is no longer scheduled)."""
+    discover: str = field(default="", metadata={"choices": ("", "kubernetes", "metadata_api")})
+    """`kubernetes`: the projects are the Gordo resources in kubernetes_namespace; `metadata_api`: the projects
+    the Metadata API lists (GET {metadata_api_url}/projects). Listed again every schedule cycle (a new
+    project is picked up, a removed one is no longer scheduled)."""
+    metadata_api_url: str = ""
+    """`discover: metadata_api`: the Metadata API's base URL (as prediction_metadata's base_url)."""
+    metadata_api_subscription_key: str = ""
+    """`discover: metadata_api`: its Ocp-Apim-Subscription-Key."""
     project_parallelism: int = field(default=8, metadata={"min": 1})
     """Projects listed at once in a schedule cycle."""
     revision: str = ""

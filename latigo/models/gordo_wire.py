@@ -61,6 +61,7 @@ def parse_model_info(name: str, project: str, revision: str, body: Mapping[str, 
     extra = {
         "train_start_date": dataset.get("train_start_date"),
         "train_end_date": dataset.get("train_end_date"),
+        "asset": dataset.get("asset"),
         "model_creation_date": build.get("model_creation_date"),
         "gordo_server_version": body.get("gordo-server-version"),
     }

@@ -1,7 +1,8 @@
 """The Time Series API (the "Data API"): sensor lookup by name and raw points, bucketed locally.
 
-The API knows series by id; names are resolved once (GET `?name=&facility=`) and cached,
-since ids never change. Values come from POST `/query/data` with at most 100 ids per
+The API knows series by id; names are resolved (GET `?name=&facility=`) and their ids and metadata
+cached for `cache_ttl` (24 hours, as production latigo kept them: ids never change, names rarely do).
+Values come from POST `/query/data` with at most 100 ids per
 request, and every continuation token is followed to the end: stopping at the first page
 loses data without a trace. The raw points are averaged per resolution bucket here,
 on the same epoch-aligned grid InfluxDB uses (latigo.sensors.resample), with Bad
@@ -101,6 +102,8 @@ class DataApiSensors(SensorInformationProvider, SensorDataProvider):
         retry_base_delay: timedelta = timedelta(seconds=0.5)
         page_limit: int = field(default=MAX_PAGE_LIMIT, metadata={"min": 1})
         """Points per page asked for (the API allows at most 100,000)."""
+        cache_ttl: timedelta = timedelta(hours=24)
+        """How long a series' id and metadata (unit, facility) found by name are kept before being asked again."""
 
     def __init__(self, settings: DataApiSensors.Settings, sleep: Callable[[float], None] = time.sleep) -> None:
         _validate(settings)
@@ -120,8 +123,11 @@ class DataApiSensors(SensorInformationProvider, SensorDataProvider):
             sleep=sleep,
             peer=PEERS.breaker(f"data api {urlsplit(self.base).netloc}"),
         )
-        self._ids: dict[str, str] = {}
+        self._ids: dict[tuple[str, str], tuple[dict[str, Any], float]] = {}
+        """(facility asked, name) -> (the series' metadata, when it was found): ids never change, but a series
+        can be renamed, so entries expire after `cache_ttl`."""
         self._lock = threading.Lock()
+        self._clock = time.monotonic
 
     @classmethod
     def from_settings(cls, settings: DataApiSensors.Settings, components: Any) -> DataApiSensors:
@@ -145,36 +151,46 @@ class DataApiSensors(SensorInformationProvider, SensorDataProvider):
             raise PermanentError(f"data_api: {what}: the answer has no data.items") from None
         return [item for item in items or [] if isinstance(item, dict)]
 
-    def series_id(self, name: str) -> str | None:
-        """The id of the series called `name` (in the configured facility); None when there is none."""
+    def series_id(self, name: str, facility: str | None = None) -> str | None:
+        """The id of the series called `name` (in `facility`, else the configured one); None when there is none."""
+        metadata = self.series_metadata(name, facility)
+        return None if metadata is None else str(metadata["id"])
+
+    def series_metadata(self, name: str, facility: str | None = None) -> dict[str, Any] | None:
+        """The API's metadata (id, unit, facility, ...) of the series called `name` in `facility` (None: the
+        configured facility; empty: any, and then it must be the only one of that name); None when none."""
+        facility = self.settings.facility if facility is None else facility
+        key = (facility, name)
         with self._lock:
-            if name in self._ids:
-                return self._ids[name]
+            cached = self._ids.get(key)
+            if cached is not None and self._clock() - cached[1] < self.settings.cache_ttl.total_seconds():
+                return cached[0]
         if not name:
             return None
         params = {"name": name}
-        if self.settings.facility:
-            params["facility"] = self.settings.facility
+        if facility:
+            params["facility"] = facility
         what = f"looking up series {name!r}"
         response = self.http.request("GET", self.base, params=params)
         items = self._items(self._json(response, what), what)
-        matches = [item for item in items if item.get("name") == name
-                   and (not self.settings.facility or item.get("facility") == self.settings.facility)]
-        ids = list(dict.fromkeys(str(item["id"]) for item in matches if item.get("id")))
-        if not ids:
+        matches = [item for item in items if item.get("name") == name and item.get("id")
+                   and (not facility or item.get("facility") == facility)]
+        distinct = {str(item["id"]): item for item in matches}
+        if not distinct:
             return None
-        if len(ids) > 1:
+        if len(distinct) > 1:
             facilities = ", ".join(sorted({str(item.get("facility")) for item in matches}))
-            raise PermanentError(f"data_api: {len(ids)} series are named {name!r} (facilities: {facilities}); "
+            raise PermanentError(f"data_api: {len(distinct)} series are named {name!r} (facilities: {facilities}); "
                                  f"set the facility setting to choose one")
+        found = next(iter(distinct.values()))
         with self._lock:
-            self._ids[name] = ids[0]
-        return ids[0]
+            self._ids[key] = (found, self._clock())
+        return found
 
     def _resolve(self, names: Sequence[str]) -> dict[str, str | None]:
         """Ids of `names`; the ones not cached are looked up concurrently (one request each)."""
         with self._lock:
-            unknown = [name for name in names if name and name not in self._ids]
+            unknown = [name for name in names if name and (self.settings.facility, name) not in self._ids]
         if len(unknown) > 1:
             with ThreadPoolExecutor(min(LOOKUP_CONCURRENCY, len(unknown)), "data-api-lookup") as pool:
                 list(pool.map(self.series_id, unknown))
@@ -182,8 +198,8 @@ class DataApiSensors(SensorInformationProvider, SensorDataProvider):
 
     def forget(self, ids: Sequence[str]) -> None:
         with self._lock:
-            for name in [n for n, i in self._ids.items() if i in ids]:
-                del self._ids[name]
+            for key in [k for k, (metadata, _) in self._ids.items() if str(metadata["id"]) in ids]:
+                del self._ids[key]
 
     # -- SensorInformationProvider
 
@@ -214,7 +230,9 @@ class DataApiSensors(SensorInformationProvider, SensorDataProvider):
         """A readable description of the requests get_data_for_range makes (no network involved)."""
         names = unique(list(parameters["sensors"]))
         with self._lock:
-            ids = [self._ids.get(name, f"<id of {name!r}>") for name in names]
+            cached = {name: str(entry[0]["id"]) for (facility, name), entry in self._ids.items()
+                      if facility == self.settings.facility}
+        ids = [cached.get(name, f"<id of {name!r}>") for name in names]
         facility = f"&facility={self.settings.facility}" if self.settings.facility else ""
         lookup = f"GET {self.base}?name=<name>{facility}"
         batches = max(1, -(-len(ids) // MAX_IDS_PER_REQUEST))

@@ -1,22 +1,23 @@
 """Predictions written to the Time Series API (the "Data API"), where the plant's people look at them.
 
-Naming convention: one series per (model, output group, tag), named
-
-    {name_prefix}.{model}.{output}.{tag}      e.g. latigo.pump-a1.model-output.1903.R-29TT3018.MA_Y
-    {name_prefix}.{model}.{output}            when the tag is empty (an aggregate such as
-                                              total-anomaly-scaled in Gordo's JSON answer)
-
-with `externalId` = the name, `facility`, `unit`, `step` and a `description` from the settings. The
-name is read left to right: a model or an output group containing a "." would make two series share
-a name, so rows of such models or groups are skipped with a warning (Gordo's names never contain
-one); tags may contain dots, they come last. An empty `name_prefix` leaves out the prefix and its dot.
+One series per (model, output group, tag), named by the `naming` preset (latigo.sensors.series_naming):
+`latigo`, `{name_prefix}.{model}.{output}.{tag}`, in the configured `facility`; or `prevent`, production
+latigo's `{tag}|{model}|{output}` (`{asset}.INDICATOR|{model}|{output}` for an output without a tag), in
+the facility of the series of the model's first input tag (as the Data API's metadata of that tag says).
+A created series has `externalId` = its name, `step`, a description from the preset (or `description`)
+and a unit: under `prevent`, the unit of the tag's own series for model-output and model-input (values in
+the tag's units), else `unit`.
 
 A series is created on first use (POST {base}: 201 with its id; 409 when it exists, then it is
-looked up by name within the facility, exact name only) and its id cached for the life of the
+looked up by name within its facility, exact name only) and its id cached for the life of the
 process. Creations are serialised per name, so concurrent writers of the same model create each
 series once. Datapoints go out with POST {base}/data, at most 100 series and `batch_points` points a
-request, status 192 (Good), times RFC 3339 with milliseconds and a Z. The API keeps one point per
-series and instant, so a redelivered task rewrites its points and never duplicates them.
+request, status 192 (Good), times RFC 3339 with milliseconds and a Z, NaN never sent. The API keeps one
+point per series and instant, so a redelivered task rewrites its points and never duplicates them.
+
+After a write the model's series are handed to the prediction metadata publisher, when one is configured
+(latigo.prediction_metadata): it tells the Metadata API which series belong to which model, in the
+background, never holding the write.
 
 The connection — Azure AD client credentials, subscription key, timeout, retries of 408/425/429/5xx
 with Retry-After, one token refresh on 401 — is the Data API sensor provider's, with the same
@@ -32,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 
@@ -41,7 +42,11 @@ from latigo.http import describe_response
 from latigo.interfaces import PredictionSink
 from latigo.peers import PeerDown
 from latigo.sensors.data_api import LOOKUP_CONCURRENCY, MAX_IDS_PER_REQUEST, DataApiSensors, rfc3339
-from latigo.types import PredictionFrame
+from latigo.sensors.series_naming import PRESETS, SeriesNaming, asset_of, latigo_name, tagless
+from latigo.types import ModelInfo, ModelRef, PredictionFrame
+
+if TYPE_CHECKING:
+    from latigo.prediction_metadata import MetadataPublisher
 
 log = logging.getLogger(__name__)
 
@@ -49,23 +54,37 @@ STATUS_GOOD = 192
 NAME_LOCKS = 256
 """Creations are serialised per name through this many striped locks (a lock per name would grow
 without bound)."""
+UNIT_OUTPUTS = frozenset({"model-output", "model-input"})
+"""Output groups whose values are in their tag's units (the others are scores)."""
 
 _Key = tuple[str, str]
 """(output, tag) of one series of a frame's model."""
 
 
 def series_name(prefix: str, model: str, output: str, tag: str) -> str:
-    """The series name of (model, output, tag) under the module's naming convention."""
-    parts = [prefix] if prefix else []
-    parts += [model, output]
-    if tag:
-        parts.append(tag)
-    return ".".join(parts)
+    """The `latigo` preset's name of (model, output, tag) (kept for callers of the original convention)."""
+    return latigo_name(prefix, model, output, tag)
 
 
-def nameable(model: str, output: str) -> bool:
-    """Whether rows of this model and output group get a name no other (model, output, tag) gets."""
-    return bool(model) and bool(output) and "." not in model and "." not in output
+@dataclass(frozen=True)
+class PlannedSeries:
+    """One series a frame is written to: its name and what it is created with when the API lacks it."""
+
+    name: str
+    facility: str
+    output: str
+    tag: str
+    """The tag it derives from; empty for an output of the model as a whole."""
+    description: str
+    unit: str
+
+
+@dataclass(frozen=True)
+class WrittenSeries:
+    """A planned series with its id in the API."""
+
+    series: PlannedSeries
+    series_id: str
 
 
 class DataApiPredictionSink(PredictionSink):
@@ -73,69 +92,143 @@ class DataApiPredictionSink(PredictionSink):
 
     @dataclass
     class Settings(DataApiSensors.Settings):
+        naming: str = field(default="latigo", metadata={"choices": PRESETS})
+        """How series are named: `latigo` or `prevent` (latigo.sensors.series_naming). Changing it starts new
+        series under the new names; the old ones keep their history and are never rewritten."""
         name_prefix: str = "latigo"
-        """First part of every series name; empty: none."""
-        description: str = "Gordo prediction by latigo: model {model}, output {output}, tag {tag}"
-        """Description of a created series; {model}, {output}, {tag} and {name} are replaced."""
+        """`latigo` naming: the first part of every series name; empty: none."""
+        description: str = ""
+        """Description of a created series; {model}, {output}, {tag} and {name} are replaced. Empty: the
+        naming preset's ("Gordo {output} - {tag}" under `prevent`)."""
         unit: str = ""
-        """Unit of a created series."""
+        """Unit of a created series (under `prevent`, of the scores only: model-output takes its tag's unit)."""
         step: bool = True
         """The series' `step` flag: a value holds until the next point (a prediction is its bucket's value)."""
         batch_points: int = field(default=10_000, metadata={"min": 1})
         """Datapoints per write request (besides the API's 100 series a request)."""
 
-    def __init__(self, settings: DataApiPredictionSink.Settings, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, settings: DataApiPredictionSink.Settings, sleep: Callable[[float], None] = time.sleep,
+                 model_info: Callable[[ModelRef], ModelInfo] | None = None,
+                 metadata: MetadataPublisher | None = None) -> None:
+        self.naming = SeriesNaming(settings.naming, settings.name_prefix)
+        self.description = settings.description or self.naming.description
         try:
-            settings.description.format(model="", output="", tag="", name="")
+            self.description.format(model="", output="", tag="", name="")
         except (KeyError, IndexError, ValueError) as exc:
-            raise ConfigError(f"data_api sink: description {settings.description!r} is not a template of "
+            raise ConfigError(f"data_api sink: description {self.description!r} is not a template of "
                               f"{{model}}, {{output}}, {{tag}}, {{name}}: {exc!r}") from None
+        if settings.naming == "latigo" and not settings.facility.strip():
+            raise ConfigError("data_api sink: facility is required with naming: latigo (the Time Series API "
+                              "creates no series without one)")
+        if settings.naming == "prevent" and model_info is None:
+            raise ConfigError("data_api sink: naming: prevent needs the model provider (for the model's input "
+                              "tags, whose series give the facility)")
         self.settings = settings
+        self.model_info = model_info
+        self.metadata = metadata
         self.api = DataApiSensors(settings, sleep=sleep)
         """The connection (token, subscription key, retries) and the lookup of series by name."""
         self.http, self.base = self.api.http, self.api.base
-        self._ids: dict[str, str] = {}
+        self._ids: dict[tuple[str, str], str] = {}
+        """(facility, name) -> id."""
         self._lock = threading.Lock()
         self._name_locks = [threading.Lock() for _ in range(NAME_LOCKS)]
 
     @classmethod
     def from_settings(cls, settings: DataApiPredictionSink.Settings, components: Any) -> DataApiPredictionSink:
-        return cls(settings)
+        return cls(settings, model_info=lambda ref: components.model_information.get_model_info(ref),
+                   metadata=components.prediction_metadata)
 
     def close(self) -> None:
+        if self.metadata is not None:
+            self.metadata.close()  # what was handed over is sent first (its thread stops after the queue)
         self.api.close()
 
     # -- PredictionSink
 
     def write(self, frame: PredictionFrame) -> int:
-        series, skipped = self._series(frame)
+        info = self._info(frame)
+        series, skipped = self._points(frame)
+        facility, asset = self._placement(frame, info)
+        plans = {key: self._plan(frame.model, *key, facility, asset) for key in series}
+        unnamed = [key for key, plan in plans.items() if plan is None]
+        for key in unnamed:
+            skipped += len(series.pop(key))
         if skipped:
             log.warning("data_api sink: %d of %d rows of model %r are not written: a '.' in the model or output "
-                        "name, or a value that is not finite", skipped, len(frame.rows), frame.model)
+                        "name (naming latigo), or a value that is not finite", skipped, len(frame.rows),
+                        frame.model)
         if not series:
             return 0
-        names = {key: series_name(self.settings.name_prefix, frame.model, *key) for key in series}
-        ids = self._ensure(frame.model, names)
-        items = [(names[key], ids[names[key]], points) for key, points in series.items()]
+        named = {key: plan for key, plan in plans.items() if plan is not None}
+        ids = self._ensure(list(named.values()))
+        items = [(plan.name, ids[(plan.facility, plan.name)], series[key]) for key, plan in named.items()]
         for batch in self._batches(items):
             self._post(batch)
+        if self.metadata is not None and info is not None:
+            written = tuple(WrittenSeries(plan, ids[(plan.facility, plan.name)]) for plan in named.values())
+            self.metadata.publish(frame, info, facility, written, self._input_ids)
         return sum(len(points) for points in series.values())
+
+    def _info(self, frame: PredictionFrame) -> ModelInfo | None:
+        """The model's information (input tags, asset, training period) where naming or metadata need it."""
+        if self.model_info is None or (self.settings.naming == "latigo" and self.metadata is None):
+            return None
+        try:
+            return self.model_info(frame.ref)
+        except PeerDown:
+            raise  # Gordo is down: not this write's failure
+        except (TransientError, PermanentError) as exc:
+            raise type(exc)(f"data_api sink: model {frame.ref.label}: {exc}") from None
+
+    def _placement(self, frame: PredictionFrame, info: ModelInfo | None) -> tuple[str, str]:
+        """(facility, asset) of the model's series: the configured facility under `latigo` naming; under
+        `prevent`, the facility of the first input tag's series and the model's asset."""
+        if self.settings.naming == "latigo" or info is None:
+            return self.settings.facility, ""
+        if not info.tags:
+            raise PermanentError(f"data_api sink: model {frame.ref.label} has no input tags to take the facility "
+                                 "from")
+        first = info.tags[0]
+        metadata = self.api.series_metadata(first, self.settings.facility)
+        if metadata is None or not metadata.get("facility"):
+            where = f"in facility {self.settings.facility!r}" if self.settings.facility else "in any facility"
+            raise PermanentError(f"data_api sink: model {frame.ref.label}: its first input tag {first!r} has no "
+                                 f"series {where} to take the facility from")
+        asset = str(info.extra.get("asset") or "") or asset_of(info.tags)
+        return str(metadata["facility"]), asset
+
+    def _plan(self, model: str, output: str, tag: str, facility: str, asset: str) -> PlannedSeries | None:
+        name = self.naming.name(model, output, tag, asset)
+        if name is None:
+            return None
+        derived = "" if tagless(output, tag) else tag
+        shown = derived if derived or self.settings.naming == "latigo" else name.split("|", 1)[0]
+        unit = self.settings.unit
+        with self._lock:
+            known = (facility, name) in self._ids
+        if not known and self.settings.naming == "prevent" and derived and output in UNIT_OUTPUTS:
+            # only what a creation needs: a tag without a series of its own is not asked for at every write
+            metadata = self.api.series_metadata(derived, facility)
+            unit = str(metadata.get("unit") or "") if metadata is not None else unit
+        description = self.description.format(model=model, output=output, tag=shown, name=name)
+        return PlannedSeries(name, facility, output, derived, description, unit)
+
+    def _input_ids(self, info: ModelInfo, facility: str) -> dict[str, str | None]:
+        """The Data API id of each of the model's input tags (None for a tag without a series)."""
+        return {tag: self.api.series_id(tag, facility) for tag in info.tags}
 
     # -- rows to datapoints
 
-    def _series(self, frame: PredictionFrame) -> tuple[dict[_Key, list[dict[str, Any]]], int]:
+    def _points(self, frame: PredictionFrame) -> tuple[dict[_Key, list[dict[str, Any]]], int]:
         """Datapoints per (output, tag) in time order, one per instant (of two rows in the same millisecond
-        the later row wins); and how many rows cannot be written."""
+        the later row wins); and how many rows are not finite."""
         by_key: dict[_Key, dict[str, float]] = {}
         skipped = 0
-        writable: dict[str, bool] = {}
         times: dict[Any, str] = {}  # the series of a frame share their timestamps
         for row in frame.rows:
-            ok = writable.get(row.output)
-            if ok is None:
-                ok = writable[row.output] = nameable(frame.model, row.output)
             value = float(row.value)
-            if not ok or not math.isfinite(value):
+            if not math.isfinite(value):
                 skipped += 1
                 continue
             text = times.get(row.ts)
@@ -186,66 +279,59 @@ class DataApiPredictionSink(PredictionSink):
 
     # -- names to ids
 
-    def _ensure(self, model: str, names: dict[_Key, str]) -> dict[str, str]:
-        """The id of every name, creating the series not yet known (concurrently, a few at a time)."""
+    def _ensure(self, plans: list[PlannedSeries]) -> dict[tuple[str, str], str]:
+        """The id of every planned series, creating those not yet known (concurrently, a few at a time)."""
         with self._lock:
-            unknown = [(key, name) for key, name in names.items() if name not in self._ids]
+            unknown = [plan for plan in plans if (plan.facility, plan.name) not in self._ids]
         if len(unknown) > 1:
             with ThreadPoolExecutor(min(LOOKUP_CONCURRENCY, len(unknown)), "data-api-sink-create") as pool:
-                list(pool.map(lambda item: self.series_id(model, *item[0]), unknown))
+                list(pool.map(self.series_id, unknown))
         elif unknown:
-            self.series_id(model, *unknown[0][0])
+            self.series_id(unknown[0])
         with self._lock:
-            return {name: self._ids[name] for name in names.values()}
+            return {(plan.facility, plan.name): self._ids[(plan.facility, plan.name)] for plan in plans}
 
-    def series_id(self, model: str, output: str, tag: str) -> str:
-        """The id of the series of (model, output, tag), created when the API does not have it yet."""
-        name = series_name(self.settings.name_prefix, model, output, tag)
+    def series_id(self, plan: PlannedSeries) -> str:
+        """The id of the planned series, created when the API does not have it yet."""
+        key = (plan.facility, plan.name)
         with self._lock:
-            known = self._ids.get(name)
+            known = self._ids.get(key)
         if known is not None:
             return known
-        with self._name_locks[hash(name) % NAME_LOCKS]:  # one creation per name at a time
+        with self._name_locks[hash(key) % NAME_LOCKS]:  # one creation per name at a time
             with self._lock:
-                known = self._ids.get(name)
+                known = self._ids.get(key)
             if known is None:
-                known = self._create(name, model, output, tag)
+                known = self._create(plan)
                 with self._lock:
-                    self._ids[name] = known
+                    self._ids[key] = known
         return known
 
-    def _create(self, name: str, model: str, output: str, tag: str) -> str:
-        settings = self.settings
-        body: dict[str, Any] = {
-            "name": name,
-            "description": settings.description.format(model=model, output=output, tag=tag, name=name),
-            "step": settings.step,
-            "unit": settings.unit,
-            "externalId": name,
-        }
-        if settings.facility:
-            body["facility"] = settings.facility
+    def _create(self, plan: PlannedSeries) -> str:
+        body: dict[str, Any] = {"name": plan.name, "description": plan.description, "step": self.settings.step,
+                                "unit": plan.unit, "facility": plan.facility, "externalId": plan.name}
         try:
             response = self.http.request("POST", self.base, json=body, accept=(409,))
             if response.status_code != 409:
-                created = _created_id(response, name)
+                created = _created_id(response, plan.name)
                 if created is not None:
-                    log.info("data_api sink: created series %r (id %s)", name, created)
+                    log.info("data_api sink: created series %r in facility %s (id %s)", plan.name, plan.facility,
+                             created)
                     return created
-            found = self.api.series_id(name)
+            found = self.api.series_id(plan.name, plan.facility)
         except PeerDown:
             raise  # the API is down: not this write's failure
         except (TransientError, PermanentError) as exc:
-            raise type(exc)(f"data_api sink: creating series {name!r}: {exc}") from None
+            raise type(exc)(f"data_api sink: creating series {plan.name!r}: {exc}") from None
         if found is None:
-            where = f"in facility {settings.facility!r}" if settings.facility else "by that name"
-            raise PermanentError(f"data_api sink: series {name!r}: the API says it exists (409) but finds none "
-                                 f"{where}")
+            raise PermanentError(f"data_api sink: series {plan.name!r}: the API says it exists (409) but finds none "
+                                 f"in facility {plan.facility!r}")
         return found
 
     def forget(self, names: Sequence[str]) -> None:
         with self._lock:
-            ids = [self._ids.pop(name) for name in names if name in self._ids]
+            keys = [key for key in self._ids if key[1] in names]
+            ids = [self._ids.pop(key) for key in keys]
         self.api.forget(ids)  # its lookup cache too, or a 409 would bring the dead id back
 
 

@@ -166,6 +166,21 @@ class AnomalyAlert(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
+class PredictionMetadataRecord(Base):
+    """What the Metadata API was told about a model's series (latigo.prediction_metadata): one row per
+    (project, model, revision), so the POST is made once, and again when the revision or the series change."""
+
+    __tablename__ = "prediction_metadata"
+    project: Mapped[str] = mapped_column(String(255), primary_key=True)
+    model: Mapped[str] = mapped_column(String(255), primary_key=True)
+    revision: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    """sha256 of the input and output series sent; a change means the API is told again."""
+    model_id: Mapped[str] = mapped_column(String(255))
+    """The Metadata API's id for this model (its answer's `model_id`)."""
+    sent_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
 class ViewBase(DeclarativeBase):
     """Read-only mappings of views (their own metadata: the migrations create the views by SQL)."""
 

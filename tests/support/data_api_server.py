@@ -1,22 +1,38 @@
 """A local Time Series API (the "Data API") speaking the real wire format, for tests and benchmarks.
 
-Endpoints (under `base_path`): GET `?name=&facility=&limit=&continuationToken=` (find/list series),
-POST `` (create `{name, description, step, unit, facility, externalId}`: 201 with the new series,
-409 when the facility already has a series of that name), GET `/{id}`, GET `/{id}/data`,
-POST `/query/data` (at most 100 ids, per-item continuation tokens), POST `/data` (bulk write
-`{items: [{id, datapoints: [{time, value, status}]}]}`, at most 100 items; a point at a time the
-series already has replaces it), and an Azure AD style token endpoint `/{tenant}/oauth2/v2.0/token`.
-Pages are cut at `page_size` points whatever `limit` asks, so several pages per series are the
-rule. `endTime` is inclusive here, as the safest assumption a client can be tested against.
-`name_match="contains"` makes a name search also answer series whose names merely contain the
-name asked for, so that a client is tested to pick the exact match itself. Every request is
-recorded; faults (a status, with headers, for the next N matching requests) can be injected;
-`revoke_tokens()` expires every issued token; `by_name()` and `stored()` read back what was written.
+The official client (`omnia-timeseries`, tests/support/omnia_client.py) is its judge: every endpoint here
+answers that client's own calls (tests/integration/test_data_api_official_client.py). Endpoints (under
+`base_path`):
+
+- series: GET `?name=&facility=&externalId=&limit=&continuationToken=` (find/list), GET `/search?name=&
+  facility=&...` (fields matched case-insensitively, `*` a wildcard), POST `` (create `{name, facility,
+  description, step, unit, externalId, assetId}`: 201 with the new series, 409 when the facility already
+  has that name), POST `/getoradd` (a list: each existing series unchanged, the others created), GET,
+  PATCH, PUT and DELETE `/{id}`;
+- datapoints: GET `/{id}/data` and GET `/query/data?name=&facility=` (`startTime`, `endTime`, `status=`
+  filters, `includeOutsidePoints` as JSON or as the client's query string "True"), POST `/query/data`
+  (at most 100 items `{id, startTime, endTime, limit, statusFilter, includeOutsidePoints,
+  continuationToken}`), GET `/{id}/data/first|latest` (`afterTime`, `beforeTime`, `status`), POST
+  `/query/data/first|latest`, POST `/{id}/data` and POST `/data` (at most 100 items; a point at an
+  instant the series holds replaces it; `status` required, since the API documents no default), DELETE
+  `/{id}/data?startTime=&endTime=`; aggregates answer 501 with a message (not implemented here, never
+  raw points in their place);
+- an Azure AD style token endpoint `/{tenant}/oauth2/v2.0/token`.
+
+Times are stored and answered as the API answers them: UTC, milliseconds, a Z. A create without a
+facility is refused, as the API refuses it. Every error body is `{statusCode, message, traceId}` (the
+client reports `message`). Pages are cut at `page_size` points whatever `limit` asks, so several pages
+per series are the rule. `endTime` is inclusive here, as the safest assumption a client can be tested
+against. `name_match="contains"` makes a name lookup also answer series whose names merely contain the
+name asked for, so that a client is tested to pick the exact match itself. Every request is recorded;
+faults (a status, with headers, for the next N matching requests) can be injected; `revoke_tokens()`
+expires every issued token; `by_name()` and `stored()` read back what was written.
 """
 
 from __future__ import annotations
 
 import bisect
+import fnmatch
 import json
 import secrets
 import threading
@@ -57,6 +73,8 @@ class Series:
     step: bool = False
     unit: str = ""
     external_id: str = ""
+    asset_id: str = ""
+    source: str = ""
 
     _times: list[datetime] | None = field(default=None, repr=False, compare=False)
 
@@ -68,14 +86,18 @@ class Series:
     def metadata(self) -> dict[str, Any]:
         description = f"{self.name} (test)" if self.description is None else self.description
         return {"id": self.id, "name": self.name, "description": description, "step": self.step,
-                "unit": self.unit, "assetId": "", "facility": self.facility, "externalId": self.external_id,
+                "unit": self.unit, "assetId": self.asset_id, "facility": self.facility, "externalId": self.external_id,
+                "source": self.source,
                 "changedTime": "2020-01-01T00:00:00.000Z", "createdTime": "2020-01-01T00:00:00.000Z"}
 
     def merge(self, datapoints: Iterable[dict[str, Any]]) -> None:
         """Write points: one per instant, a new point at an instant already held replaces it."""
         merged = {_parse_time(p["time"]): p for p in self.points}
-        merged.update({_parse_time(p["time"]): dict(p) for p in datapoints})
+        for point in datapoints:  # stored as the API answers: milliseconds and a Z, whatever form was sent
+            moment = _parse_time(rfc3339(_parse_time(point["time"])))
+            merged[moment] = {"time": rfc3339(moment), "value": point["value"], "status": point["status"]}
         self.points = [merged[moment] for moment in sorted(merged)]
+        self._times = None
 
 
 @dataclass
@@ -219,17 +241,32 @@ class DataApiServer(LoopbackServer):
             return token in self.tokens
 
     def page(
-        self, series: Series, start: str | None, end: str | None, offset: int, limit: int
+        self, series: Series, start: str | None, end: str | None, offset: int, limit: int,
+        statuses: frozenset[int] | None = None, outside: bool = False,
     ) -> tuple[list, int | None]:
-        """Points of `series` in [start, end] from `offset`, at most min(limit, page_size); next offset or None."""
+        """Points of `series` in [start, end] (with the nearest point on either side when `outside`), only
+        those whose status is in `statuses` when given, from `offset`, at most min(limit, page_size);
+        the next offset or None."""
+        selected = self.select(series, start, end, statuses, outside)
+        size = max(1, min(limit, self.page_size))
+        chunk = selected[offset : offset + size]
+        following = offset + size if offset + size < len(selected) else None
+        return chunk, following
+
+    def select(self, series: Series, start: str | None, end: str | None, statuses: frozenset[int] | None = None,
+               outside: bool = False) -> list[dict[str, Any]]:
+        """Every point of `series` a read of [start, end] answers, in time order."""
         times = series.times()
         lo = bisect.bisect_left(times, _parse_time(start)) if start else 0
         hi = bisect.bisect_right(times, _parse_time(end)) if end else len(times)
-        size = max(1, min(limit, self.page_size))
-        first = lo + offset
-        chunk = series.points[first : min(first + size, hi)]
-        following = offset + size if first + size < hi else None
-        return chunk, following
+        def keep(point: dict[str, Any]) -> bool:
+            return statuses is None or point.get("status") in statuses
+        inside = series.points[lo:hi] if statuses is None else [p for p in series.points[lo:hi] if keep(p)]
+        if not outside:
+            return inside
+        before = next((p for p in reversed(series.points[:lo]) if keep(p)), None)
+        after = next((p for p in series.points[hi:] if keep(p)), None)
+        return [*([before] if before else []), *inside, *([after] if after else [])]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -302,26 +339,88 @@ class _Handler(BaseHTTPRequestHandler):
         rest = parts.path[len(BASE_PATH):].strip("/")
         self._route(method, rest, query, body)
 
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._dispatch("DELETE")
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self._dispatch("PATCH")
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._dispatch("PUT")
+
     def _route(self, method: str, rest: str, query: dict[str, list[str]], body: Any) -> None:
-        segments = rest.split("/") if rest else []
-        if method == "GET" and not segments:
+        try:
+            self._answer(method, rest.split("/") if rest else [], query, body)
+        except BadRequest as exc:
+            self._error(400, str(exc))
+
+    def _answer(self, method: str, segments: list[str], query: dict[str, list[str]], body: Any) -> None:
+        route = (method, *segments)
+        if route == ("GET",):
             return self._find(query)
-        if method == "POST" and not segments:
+        if route == ("POST",):
             return self._create(body)
-        if method == "POST" and segments == ["query", "data"]:
+        if route == ("POST", "getoradd"):
+            return self._get_or_add(body)
+        if method == "GET" and segments[:1] == ["search"]:
+            return self._search(query, segments[1:])
+        if route in (("POST", "query", "data", "first"), ("POST", "query", "data", "latest")):
+            return self._multi_edge(segments[2], body)
+        if route == ("POST", "query", "data"):
             return self._query_data(query, body)
-        if method == "POST" and segments == ["data"]:
+        if route == ("GET", "query", "data"):
+            return self._data_by_name(query)
+        if route == ("POST", "data"):
             return self._write(body)
-        if method == "GET" and len(segments) == 1:
+        if len(segments) >= 1 and segments[0] not in ("query", "data", "search", "getoradd"):
             series = self.api.series.get(segments[0])
             if series is None:
                 return self._error(404, f"Timeseries with id {segments[0]} not found")
+            return self._series_route(method, series, segments[1:], query, body)
+        return self._error(404, f"no route {method} /{'/'.join(segments)}")
+
+    def _series_route(self, method: str, series: Series, segments: list[str], query: dict[str, list[str]],
+                      body: Any) -> None:
+        route = (method, *segments)
+        if route == ("GET",):
             return self._send(200, {"data": {"items": [series.metadata()]}})
-        if method == "GET" and len(segments) == 2 and segments[1] == "data":
-            return self._series_data(segments[0], query)
-        return self._error(404, f"no route {method} /{rest}")
+        if route in (("PATCH",), ("PUT",)):
+            return self._change(series, body, replace_all=method == "PUT")
+        if route == ("DELETE",):
+            with self.api._lock:
+                self.api.series.pop(series.id, None)
+            return self._message(f"Timeseries with id {series.id} was deleted")
+        if route == ("GET", "data"):
+            return self._series_data(series, query)
+        if route == ("POST", "data"):
+            if not isinstance(body, dict) or not isinstance(body.get("datapoints"), list):
+                raise BadRequest("The request body must be {datapoints: [{time, value, status}]}")
+            return self._write({"items": [{"id": series.id, "datapoints": body["datapoints"]}]})
+        if route == ("DELETE", "data"):
+            start, end = _one(query, "startTime"), _one(query, "endTime")
+            with self.api._lock:
+                doomed = {id(p) for p in self.api.select(series, start, end)}
+                series.points = [p for p in series.points if id(p) not in doomed]
+                series._times = None
+            return self._message(f"{len(doomed)} datapoints were deleted")
+        if route in (("GET", "data", "first"), ("GET", "data", "latest")):
+            point = self._edge(series, segments[1], _one(query, "afterTime"), _one(query, "beforeTime"),
+                               _statuses(query.get("status")))
+            return self._send(200, {"data": {"items": [self._item(series, [point] if point else [])]}})
+        if route == ("GET", "data", "aggregates"):
+            return self._error(501, "aggregates (aggregateFunction, processingInterval) are not implemented by "
+                                    "this test server; ask for raw datapoints")
+        return self._error(404, f"no route {method} /{series.id}/{'/'.join(segments)}")
 
     # -- endpoints
+
+    def _message(self, text: str, status: int = 200) -> None:
+        self._send(status, {"statusCode": status, "message": text, "traceId": uuid.uuid4().hex})
+
+    @staticmethod
+    def _item(series: Series, datapoints: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"id": series.id, "name": series.name, "facility": series.facility, "unit": series.unit,
+                "datapoints": datapoints}
 
     def _token(self, form: Any) -> None:
         if not isinstance(form, dict) or form.get("grant_type") != "client_credentials":
@@ -335,60 +434,93 @@ class _Handler(BaseHTTPRequestHandler):
                          "ext_expires_in": self.api.token_lifetime, "access_token": self.api.issue_token()})
 
     def _find(self, query: dict[str, list[str]]) -> None:
-        name = query.get("name", [None])[0]
-        facility = query.get("facility", [None])[0]
-        limit = int(query.get("limit", ["1000"])[0])
-        token = query.get("continuationToken", [None])[0]
-        offset = 0
-        if token is not None:
-            state = self.api.cursor(token)
-            if state is None:
-                return self._error(400, "Invalid continuation token")
-            offset = state[1]
+        name, facility = _one(query, "name"), _one(query, "facility")
+        external_id = _one(query, "externalId")
         contains = self.api.name_match == "contains"
         with self.api._lock:
             matches = [s for s in self.api.series.values()
                        if (name is None or s.name == name or (contains and name in s.name))
-                       and (facility is None or s.facility == facility)]
+                       and (facility is None or s.facility == facility)
+                       and (external_id is None or s.external_id == external_id)]
+        self._send_page(matches, query, "find")
+
+    def _search(self, query: dict[str, list[str]], free_text: list[str]) -> None:
+        """GET /search: every given field matched case-insensitively, `*` as a wildcard."""
+        if free_text:
+            return self._error(501, "search by free-text query (/search/{query}) is not implemented by this test "
+                                    "server; search by field (name, facility, ...)")
+        fields = {"name": "name", "facility": "facility", "externalId": "external_id", "description": "description",
+                  "unit": "unit", "assetId": "asset_id", "source": "source"}
+        wanted = {attribute: _one(query, key) for key, attribute in fields.items() if _one(query, key) is not None}
+        with self.api._lock:
+            matches = [s for s in self.api.series.values()
+                       if all(fnmatch.fnmatchcase(str(s.metadata()[_wire(a)] or "").lower(), pattern.lower())
+                              for a, pattern in wanted.items())]
+        self._send_page(matches, query, "search")
+
+    def _send_page(self, matches: list[Series], query: dict[str, list[str]], kind: str) -> None:
+        limit = _integer(_one(query, "limit") or "1000", "limit", 1, 100_000)
+        token = _one(query, "continuationToken")
+        offset = 0
+        if token is not None:
+            state = self.api.cursor(token)
+            if state is None or state[0] != kind:
+                raise BadRequest("Invalid continuation token")
+            offset = state[1]
         page = matches[offset : offset + limit]
         body: dict[str, Any] = {"data": {"items": [s.metadata() for s in page]}, "count": len(page)}
         if offset + limit < len(matches):
-            body["continuationToken"] = self.api.new_cursor(("find", offset + limit))
+            body["continuationToken"] = self.api.new_cursor((kind, offset + limit))
         self._send(200, body)
 
-    def _series_data(self, series_id: str, query: dict[str, list[str]]) -> None:
-        series = self.api.series.get(series_id)
-        if series is None:
-            return self._error(404, f"Timeseries with id {series_id} not found")
-        token = query.get("continuationToken", [None])[0]
-        start, end = query.get("startTime", [None])[0], query.get("endTime", [None])[0]
-        limit, offset = int(query.get("limit", ["1000"])[0]), 0
+    def _series_data(self, series: Series, query: dict[str, list[str]]) -> None:
+        token = _one(query, "continuationToken")
+        start, end = _one(query, "startTime"), _one(query, "endTime")
+        limit = _integer(_one(query, "limit") or "1000", "limit", 1, 100_000)
+        statuses = _statuses(query.get("status"))
+        outside = _flag(_one(query, "includeOutsidePoints"), "includeOutsidePoints")
+        offset = 0
         if token:
             state = self.api.cursor(token)
-            if state is None:
-                return self._error(400, "Invalid continuation token")
-            _, start, end, limit, offset = state
-        points, following = self.api.page(series, start, end, offset, limit)
-        body: dict[str, Any] = {"data": {"items": [{"id": series.id, "name": series.name, "unit": "",
-                                                    "datapoints": points}]}}
+            if state is None or state[0] != "data":
+                raise BadRequest("Invalid continuation token")
+            _, start, end, limit, statuses, outside, offset = state
+        points, following = self.api.page(series, start, end, offset, limit, statuses, outside)
+        body: dict[str, Any] = {"data": {"items": [self._item(series, points)]}}
         if following is not None:
-            body["continuationToken"] = self.api.new_cursor(("data", start, end, limit, following))
+            body["continuationToken"] = self.api.new_cursor(("data", start, end, limit, statuses, outside, following))
         self._send(200, body)
+
+    def _data_by_name(self, query: dict[str, list[str]]) -> None:
+        """GET /query/data?name=&facility=: the points of the one series of that name in that facility."""
+        name, facility = _one(query, "name"), _one(query, "facility")
+        if not name or not facility:
+            raise BadRequest("name and facility are required")
+        with self.api._lock:
+            found = [s for s in self.api.series.values() if s.name == name and s.facility == facility]
+        if not found:
+            return self._error(404, f"No timeseries named {name} in facility {facility}")
+        self._series_data(found[0], query)
 
     def _query_data(self, query: dict[str, list[str]], body: Any) -> None:
         if not isinstance(body, list) or not all(isinstance(item, dict) and item.get("id") for item in body):
-            return self._error(400, "The request body must be a list of {id, startTime, endTime, ...}")
+            raise BadRequest("The request body must be a list of {id, startTime, endTime, ...}")
         if len(body) > MAX_IDS_PER_QUERY:
-            return self._error(400, f"A maximum of {MAX_IDS_PER_QUERY} items is allowed per request; got {len(body)}")
+            raise BadRequest(f"A maximum of {MAX_IDS_PER_QUERY} items is allowed per request; got {len(body)}")
+        aggregated = [item["id"] for item in body
+                      if item.get("aggregateFunctions") or item.get("processingInterval") or item.get("fill")]
+        if aggregated:
+            return self._error(501, "aggregates (aggregateFunctions, processingInterval, fill) are not implemented "
+                                    f"by this test server (asked for {aggregated[0]}); ask for raw datapoints")
         unknown = [item["id"] for item in body if item["id"] not in self.api.series]
         if unknown:
             return self._error(404, f"Timeseries with id {unknown[0]} not found")
-        top_token = query.get("continuationToken", [None])[0]
+        top_token = _one(query, "continuationToken")
         offsets: dict[str, int] = {}
         if top_token is not None:
             state = self.api.cursor(top_token)
-            if state is None:
-                return self._error(400, "Invalid continuation token")
+            if state is None or state[0] != "top":
+                raise BadRequest("Invalid continuation token")
             offsets = dict(state[1])
         items, following = [], {}
         for item in body:
@@ -398,15 +530,16 @@ class _Handler(BaseHTTPRequestHandler):
                 continue
             if item.get("continuationToken"):
                 state = self.api.cursor(item["continuationToken"])
-                if state is None:
-                    return self._error(400, "Invalid continuation token")
+                if state is None or state[0] != "item":
+                    raise BadRequest("Invalid continuation token")
                 offset = state[1]
-            limit = int(item.get("limit") or 1000)
-            if not 1 <= limit <= 100000:
-                return self._error(400, f"limit must be between 1 and 100000; got {limit}")
+            limit = _integer(item.get("limit") or 1000, "limit", 1, 100_000)
+            statuses = _statuses(item.get("statusFilter"))
+            outside = _flag(item.get("includeOutsidePoints"), "includeOutsidePoints")
             series = self.api.series[item["id"]]
-            points, next_offset = self.api.page(series, item.get("startTime"), item.get("endTime"), offset, limit)
-            entry: dict[str, Any] = {"id": series.id, "name": series.name, "unit": "", "datapoints": points}
+            points, next_offset = self.api.page(series, item.get("startTime"), item.get("endTime"), offset, limit,
+                                                statuses, outside)
+            entry = self._item(series, points)
             following[series.id] = next_offset
             if next_offset is not None and self.api.paging == "item":
                 entry["continuationToken"] = self.api.new_cursor(("item", next_offset))
@@ -416,43 +549,94 @@ class _Handler(BaseHTTPRequestHandler):
             answer["continuationToken"] = self.api.new_cursor(("top", following))
         self._send(200, answer)
 
+    def _edge(self, series: Series, which: str, after: str | None, before: str | None,
+              statuses: frozenset[int] | None) -> dict[str, Any] | None:
+        """The first or the latest point in [after, before] with one of `statuses`; None when there is none."""
+        selected = self.api.select(series, after, before, statuses)
+        if not selected:
+            return None
+        return selected[0] if which == "first" else selected[-1]
+
+    def _multi_edge(self, which: str, body: Any) -> None:
+        if not isinstance(body, list) or not all(isinstance(item, dict) and item.get("id") for item in body):
+            raise BadRequest("The request body must be a list of {id, startTime, endTime, statusFilter}")
+        if len(body) > MAX_IDS_PER_QUERY:
+            raise BadRequest(f"A maximum of {MAX_IDS_PER_QUERY} items is allowed per request; got {len(body)}")
+        items = []
+        for item in body:
+            series = self.api.series.get(item["id"])
+            if series is None:
+                return self._error(404, f"Timeseries with id {item['id']} not found")
+            point = self._edge(series, which, item.get("startTime"), item.get("endTime"),
+                               _statuses(item.get("statusFilter")))
+            items.append(self._item(series, [point] if point else []))
+        self._send(200, {"data": {"items": items}})
+
     def _create(self, body: Any) -> None:
-        if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not body["name"].strip():
-            return self._error(400, "The request body must be {name, description, step, unit, facility, externalId} "
-                                    "with a non-empty name")
-        for key in ("description", "unit", "facility", "externalId"):
-            if body.get(key) is not None and not isinstance(body[key], str):
-                return self._error(400, f"{key} must be a string")
-        if body.get("step") is not None and not isinstance(body["step"], bool):
-            return self._error(400, "step must be a boolean")
-        facility = body.get("facility") or ""
+        fields = _series_fields(body)
         with self.api._lock:
-            if any(s.name == body["name"] and s.facility == facility for s in self.api.series.values()):
-                taken = True
-            else:
-                taken = False
-                series = Series(name=body["name"], facility=facility, description=body.get("description") or "",
-                                step=bool(body.get("step")), unit=body.get("unit") or "",
-                                external_id=body.get("externalId") or "")
-                self.api.series[series.id] = series
-                self.api.created.append(series.name)
-        if taken:
-            return self._error(409, f"A timeseries with name {body['name']} already exists in facility '{facility}'")
+            taken = self._named(fields["name"], fields["facility"])
+            series = taken or self._add(fields)
+        if taken is not None:
+            return self._error(409, f"A timeseries with name {fields['name']} already exists in facility "
+                                    f"'{fields['facility']}'")
         self._send(201, {"data": {"items": [series.metadata()]}})
+
+    def _get_or_add(self, body: Any) -> None:
+        """POST /getoradd: each series as it is when its name exists in its facility (unchanged), else created."""
+        if not isinstance(body, list) or not body:
+            raise BadRequest("The request body must be a non-empty list of {name, facility, description, step, "
+                             "unit, externalId}")
+        requested = [_series_fields(item) for item in body]
+        with self.api._lock:
+            answered = [self._named(f["name"], f["facility"]) or self._add(f) for f in requested]
+        self._send(200, {"data": {"items": [s.metadata() for s in answered]}})
+
+    def _named(self, name: str, facility: str) -> Series | None:
+        """The series called `name` in `facility` (the caller holds the lock)."""
+        return next((s for s in self.api.series.values() if s.name == name and s.facility == facility), None)
+
+    def _add(self, fields: dict[str, Any]) -> Series:
+        series = Series(name=fields["name"], facility=fields["facility"], description=fields["description"],
+                        step=fields["step"], unit=fields["unit"], external_id=fields["externalId"],
+                        asset_id=fields["assetId"])
+        self.api.series[series.id] = series
+        self.api.created.append(series.name)
+        return series
+
+    def _change(self, series: Series, body: Any, replace_all: bool) -> None:
+        """PATCH changes the fields given; PUT replaces the series' metadata (what it leaves out is reset)."""
+        if replace_all:
+            fields = _series_fields(body)
+        else:
+            if not isinstance(body, dict):
+                raise BadRequest("The request body must be an object of the fields to change")
+            fields = _series_fields({"name": series.name, "facility": series.facility, **body}, partial=True)
+        with self.api._lock:
+            other = self._named(fields["name"], fields["facility"])
+            if other is not None and other is not series:
+                return self._error(409, f"A timeseries with name {fields['name']} already exists in facility "
+                                        f"'{fields['facility']}'")
+            for key, attribute in (("name", "name"), ("facility", "facility"), ("description", "description"),
+                                   ("step", "step"), ("unit", "unit"), ("externalId", "external_id"),
+                                   ("assetId", "asset_id")):
+                if key in fields:
+                    setattr(series, attribute, fields[key])
+        self._send(200, {"data": {"items": [series.metadata()]}})
 
     def _write(self, body: Any) -> None:
         if not isinstance(body, dict) or not isinstance(body.get("items"), list):
-            return self._error(400, "The request body must be {items: [{id, datapoints}]}")
+            raise BadRequest("The request body must be {items: [{id, datapoints}]}")
         if len(body["items"]) > MAX_ITEMS_PER_WRITE:
-            return self._error(400, f"A maximum of {MAX_ITEMS_PER_WRITE} items is allowed per request; "
-                                    f"got {len(body['items'])}")
+            raise BadRequest(f"A maximum of {MAX_ITEMS_PER_WRITE} items is allowed per request; "
+                             f"got {len(body['items'])}")
         for item in body["items"]:
             if not isinstance(item, dict) or not isinstance(item.get("datapoints"), list):
-                return self._error(400, "Each item must be {id, datapoints: [...]}")
+                raise BadRequest("Each item must be {id, datapoints: [...]}")
             for point in item["datapoints"]:
                 problem = _invalid_point(point)
                 if problem:
-                    return self._error(400, f"Invalid datapoint {point!r} for id {item.get('id')}: {problem}")
+                    raise BadRequest(f"Invalid datapoint {point!r} for id {item.get('id')}: {problem}")
         with self.api._lock:
             unknown = [item.get("id") for item in body["items"] if item.get("id") not in self.api.series]
             if not unknown:
@@ -460,7 +644,70 @@ class _Handler(BaseHTTPRequestHandler):
                     self.api.series[item["id"]].merge(item["datapoints"])
         if unknown:  # nothing written: the request is refused as a whole
             return self._error(404, f"Timeseries with id {unknown[0]} not found")
-        self._send(200, {"statusCode": 200, "message": "Data was written", "traceId": uuid.uuid4().hex})
+        self._message("Data was written")
+
+
+class BadRequest(ValueError):
+    """A request the API refuses with 400 and this message."""
+
+
+def _one(query: dict[str, list[str]], key: str) -> str | None:
+    values = query.get(key)
+    return values[0] if values else None
+
+
+def _wire(attribute: str) -> str:
+    return {"external_id": "externalId", "asset_id": "assetId"}.get(attribute, attribute)
+
+
+def _integer(value: Any, what: str, low: int, high: int) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"{what} must be an integer; got {value!r}") from None
+    if not low <= number <= high:
+        raise BadRequest(f"{what} must be between {low} and {high}; got {number}")
+    return number
+
+
+def _flag(value: Any, what: str) -> bool:
+    """A boolean as JSON sends it, or as a query string does (the official client sends Python's "True")."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise BadRequest(f"{what} must be true or false; got {value!r}")
+
+
+def _statuses(values: Any) -> frozenset[int] | None:
+    """A status filter (query: repeated `status=`; body: `statusFilter: [..]`); None when none is given."""
+    if values is None or values == []:
+        return None
+    if not isinstance(values, list):
+        values = [values]
+    return frozenset(_integer(v, "status", 0, 2**31 - 1) for v in values)
+
+
+def _series_fields(body: Any, partial: bool = False) -> dict[str, Any]:
+    """A series' metadata from a create/get-or-add/put body (`partial`: a patch, only the fields given), checked
+    as the API checks them: a non-empty name and facility, strings, a boolean step."""
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be {name, facility, description, step, unit, externalId}")
+    for key in ("name", "facility"):
+        if not isinstance(body.get(key), str) or not body[key].strip():
+            raise BadRequest(f"{key} is required and must be a non-empty string; got {body.get(key)!r}")
+    for key in ("description", "unit", "externalId", "assetId"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            raise BadRequest(f"{key} must be a string; got {body[key]!r}")
+    if body.get("step") is not None and not isinstance(body["step"], bool):
+        raise BadRequest(f"step must be a boolean; got {body['step']!r}")
+    if partial:
+        return {key: body[key] if body[key] is not None else ("" if key != "step" else False)
+                for key in ("name", "facility", "description", "step", "unit", "externalId", "assetId")
+                if key in body}
+    return {"name": body["name"], "facility": body["facility"], "description": body.get("description") or "",
+            "step": bool(body.get("step")), "unit": body.get("unit") or "", "externalId": body.get("externalId") or "",
+            "assetId": body.get("assetId") or ""}
 
 
 def _invalid_point(point: Any) -> str:
@@ -480,7 +727,9 @@ def _invalid_point(point: Any) -> str:
     value = point.get("value")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
         return "value is not a finite number"
-    status = point.get("status", 192)
+    if "status" not in point:  # the API documents no default; a client must say what it writes
+        return "status is required (192 Good, 0 Bad, ...)"
+    status = point["status"]
     if isinstance(status, bool) or not isinstance(status, int):
         return "status is not an integer"
     return ""
