@@ -65,6 +65,10 @@ PROVIDER_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
     registry=REGISTRY,
 )
+PEER_UP = Gauge("latigo_peer_up", "1 while this process reaches the peer, 0 while its circuit breaker is open "
+                "(latigo.peers)", ["peer"], registry=REGISTRY)
+PEER_OUTAGE = Counter("latigo_peer_outage_seconds", "Seconds this process saw the peer down (its breaker open)",
+                      ["peer"], registry=REGISTRY)
 QUEUE_BACKLOG = Gauge("latigo_queue_backlog", "Tasks waiting in the task queue.", registry=REGISTRY)
 CHECKPOINT_LAG = Gauge(
     "latigo_checkpoint_lag",

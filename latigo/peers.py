@@ -24,16 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from prometheus_client import Counter, Gauge
-
 from latigo.errors import TransientError
+from latigo.observability import PEER_OUTAGE, PEER_UP
 
 log = logging.getLogger(__name__)
-
-PEER_UP = Gauge("latigo_peer_up", "1 while this process reaches the peer, 0 while its circuit breaker is open",
-                ["peer"])
-PEER_OUTAGE = Counter("latigo_peer_outage_seconds", "Seconds this process saw the peer down (breaker open)",
-                      ["peer"])
 
 GATEWAY_STATUS = frozenset({502, 503, 504})
 """What a gateway (an ingress, a load balancer) answers when the server behind it is not there."""

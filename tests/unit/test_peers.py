@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from prometheus_client import REGISTRY
 
+from latigo.observability import REGISTRY
 from latigo.peers import CircuitBreaker, PeerDown, PeerRegistry, PeerState
 
 
