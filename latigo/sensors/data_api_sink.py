@@ -43,7 +43,7 @@ from latigo.interfaces import PredictionSink
 from latigo.peers import PeerDown
 from latigo.sensors.data_api import LOOKUP_CONCURRENCY, MAX_IDS_PER_REQUEST, DataApiSensors, rfc3339
 from latigo.sensors.series_naming import PRESETS, SeriesNaming, asset_of, latigo_name, tagless
-from latigo.types import ModelInfo, ModelRef, PredictionFrame
+from latigo.types import DEFAULT_PROJECT, ModelInfo, ModelRef, PredictionFrame
 
 if TYPE_CHECKING:
     from latigo.prediction_metadata import MetadataPublisher
@@ -150,7 +150,7 @@ class DataApiPredictionSink(PredictionSink):
         info = self._info(frame)
         series, skipped = self._points(frame)
         facility, asset = self._placement(frame, info)
-        plans = {key: self._plan(frame.model, *key, facility, asset) for key in series}
+        plans = {key: self._plan(frame.model, *key, facility, asset, frame.project) for key in series}
         unnamed = [key for key, plan in plans.items() if plan is None]
         for key in unnamed:
             skipped += len(series.pop(key))
@@ -198,8 +198,9 @@ class DataApiPredictionSink(PredictionSink):
         asset = str(info.extra.get("asset") or "") or asset_of(info.tags)
         return str(metadata["facility"]), asset
 
-    def _plan(self, model: str, output: str, tag: str, facility: str, asset: str) -> PlannedSeries | None:
-        name = self.naming.name(model, output, tag, asset)
+    def _plan(self, model: str, output: str, tag: str, facility: str, asset: str,
+              project: str = DEFAULT_PROJECT) -> PlannedSeries | None:
+        name = self.naming.name(model, output, tag, asset, project)
         if name is None:
             return None
         derived = "" if tagless(output, tag) else tag

@@ -127,10 +127,10 @@ def test_the_facility_is_the_first_input_tags_and_a_missing_tag_is_named(server)
 
 def test_changing_the_naming_starts_new_series_and_leaves_the_old_ones(server):
     make_sink(server, naming="latigo", facility=PLANT).write(make_frame("m4"))
-    old = server.stored("latigo.m4.model-output." + TAGS[0], PLANT)
+    old = server.stored("latigo.ioc-1903.m4.model-output." + TAGS[0], PLANT)
     assert len(old) == 3
     make_sink(server).write(make_frame("m4", buckets=4))
-    assert server.stored("latigo.m4.model-output." + TAGS[0], PLANT) == old
+    assert server.stored("latigo.ioc-1903.m4.model-output." + TAGS[0], PLANT) == old
     assert len(server.stored(f"{TAGS[0]}|m4|model-output", PLANT)) == 4
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -110,6 +111,18 @@ def test_series_names_follow_the_convention():
     assert series_name("latigo", "pump-a1", "total-anomaly-scaled", "") == "latigo.pump-a1.total-anomaly-scaled"
     assert series_name("", "m", "o", "t") == "m.o.t"
     assert series_name("plant.latigo", "m", "o", "t") == "plant.latigo.m.o.t"
+
+
+def test_the_same_model_name_in_two_projects_writes_two_sets_of_series(server):
+    """Outside the default project the name carries the project: plant-a's pump-a1 is not plant-b's."""
+    sink = make_sink(server)
+    a, b = (replace(make_frame(scale=s), project=p) for s, p in ((1.0, "plant-a"), (2.0, "plant-b")))
+    sink.write(a)
+    sink.write(b)
+    name = "latigo.{}.pump-a1.model-output." + TAGS[0]
+    first, second = server.stored(name.format("plant-a"), FACILITY), server.stored(name.format("plant-b"), FACILITY)
+    assert first and second and [p["value"] for p in first] != [p["value"] for p in second]
+    assert not any(n.startswith("latigo.pump-a1.") for n in server.created)
 
 
 def test_each_series_is_created_once_with_its_metadata_and_then_reused(server):
