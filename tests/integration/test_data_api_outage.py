@@ -86,4 +86,7 @@ def test_a_maintenance_window_of_503s_fails_no_window(pg_engine):
     assert counts(pg_engine) == {"done": len(tasks)}
     assert max(attempts) <= 1 and attempts[0] >= len(tasks) // 2, attempts
     assert executor.stats.waiting > 0
+    with pg_engine.connect() as connection:  # nothing left leased or queued, nothing looped
+        assert connection.execute(sa.text("SELECT count(*) FROM task_queue")).scalar_one() == 0
+        assert connection.execute(sa.text("SELECT max(runs) FROM tasks")).scalar_one() <= 2 + executor.stats.waiting
     assert reads <= 40, reads  # opening (calls in flight, their retries) and then one probe at a time
