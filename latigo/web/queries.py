@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -39,8 +39,15 @@ SPARK_BUCKET = timedelta(minutes=30)
 CHART_POINTS = 288
 """At most this many points per line on the model page: the range is cut into this many buckets, each drawn
 as its maximum (a spike survives the downsampling)."""
-MAX_MODELS = 500
-"""Model rows on the overview page; the ranking (above threshold first) still covers every model."""
+MAX_MODELS = 100
+"""Model rows per overview page (`?page=` for the others); the ranking and the counts cover every model."""
+MAX_QUERY = 200
+"""A search text (`?q=`) longer than this is cut: no model or project name is longer than 255 characters,
+and a search of a kilobyte is not a search."""
+ANOMALOUS, LATE, FAILING = "anomalous", "late", "failing"
+STATES = (ANOMALOUS, LATE, FAILING)
+"""The overview's state filters: above the threshold now, no window done for longer than `late_after`
+(or never), the newest task failed."""
 COUNT_CAP = 100_000
 """Counts of rows that are normally few (dead letters) stop here."""
 RECENT_FAILURES = 10
@@ -168,16 +175,85 @@ class ModelRow:
     def label(self) -> str:
         return self.ref.label
 
+    def late(self, now: datetime, late_after: timedelta) -> bool:
+        return self.last_done_end is None or now - self.last_done_end > late_after
+
+    @property
+    def failing(self) -> bool:
+        return self.newest_state == FAILED
+
+    def states(self, now: datetime, late_after: timedelta) -> set[str]:
+        return {state for state, on in ((ANOMALOUS, self.above), (LATE, self.late(now, late_after)),
+                                        (FAILING, self.failing)) if on}
+
+
+@dataclass(frozen=True)
+class ModelFilter:
+    """What the overview narrows the models to, each part from the page's address (a shareable link):
+    `q` a case-insensitive substring of the project or the model name, `state` one of STATES, `project`
+    one project, `page` from 1."""
+
+    q: str = ""
+    state: str = ""
+    project: str = ""
+    page: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "q", self.q.strip()[:MAX_QUERY])
+        if self.state and self.state not in STATES:
+            object.__setattr__(self, "state", "")
+        object.__setattr__(self, "page", max(1, self.page))
+
+    def scope(self, row: ModelRow) -> bool:
+        """In the project and the search (the state filter aside: the state counts are of this scope)."""
+        if self.project and row.ref.project != self.project:
+            return False
+        needle = self.q.casefold()
+        return not needle or needle in row.ref.name.casefold() or needle in row.ref.project.casefold()
+
+
+@dataclass
+class Snapshot:
+    """Every model's row and the pipeline's health, read once and shared by every view of the next seconds
+    (any filter, any page)."""
+
+    health: Health
+    rows: list[ModelRow]
+
+    @property
+    def now(self) -> datetime:
+        return self.health.now
+
 
 @dataclass
 class Overview:
     health: Health
     models: list[ModelRow]
     total_models: int
+    """Models in the ledger (every project)."""
     since: datetime
     projects: list[str] = field(default_factory=list)
     """Every project of the ledger; `project` the one shown (empty: all)."""
     project: str = ""
+    filter: ModelFilter = field(default_factory=ModelFilter)
+    matching: int = 0
+    """Models that pass the filter; `models` is one page of them."""
+    in_scope: int = 0
+    """Models of the project and the search, before the state filter."""
+    counts: dict[str, int] = field(default_factory=dict)
+    """Per state, the models of the scope in it."""
+    above_total: int = 0
+    """Models above the threshold in the whole ledger."""
+    page_size: int = MAX_MODELS
+    late_after: timedelta = timedelta(minutes=65)
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.matching // self.page_size))
+
+    @property
+    def first_index(self) -> int:
+        return (self.filter.page - 1) * self.page_size
 
 
 @dataclass
@@ -428,11 +504,17 @@ def model_rows(connection: Connection, now: datetime, refs: Sequence[ModelRef] |
     return list(rows.values())
 
 
-def rank(rows: list[ModelRow]) -> list[ModelRow]:
-    """Above the threshold first (highest confidence first), then the others by name."""
+def rank(rows: list[ModelRow], now: datetime | None = None,
+         late_after: timedelta = timedelta(minutes=65)) -> list[ModelRow]:
+    """Above the threshold first (highest confidence first), then the late or failing ones, then the others,
+    each by name."""
     above = sorted((r for r in rows if r.above), key=lambda r: (-(r.confidence or 0.0), r.ref))
-    others = sorted((r for r in rows if not r.above), key=lambda r: r.ref)
-    return above + others
+    rest = [r for r in rows if not r.above]
+    if now is None:
+        return above + sorted(rest, key=lambda r: r.ref)
+    stale = sorted((r for r in rest if r.failing or r.late(now, late_after)), key=lambda r: r.ref)
+    flagged = set(id(r) for r in stale)
+    return above + stale + sorted((r for r in rest if id(r) not in flagged), key=lambda r: r.ref)
 
 
 def _series(connection: Connection, models: Sequence[ModelRef], output: str) -> dict[int, tuple[ModelRef, str]]:
@@ -473,24 +555,49 @@ def bucketed_values(connection: Connection, series_ids: Sequence[int], since: da
     return out
 
 
-def overview(engine: Engine, now: datetime | None = None, limit: int = MAX_MODELS, project: str = "") -> Overview:
-    """The pipeline's health and the models ranked (of `project` only, when given)."""
+def snapshot(engine: Engine, now: datetime | None = None) -> Snapshot:
+    """The pipeline's health and every model's row: what a refresh costs the database, whatever is shown."""
     now = now or datetime.now(timezone.utc)
-    since = now - timedelta(hours=MAX_HOURS)
     with engine.connect() as connection:
-        health = pipeline_health(connection, now)
-        every = model_rows(connection, now)
-        projects = sorted({row.ref.project for row in every})
-        ranked = rank([row for row in every if not project or row.ref.project == project])
-        shown = ranked[:limit]
-        series = _series(connection, [r.ref for r in shown], TOTAL_CONFIDENCE)
-        values = bucketed_values(connection, list(series), since, now + timedelta(seconds=1), SPARK_BUCKET)
-    by_ref = {r.ref: r for r in shown}
-    for sid, points in values.items():
-        row = by_ref[series[sid][0]]
-        if len(points) > len(row.spark):  # a model with two total series: the fuller one
-            row.spark = points
-    return Overview(health, shown, len(ranked), since, projects, project)
+        return Snapshot(pipeline_health(connection, now), model_rows(connection, now))
+
+
+def view(engine: Engine, taken: Snapshot, which: ModelFilter = ModelFilter(), limit: int = MAX_MODELS,
+         late_after: timedelta = timedelta(minutes=65)) -> Overview:
+    """One page of the models `which` selects, ranked, with the counts the filter links show; reads only
+    the shown models' sparklines."""
+    now = taken.now
+    since = now - timedelta(hours=MAX_HOURS)
+    scoped = [row for row in taken.rows if which.scope(row)]
+    counts = dict.fromkeys(STATES, 0)
+    for row in scoped:
+        for state in row.states(now, late_after):
+            counts[state] += 1
+    matching = [row for row in scoped if not which.state or which.state in row.states(now, late_after)]
+    ranked = rank(matching, now, late_after)
+    pages = max(1, -(-len(ranked) // limit))
+    if which.page > pages:  # a link from when there were more: the last page
+        which = replace(which, page=pages)
+    first = (which.page - 1) * limit
+    shown = [replace(row, spark=[]) for row in ranked[first:first + limit]]
+    if shown:
+        with engine.connect() as connection:
+            series = _series(connection, [r.ref for r in shown], TOTAL_CONFIDENCE)
+            values = bucketed_values(connection, list(series), since, now + timedelta(seconds=1), SPARK_BUCKET)
+        by_ref = {r.ref: r for r in shown}
+        for sid, points in values.items():
+            row = by_ref[series[sid][0]]
+            if len(points) > len(row.spark):  # a model with two total series: the fuller one
+                row.spark = points
+    return Overview(taken.health, shown, len(taken.rows), since, sorted({row.ref.project for row in taken.rows}),
+                    which.project, which, len(matching), len(scoped), counts,
+                    sum(1 for row in taken.rows if row.above), limit, late_after)
+
+
+def overview(engine: Engine, now: datetime | None = None, limit: int = MAX_MODELS, project: str = "",
+             which: ModelFilter | None = None, late_after: timedelta = timedelta(minutes=65)) -> Overview:
+    """The pipeline's health and one page of the models ranked (of `project` only, when given)."""
+    return view(engine, snapshot(engine, now), which or ModelFilter(project=project), limit, late_after)
 
 
 RANGES = (6, 12, MAX_HOURS)

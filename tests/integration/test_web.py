@@ -47,7 +47,7 @@ class Filled:
     failed: int = 6
     reasons: tuple[tuple[str, int], ...] = (("permanent", 3), ("dead_letter", 1), ("no_data", 1), ("transient", 1))
     executors: tuple[str, ...] = ("exec-a", "exec-b")
-    order: tuple[str, ...] = ("pump-hot", SCRIPT, "pump-broken", "pump-calm", "pump-queued")
+    order: tuple[str, ...] = ("pump-hot", SCRIPT, "pump-broken", "pump-queued", "pump-calm")
     confidence: tuple[tuple[str, str], ...] = (("pump-hot", "2.50"), (SCRIPT, "1.75"), ("pump-calm", "0.40"))
     tags: tuple[str, ...] = ("A-temp", "B-flow", "C-pressure")
     script_tags: tuple[str, ...] = ("S-1", SCRIPT_TAG)
