@@ -15,7 +15,8 @@ pg_stat_statements-free timing: wall time of the reads on the database connectio
 statistics the load left ("stale": what a database has right after a large backfill, autovacuum off or
 behind), then after latigo's own statistics chore (latigo.storage.statistics.refresh_statistics).
 
-    python benchmarks/console.py [--models 9000] [--hours 24] [--tags 3] [--projects 3] [--repeat 3] [--keep | --url URL]
+    python benchmarks/console.py [--models 9000] [--hours 24] [--tags 3] [--projects 3] [--repeat 3]
+                                 [--keep | --url URL]
 """
 
 from __future__ import annotations

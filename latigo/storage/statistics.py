@@ -50,8 +50,8 @@ def stale_tables(engine: Engine) -> list[str]:
 
 def refresh_statistics(engine: Engine) -> list[str]:
     """ANALYZE what is stale; a stale partition, or a parent without statistics, by an ANALYZE of the
-    partitioned parent (which analyses its partitions too). Returns the tables analysed. Each ANALYZE in its own short transaction: it takes no lock a writer
-    waits for."""
+    partitioned parent (which analyses its partitions too). Returns the tables analysed. Each ANALYZE
+    runs on its own (autocommit): it takes no lock a writer waits for."""
     if engine.dialect.name != "postgresql":
         return []
     tables = stale_tables(engine)

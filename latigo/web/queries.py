@@ -562,10 +562,11 @@ def snapshot(engine: Engine, now: datetime | None = None) -> Snapshot:
         return Snapshot(pipeline_health(connection, now), model_rows(connection, now))
 
 
-def view(engine: Engine, taken: Snapshot, which: ModelFilter = ModelFilter(), limit: int = MAX_MODELS,
+def view(engine: Engine, taken: Snapshot, which: ModelFilter | None = None, limit: int = MAX_MODELS,
          late_after: timedelta = timedelta(minutes=65)) -> Overview:
     """One page of the models `which` selects, ranked, with the counts the filter links show; reads only
     the shown models' sparklines."""
+    which = which or ModelFilter()
     now = taken.now
     since = now - timedelta(hours=MAX_HOURS)
     scoped = [row for row in taken.rows if which.scope(row)]

@@ -100,9 +100,9 @@ class WebApp:
                 self._snapshot = (time.monotonic() + OVERVIEW_CACHE_SECONDS, queries.snapshot(self.engine))
             return self._snapshot[1]
 
-    def overview(self, which: queries.ModelFilter = queries.ModelFilter()) -> queries.Overview:
+    def overview(self, which: queries.ModelFilter | None = None) -> queries.Overview:
         """One page of the models `which` selects (its sparklines are the only reads of its own)."""
-        return queries.view(self.engine, self.snapshot(), which, late_after=self.late_after)
+        return queries.view(self.engine, self.snapshot(), which or queries.ModelFilter(), late_after=self.late_after)
 
     # ---------------------------------------------------------------- authorization
 
