@@ -82,8 +82,10 @@ class WebApp:
     """Routes, authorization and rendering, independent of the socket."""
 
     def __init__(self, engine: Engine, *, token: str | None = None, database: str = "",
-                 late_after: timedelta = timedelta(minutes=65), bound_host: str = "127.0.0.1") -> None:
+                 late_after: timedelta = timedelta(minutes=65), bound_host: str = "127.0.0.1",
+                 page_size: int = queries.MAX_MODELS) -> None:
         self.engine = engine
+        self.page_size = page_size
         self.token = token
         self.database = database
         self.late_after = late_after
@@ -102,7 +104,8 @@ class WebApp:
 
     def overview(self, which: queries.ModelFilter | None = None) -> queries.Overview:
         """One page of the models `which` selects (its sparklines are the only reads of its own)."""
-        return queries.view(self.engine, self.snapshot(), which or queries.ModelFilter(), late_after=self.late_after)
+        return queries.view(self.engine, self.snapshot(), which or queries.ModelFilter(), self.page_size,
+                            self.late_after)
 
     # ---------------------------------------------------------------- authorization
 
