@@ -198,8 +198,8 @@ SELECT known.project, known.model,
        (SELECT t.window_end FROM tasks t WHERE t.project = known.project AND t.model = known.model
         ORDER BY t.window_end DESC LIMIT 1)
 FROM known WHERE known.model IS NOT NULL""")
-        return [tuple(row) for row in connection.execute(statement).all()]  # type: ignore[misc]
-    return [tuple(row) for row in connection.execute(_MODEL_LEDGER).all()]  # type: ignore[misc]
+        return [tuple(row) for row in connection.execute(statement).all()]
+    return [tuple(row) for row in connection.execute(_MODEL_LEDGER).all()]
 
 
 def last_done_windows(connection: Connection) -> list[tuple[str, str, Any]]:
