@@ -9,6 +9,7 @@ the predictions.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
@@ -21,7 +22,7 @@ from sqlalchemy.engine.url import make_url
 from latigo.errors import ConfigError
 from latigo.lifecycle import DONE, FAILED, QUEUED, RUNNING
 from latigo.settings import DatabaseSettings
-from latigo.status import MODELS_IN_LEDGER, last_done_windows
+from latigo.status import model_ledger
 from latigo.storage.db import utc_from_db
 from latigo.storage.tables import DeadLetter, ScheduleState, TaskRecord, UtcDateTime
 from latigo.types import ModelRef
@@ -325,7 +326,7 @@ def _finished(state: str, since: datetime) -> Any:
     return sa.and_(_tasks.c.state == state, _tasks.c.finished_at >= since)
 
 
-def pipeline_health(connection: Connection, now: datetime) -> Health:
+def pipeline_health(connection: Connection, now: datetime, hourly: HourlyCounts | None = None) -> Health:
     hour, day = now - timedelta(hours=1), now - timedelta(hours=MAX_HOURS)
     count = sa.select(sa.func.count()).select_from(_tasks)
     backlog = _count(connection, count.where(_tasks.c.state == QUEUED))
@@ -348,7 +349,7 @@ def pipeline_health(connection: Connection, now: datetime) -> Health:
                       _tasks.c.attempts)
             .where(_finished(FAILED, day)).order_by(_tasks.c.finished_at.desc()).limit(RECENT_FAILURES))]
     health.executors = _executors(connection, hour)
-    health.hourly = _hourly(connection, now)
+    health.hourly = _hourly(connection, now, hourly)
     return health
 
 
@@ -400,21 +401,48 @@ def _executors(connection: Connection, since: datetime) -> list[ExecutorSeen]:
     return sorted(seen.values(), key=lambda e: e.name)
 
 
-def _hourly(connection: Connection, now: datetime) -> list[tuple[datetime, int, int]]:
+HOUR_SETTLED = timedelta(minutes=5)
+"""An hour's counts are final this long after it ended (a task's finished_at is stamped just before its
+commit): from then on they are kept, not read again."""
+
+
+class HourlyCounts:
+    """The finished-per-hour chart's past hours, kept between refreshes: every refresh reads only the hours
+    that can still change (the current one, the one just ended), not 24 hours of the ledger."""
+
+    def __init__(self) -> None:
+        self.settled: dict[datetime, tuple[int, int]] = {}
+        self.lock = threading.Lock()
+
+
+def _hourly(connection: Connection, now: datetime, kept: HourlyCounts | None = None) -> list[tuple[datetime, int, int]]:
     end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     start = end - timedelta(hours=MAX_HOURS)
+    hours = [start + timedelta(hours=i) for i in range(MAX_HOURS)]
+    settled = {} if kept is None else {hour: kept.settled[hour] for hour in hours if hour in kept.settled}
+    first_open = next((hour for hour in hours if hour not in settled), end)
     bucket = _bucket(connection, _tasks.c.finished_at, 3600).label("bucket")
     rows = connection.execute(
         sa.select(bucket, _tasks.c.state, sa.func.count())
-        .where(_tasks.c.state.in_((DONE, FAILED)), _tasks.c.finished_at >= start)
-        .group_by(bucket, _tasks.c.state)).all()
+        .where(_tasks.c.state.in_((DONE, FAILED)), _tasks.c.finished_at >= first_open)
+        .group_by(bucket, _tasks.c.state)).all() if first_open < end else []
     counts = {(int(b), state): n for b, state, n in rows}
-    hours = []
-    for i in range(MAX_HOURS):
-        at = start + timedelta(hours=i)
-        key = int(at.timestamp()) // 3600
-        hours.append((at, counts.get((key, DONE), 0), counts.get((key, FAILED), 0)))
-    return hours
+    out = []
+    for at in hours:
+        if at in settled:
+            done, failed = settled[at]
+        else:
+            key = int(at.timestamp()) // 3600
+            done, failed = counts.get((key, DONE), 0), counts.get((key, FAILED), 0)
+            if kept is not None and now >= at + timedelta(hours=1) + HOUR_SETTLED:
+                with kept.lock:
+                    kept.settled[at] = (done, failed)
+        out.append((at, done, failed))
+    if kept is not None and len(kept.settled) > 4 * MAX_HOURS:
+        with kept.lock:
+            for old in [hour for hour in kept.settled if hour < start]:
+                kept.settled.pop(old, None)
+    return out
 
 
 def _bucket(connection: Connection, column: Any, seconds: int) -> Any:
@@ -426,15 +454,6 @@ def _bucket(connection: Connection, column: Any, seconds: int) -> Any:
 
 # ---------------------------------------------------------------------------------------------- models
 
-_NEWEST_TASK = sa.text(MODELS_IN_LEDGER + """
-SELECT known.project, known.model,
-       (SELECT t.state FROM tasks t WHERE t.project = known.project AND t.model = known.model
-        ORDER BY t.window_end DESC LIMIT 1) AS state,
-       (SELECT t.window_end FROM tasks t WHERE t.project = known.project AND t.model = known.model
-        ORDER BY t.window_end DESC LIMIT 1) AS window_end
-FROM known WHERE known.model IS NOT NULL
-""").columns(project=sa.String, model=sa.String, state=sa.String, window_end=UtcDateTime)
-"""Per (project, model), its newest task (by window): the skip scan of `latigo status`'s last-done query."""
 
 _series_table = sa.table("series", sa.column("id"), sa.column("project"), sa.column("model"), sa.column("output"),
                          sa.column("tag"))
@@ -455,6 +474,34 @@ def _latest_values(refs: Sequence[ModelRef], output: str, since: datetime) -> An
         sa.tuple_(s.c.project, s.c.model).in_([tuple(ref) for ref in refs]), s.c.output == output)
 
 
+_EVERY_LATEST = sa.text("""
+SELECT s.project, s.model, v.ts, v.value FROM series s CROSS JOIN LATERAL (
+    SELECT p.ts, p.value FROM prediction_values p WHERE p.series_id = s.id AND p.ts >= :since
+    ORDER BY p.ts DESC LIMIT 1) AS v
+WHERE s.output = :output AND s.tag = :output
+""")
+
+
+def _every_latest_value(connection: Connection, since: datetime) -> Any:
+    """(project, model, ts, value): every total-anomaly-confidence series' newest value since `since`, in one
+    statement (one backward probe of prediction_values' key per series; SQLite: the same as subqueries)."""
+    if connection.dialect.name == "postgresql":
+        return _EVERY_LATEST.bindparams(sa.bindparam("since", since, type_=UtcDateTime),
+                                        output=TOTAL_CONFIDENCE)
+    bound = sa.bindparam("since", since, type_=UtcDateTime)
+    s = _series_table
+    return sa.select(s.c.project, s.c.model, _latest_value(_values_table.c.ts, bound).label("ts"),
+                     _latest_value(_values_table.c.value, bound).label("value")).where(
+        s.c.output == TOTAL_CONFIDENCE, s.c.tag == TOTAL_CONFIDENCE)
+
+
+def _set_confidence(rows: dict[ModelRef, ModelRow], found: Iterable[Any]) -> None:
+    for row_project, model, ts, value in found:
+        ts, row = utc_from_db(ts), rows.get(ModelRef(row_project, model))
+        if row is not None and ts is not None and (row.confidence_at is None or ts > row.confidence_at):
+            row.confidence, row.confidence_at = value, ts
+
+
 def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
     for index in range(0, len(items), size):
         yield items[index:index + size]
@@ -469,38 +516,36 @@ def model_rows(connection: Connection, now: datetime, refs: Sequence[ModelRef] |
     """Every model of the ledger (or `refs`, or the models of `project`), with its last done window, newest
     task, scheduled end and latest total-anomaly-confidence of the last 24 hours."""
     rows: dict[ModelRef, ModelRow] = {}
+    since = now - timedelta(hours=MAX_HOURS)
     if refs is None:
-        for row_project, model, state, end in connection.execute(_NEWEST_TASK):
+        for row_project, model, done, state, end in model_ledger(connection):
             if not project or row_project == project:
                 ref = ModelRef(row_project, model)
-                rows[ref] = ModelRow(ref, newest_state=state, newest_window_end=end)
-        for row_project, model, end in last_done_windows(connection):
+                rows[ref] = ModelRow(ref, last_done_end=utc_from_db(done), newest_state=state,
+                                     newest_window_end=utc_from_db(end))
+        for row_project, model, end in connection.execute(
+                sa.select(_schedule.c.project, _schedule.c.model, _schedule.c.last_window_end)):
             if ModelRef(row_project, model) in rows:
-                rows[ModelRef(row_project, model)].last_done_end = utc_from_db(end)
-    else:
-        for ref in refs:
-            newest = connection.execute(
-                sa.select(_tasks.c.state, _tasks.c.window_end).where(_of(_tasks, ref))
-                .order_by(_tasks.c.window_end.desc()).limit(1)).first()
-            done = connection.execute(
-                sa.select(_tasks.c.window_end).where(_of(_tasks, ref), _tasks.c.state == DONE)
-                .order_by(_tasks.c.window_end.desc()).limit(1)).scalar()
-            rows[ref] = ModelRow(ref, last_done_end=done, newest_state=newest.state if newest else None,
-                                 newest_window_end=newest.window_end if newest else None)
-    models = list(rows)
-    since = now - timedelta(hours=MAX_HOURS)
-    for chunk in _chunks(models):
+                rows[ModelRef(row_project, model)].scheduled_until = end
+        _set_confidence(rows, connection.execute(_every_latest_value(connection, since)))
+        return list(rows.values())
+    for ref in refs:
+        newest = connection.execute(
+            sa.select(_tasks.c.state, _tasks.c.window_end).where(_of(_tasks, ref))
+            .order_by(_tasks.c.window_end.desc()).limit(1)).first()
+        done = connection.execute(
+            sa.select(_tasks.c.window_end).where(_of(_tasks, ref), _tasks.c.state == DONE)
+            .order_by(_tasks.c.window_end.desc()).limit(1)).scalar()
+        rows[ref] = ModelRow(ref, last_done_end=done, newest_state=newest.state if newest else None,
+                             newest_window_end=newest.window_end if newest else None)
+    for chunk in _chunks(list(rows)):
         keys = [tuple(ref) for ref in chunk]
         for row_project, model, end in connection.execute(
                 sa.select(_schedule.c.project, _schedule.c.model, _schedule.c.last_window_end)
                 .where(sa.tuple_(_schedule.c.project, _schedule.c.model).in_(keys))):
             rows[ModelRef(row_project, model)].scheduled_until = end
-        for row_project, model, _series, ts, value in connection.execute(
-                _latest_values(chunk, TOTAL_CONFIDENCE, since)):
-            ts = utc_from_db(ts)
-            row = rows[ModelRef(row_project, model)]
-            if ts is not None and (row.confidence_at is None or ts > row.confidence_at):
-                row.confidence, row.confidence_at = value, ts
+        _set_confidence(rows, ((p, m, ts, v) for p, m, _sid, ts, v in connection.execute(
+            _latest_values(chunk, TOTAL_CONFIDENCE, since))))
     return list(rows.values())
 
 
@@ -555,11 +600,12 @@ def bucketed_values(connection: Connection, series_ids: Sequence[int], since: da
     return out
 
 
-def snapshot(engine: Engine, now: datetime | None = None) -> Snapshot:
-    """The pipeline's health and every model's row: what a refresh costs the database, whatever is shown."""
+def snapshot(engine: Engine, now: datetime | None = None, hourly: HourlyCounts | None = None) -> Snapshot:
+    """The pipeline's health and every model's row: what a refresh costs the database, whatever is shown
+    (`hourly`: the settled hours of the chart, kept by the caller between refreshes)."""
     now = now or datetime.now(timezone.utc)
     with engine.connect() as connection:
-        return Snapshot(pipeline_health(connection, now), model_rows(connection, now))
+        return Snapshot(pipeline_health(connection, now, hourly), model_rows(connection, now))
 
 
 def view(engine: Engine, taken: Snapshot, which: ModelFilter | None = None, limit: int = MAX_MODELS,

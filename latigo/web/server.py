@@ -92,6 +92,7 @@ class WebApp:
         self.bound_host = bound_host.strip("[]").lower()
         self._snapshot_lock = threading.Lock()
         self._snapshot: tuple[float, queries.Snapshot] | None = None
+        self._hourly = queries.HourlyCounts()
 
     def snapshot(self) -> queries.Snapshot:
         """Every model's row and the health, read at most once per OVERVIEW_CACHE_SECONDS: every open page
@@ -99,7 +100,8 @@ class WebApp:
         database ten times what one does."""
         with self._snapshot_lock:
             if self._snapshot is None or time.monotonic() >= self._snapshot[0]:
-                self._snapshot = (time.monotonic() + OVERVIEW_CACHE_SECONDS, queries.snapshot(self.engine))
+                taken = queries.snapshot(self.engine, hourly=self._hourly)
+                self._snapshot = (time.monotonic() + OVERVIEW_CACHE_SECONDS, taken)
             return self._snapshot[1]
 
     def overview(self, which: queries.ModelFilter | None = None) -> queries.Overview:
