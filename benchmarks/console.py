@@ -149,6 +149,8 @@ def measure(url: str, repeat: int, sample: Any) -> dict[str, float]:
 
     def refresh(target: str = "/") -> int:
         app._snapshot = None  # the shared snapshot expired: what a 30-second refresh costs
+        if hasattr(app, "_overview"):  # an older latigo's per-project cache
+            app._overview.clear()
         return get(target, app)
 
     figures["overview_refresh_s"], _ = timed(refresh, repeat)
