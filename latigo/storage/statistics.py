@@ -37,13 +37,15 @@ _PARENT_ANALYSED = sa.text(
 
 
 def stale_tables(engine: Engine) -> list[str]:
-    """The tables whose statistics are missing or behind their changes, partitions included."""
+    """The tables whose statistics are missing (never analysed, or reset: reltuples -1) or behind their
+    changes, partitions included."""
     with engine.connect() as connection:
         rows = connection.execute(_STALE, {"tables": list(LATIGO_TABLES),
                                            "partitions": PARTITION_PREFIX.replace("_", r"\_") + "%"}).all()
     stale = []
     for name, changed, tuples, never in rows:
-        if (never and changed > 0) or changed >= max(CHANGED_AT_LEAST, CHANGED_FRACTION * max(tuples, 0)):
+        if tuples < 0 or (never and changed > 0) or \
+                changed >= max(CHANGED_AT_LEAST, CHANGED_FRACTION * max(tuples, 0)):
             stale.append(name)
     return sorted(stale)
 
