@@ -129,6 +129,13 @@ class AlertSettings:
     retries: int = _spec(3, min=0)
     resend_after: timedelta = timedelta(minutes=10)
     """A claimed event never marked sent (its process died mid-POST) is tried again after this."""
+    min_buckets: int = _spec(3, min=1)
+    """An episode is announced once it has this many buckets above the threshold ..."""
+    min_peak: float = _spec(2.0, min=1.0)
+    """... or once its total-anomaly-confidence reaches this: one bucket at 1.04 pages nobody, one at 5 does."""
+    end_after: timedelta = timedelta(minutes=30)
+    """An announced episode ends only after this long with no bucket above the threshold; an episode that
+    comes back sooner is the same one (no second page for a dip)."""
 
 
 @dataclass
