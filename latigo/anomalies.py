@@ -9,9 +9,10 @@ contribute most are those with the highest anomaly-confidence during the episode
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -65,23 +66,26 @@ _TAG_PEAKS = sa.text(
 
 
 _EDGES = sa.text("""
-WITH totals AS (SELECT id FROM series WHERE output = :output AND tag = :output),
-v AS (
-    SELECT p.series_id, p.ts, p.value, p.ts - lag(p.ts) OVER w AS gap, lag(p.value) OVER w AS previous,
-           lead(p.ts) OVER w IS NULL AS newest
-    FROM prediction_values p WHERE p.series_id IN (SELECT id FROM totals) AND p.ts >= :since
-    WINDOW w AS (PARTITION BY p.series_id ORDER BY p.ts)),
-steps AS (
-    SELECT series_id, percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM gap)) AS step
-    FROM v WHERE gap IS NOT NULL GROUP BY series_id)
-SELECT v.series_id, v.ts, v.value, extract(epoch FROM v.gap) AS gap, v.previous, v.newest, steps.step
-FROM v LEFT JOIN steps ON steps.series_id = v.series_id
-WHERE v.value > :threshold OR v.previous > :threshold
-ORDER BY v.series_id, v.ts
+WITH above AS (
+    SELECT p.series_id, p.ts, p.value FROM prediction_values p
+    WHERE p.series_id IN (SELECT id FROM series WHERE output = :output AND tag = :output) AND p.ts >= :since
+    AND p.value > :threshold)
+SELECT a.series_id, a.ts, a.value, extract(epoch FROM a.ts - b.ts) AS gap, b.value AS previous,
+       n.ts IS NULL AS newest, n.ts AS next_ts, n.value AS next_value
+FROM above a
+LEFT JOIN LATERAL (SELECT q.ts, q.value FROM prediction_values q WHERE q.series_id = a.series_id
+                   AND q.ts < a.ts AND q.ts >= :since ORDER BY q.ts DESC LIMIT 1) AS b ON true
+LEFT JOIN LATERAL (SELECT q.ts, q.value FROM prediction_values q WHERE q.series_id = a.series_id
+                   AND q.ts > a.ts ORDER BY q.ts LIMIT 1) AS n ON true
+ORDER BY a.series_id, a.ts
 """)
-"""PostgreSQL: only the rows an episode is made of, and the row after each (which ends it), with the gap to
-the row before and the series' usual step: a day at 9,000 models is 1.3 M buckets, of which Python sees the
+"""PostgreSQL: the buckets above the threshold (one filtered scan of the totals) and, by two probes of the
+key each, the bucket before and after: a day at 9,000 models is 1.3 M buckets, of which Python sees the
 few around an episode."""
+_STAMPS = sa.text("SELECT series_id, ts FROM prediction_values WHERE series_id IN :ids AND ts >= :since "
+                  "ORDER BY series_id, ts")
+_ROOMY = ("SET LOCAL work_mem = '64MB'", "SET LOCAL jit = off")
+"""One sort of a day's totals in memory, not on disk; no JIT compiling for a statement that runs once."""
 
 
 def find_episodes(connection: Connection, since: datetime, models: Sequence[str] = (),
@@ -96,9 +100,7 @@ def find_episodes(connection: Connection, since: datetime, models: Sequence[str]
                       or (projects and project not in projects))}
     episodes: list[Episode] = []
     if connection.dialect.name == "postgresql":
-        edges = _EDGES.bindparams(sa.bindparam("since", type_=UtcDateTime)).columns(ts=UtcDateTime())
-        rows = connection.execute(edges, {"output": TOTAL, "since": since, "threshold": THRESHOLD}).all()
-        episodes = [e for e in episodes_from_edges(rows, wanted)]
+        episodes = _episodes_in_database(connection, since, wanted)
     else:
         values = _VALUES.bindparams(sa.bindparam("since", type_=UtcDateTime)).columns(
             ts=UtcDateTime(), value=sa.Double())
@@ -137,11 +139,46 @@ def runs_above(model: str, rows: list[tuple[datetime, float]], threshold: float 
     return episodes
 
 
+def _episodes_in_database(connection: Connection, since: datetime, wanted: dict[int, tuple[str, str]]) -> list[Episode]:
+    """_EDGES, then the usual step of the few series that have an episode (runs_above's median gap)."""
+    from latigo.storage.tables import UtcDateTime
+
+    with _transaction(connection):
+        for setting in _ROOMY:
+            connection.exec_driver_sql(setting)
+        edges = _EDGES.bindparams(sa.bindparam("since", type_=UtcDateTime)).columns(
+            ts=UtcDateTime(), next_ts=UtcDateTime())
+        found = connection.execute(edges, {"output": TOTAL, "since": since, "threshold": THRESHOLD}).all()
+    rows: list[tuple[Any, ...]] = []
+    for series_id, ts, value, gap, previous, newest, next_ts, next_value in found:
+        rows.append((series_id, ts, value, gap, previous, newest))
+        if next_ts is not None and next_value <= THRESHOLD:  # the bucket that ends the episode
+            rows.append((series_id, next_ts, next_value, (next_ts - ts).total_seconds(), value, False))
+    ids = sorted({row[0] for row in rows if row[0] in wanted})
+    stamps: dict[int, list[tuple[datetime, float]]] = {}
+    if ids:
+        statement = _STAMPS.bindparams(sa.bindparam("ids", expanding=True), sa.bindparam("since", type_=UtcDateTime))
+        for series_id, ts in connection.execute(statement, {"ids": ids, "since": since}):
+            stamps.setdefault(series_id, []).append((ts, 0.0))
+    steps = {series_id: _usual_step(points) for series_id, points in stamps.items()}
+    return episodes_from_edges(rows, wanted, steps)
+
+
+@contextlib.contextmanager
+def _transaction(connection: Connection) -> Iterator[None]:
+    """The caller's transaction when one is open (SET LOCAL lasts until it ends), else one of our own."""
+    if connection.in_transaction():
+        yield
+    else:
+        with connection.begin():
+            yield
+
+
 def episodes_from_edges(rows: Sequence[Any], series: dict[int, tuple[str, str]],
-                        threshold: float = THRESHOLD) -> list[Episode]:
-    """runs_above's episodes from _EDGES' rows (series_id, ts, value, gap seconds, previous value, newest,
-    step seconds): a row above the threshold continues the episode when the row before it was above too
-    and no hole lies between; any other row ends it."""
+                        steps: dict[int, timedelta | None], threshold: float = THRESHOLD) -> list[Episode]:
+    """runs_above's episodes from _EDGES' rows (series_id, ts, value, gap seconds, previous value, newest)
+    and each series' usual step: a row above the threshold continues the episode when the row before it was
+    above too and no hole lies between; any other row ends it."""
     episodes: list[Episode] = []
     current: list[tuple[datetime, float]] = []
     current_series: int | None = None
@@ -153,11 +190,12 @@ def episodes_from_edges(rows: Sequence[Any], series: dict[int, tuple[str, str]],
             episodes.append(_episode(project, model, list(current), closed=not open_))
         current.clear()
 
-    for series_id, ts, value, gap, previous, newest, step in rows:
+    for series_id, ts, value, gap, previous, newest in rows:
         if series_id != current_series:
             close(last_newest)
             current_series = series_id
-        broken = gap is not None and step is not None and gap > 2 * step
+        step = steps.get(series_id)
+        broken = gap is not None and step is not None and gap > 2 * step.total_seconds()
         continues = previous is not None and previous > threshold and not broken
         if current and (value <= threshold or not continues):
             close(False)
