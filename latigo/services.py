@@ -57,6 +57,11 @@ def build_chores(components: Components) -> list[Chore]:
     """Retention, and anomaly alerts when a webhook is configured."""
     config = components.config
     chores = [retention_chore(components.lifecycle, config.retention)]
+    if components.engine.dialect.name == "postgresql":
+        from latigo.storage.statistics import StatisticsKeeper
+
+        chores.append(Chore("keeping planner statistics", config.database.statistics_interval,
+                            StatisticsKeeper(components.engine)))
     if config.alerts.webhook_url:
         from latigo.alerts import AnomalyAlerts
 
@@ -131,6 +136,9 @@ def run_backfill(config: Config, start: datetime, end: datetime, models: Sequenc
         count = scheduler.enqueue_backfill(tasks, rerun=rerun, progress=bar.update)
     what = "to run again" if rerun else "new"
     print(f"enqueued {count:,} tasks ({what}) of {summary}")
+    from latigo.storage.statistics import refresh_statistics
+
+    refresh_statistics(components.engine, parent_due=False)  # a large backfill: the ledger's statistics now
     components.task_queue.close()
     return 0
 

@@ -36,6 +36,9 @@ class DatabaseSettings:
     pool_size: int = _spec(10, min=1)
     connect_timeout: timedelta = timedelta(seconds=10)
     synchronous_commit: bool = False
+    statistics_interval: timedelta = timedelta(minutes=10)
+    """How often the scheduler analyses, on PostgreSQL, the tables that changed by a tenth since their last
+    ANALYZE (latigo.storage.statistics): the reads behind status and the web page plan from them."""
     """PostgreSQL: wait for each commit to reach disk. Off by default because nothing latigo commits has
     an effect outside this database that a lost commit could orphan: if the server crashes, the last
     moments of commits roll back together (a task's predictions, its `done` and its queue row's removal

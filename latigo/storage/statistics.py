@@ -6,13 +6,15 @@ backfill until it catches up, it is off on some servers, and it never analyses a
 them are the difference between a second and fifteen for the status page. So latigo analyses, itself, each
 table that changed by more than a fraction of its size since it was last analysed (PostgreSQL's own
 n_mod_since_analyze), and the partitioned parent whenever one of its partitions was, or it never was.
-Run by the scheduler every `statistics_interval` and by `latigo backfill` after it enqueued its tasks; a
-no-op on SQLite (whose planner does not need them for latigo's reads).
+Run by the scheduler every `database.statistics_interval` (a catalog query when nothing changed) and by
+`latigo backfill` after it enqueued its tasks; a no-op on SQLite.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -50,21 +52,42 @@ def stale_tables(engine: Engine) -> list[str]:
     return sorted(stale)
 
 
-def refresh_statistics(engine: Engine) -> list[str]:
-    """ANALYZE what is stale; a stale partition, or a parent without statistics, by an ANALYZE of the
-    partitioned parent (which analyses its partitions too). Returns the tables analysed. Each ANALYZE
-    runs on its own (autocommit): it takes no lock a writer waits for."""
+PARENT_EVERY = timedelta(hours=1)
+"""ANALYZE of the partitioned parent samples (and analyses) every partition: with a year of daily partitions
+that is work, so the parent is analysed when it has no statistics, else at most this often (its statistics
+describe the whole range, which a day more changes little); a stale partition alone is analysed at once."""
+
+
+class StatisticsKeeper:
+    """The scheduler's chore: analyse what went stale since the last look."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.parent_analysed_at: float | None = None
+
+    def __call__(self) -> str:
+        analysed = refresh_statistics(self.engine, parent_due=self.parent_analysed_at is None
+                                      or time.monotonic() - self.parent_analysed_at >= PARENT_EVERY.total_seconds())
+        if PREDICTION_VALUES in analysed:
+            self.parent_analysed_at = time.monotonic()
+        return f"analysed {', '.join(analysed)}" if analysed else ""
+
+
+def refresh_statistics(engine: Engine, parent_due: bool = True) -> list[str]:
+    """ANALYZE what is stale; the partitioned parent when it has no statistics, or when a partition went
+    stale and `parent_due` (its ANALYZE covers the partitions too). Returns the tables analysed. Each
+    ANALYZE runs on its own (autocommit): it takes no lock a writer waits for."""
     if engine.dialect.name != "postgresql":
         return []
     tables = stale_tables(engine)
     with engine.connect() as connection:
         parent_missing = connection.execute(_PARENT_ANALYSED, {"parent": PREDICTION_VALUES}).scalar_one() == 0
     partitions = [name for name in tables if name.startswith(PARTITION_PREFIX)]
-    if parent_missing or partitions:  # ANALYZE of the parent samples every partition and analyses each
+    if parent_missing or (partitions and parent_due):
         tables = [name for name in tables if name not in partitions] + [PREDICTION_VALUES]
     for name in tables:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             connection.exec_driver_sql(f'ANALYZE "{name}"')
     if tables:
-        log.info("analysed %d table(s) for the planner: %s", len(tables), ", ".join(tables))
+        log.debug("analysed %d table(s) for the planner: %s", len(tables), ", ".join(tables))
     return tables
