@@ -132,7 +132,10 @@ def run_backfill(config: Config, start: datetime, end: datetime, models: Sequenc
     if len(tasks) > limit and not confirmed:
         raise ConfigError(f"backfill would enqueue {summary}; that is more than scheduler.backfill_confirm_above "
                           f"({limit:,}): add --yes to go ahead (`latigo tasks cancel --from ... --to ...` undoes it)")
-    with tqdm(total=len(tasks), unit="task", desc="backfill", disable=not progress, mininterval=0.5) as bar:
+    from latigo.logs import logs_above_bars
+
+    with logs_above_bars(), tqdm(total=len(tasks), unit="task", desc="backfill", disable=not progress,
+                                 mininterval=0.5) as bar:
         count = scheduler.enqueue_backfill(tasks, rerun=rerun, progress=bar.update)
     what = "to run again" if rerun else "new"
     print(f"enqueued {count:,} tasks ({what}) of {summary}")
