@@ -173,7 +173,17 @@ FROM known WHERE known.model IS NOT NULL
 """)
 
 
-_MODEL_LEDGER = sa.text(MODELS_IN_LEDGER + """
+MODELS_IN_LEDGER_LATERAL = """
+WITH RECURSIVE known(project, model) AS (
+    (SELECT project, model FROM tasks ORDER BY project, model LIMIT 1)
+    UNION ALL
+    SELECT next.project, next.model FROM known CROSS JOIN LATERAL (
+        SELECT t.project, t.model FROM tasks t WHERE (t.project, t.model) > (known.project, known.model)
+        ORDER BY t.project, t.model LIMIT 1) AS next
+)"""
+"""MODELS_IN_LEDGER with one probe per model instead of two (PostgreSQL's LATERAL)."""
+
+_MODEL_LEDGER = sa.text(MODELS_IN_LEDGER_LATERAL + """
 SELECT known.project, known.model,
        (SELECT t.window_end FROM tasks t WHERE t.project = known.project AND t.model = known.model
         AND t.state = 'done' ORDER BY t.window_end DESC LIMIT 1) AS done_end,
