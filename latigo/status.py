@@ -78,7 +78,8 @@ class StatusReport:
         height = lines if lines is not None else shutil.get_terminal_size((100, SCREEN_LINES)).lines
         out = self._totals()
         room = max(height - len(out) - 1, 4)  # one line for the shell's prompt
-        attention = [m for m in self.models if m.late or m.failing]
+        attention = sorted((m for m in self.models if m.late or m.failing),
+                           key=lambda m: (not m.failing, m.project, m.model))  # failing first
         shown_models = self.models if every_model else attention
         failures_room = min(len(self.last_failures) + 1, max(room // 3, 2)) if self.last_failures else 0
         if self.last_failures:
