@@ -26,8 +26,14 @@ PG_ADMIN_URL = os.environ.get("LATIGO_BENCH_PG_ADMIN_URL", "postgresql://postgre
 
 
 @contextlib.contextmanager
-def database(kind: str) -> Iterator[sa.Engine]:
-    """A migrated, empty database of `kind` ("sqlite" or "postgresql"), removed afterwards."""
+def database(kind: str, keep: bool = False, url: str | None = None) -> Iterator[sa.Engine]:
+    """A migrated, empty database of `kind` ("sqlite" or "postgresql"), removed afterwards (unless `keep`);
+    with `url`, that PostgreSQL database as it is (kept)."""
+    if url is not None:
+        engine = create_engine_for(DatabaseSettings(url=url, pool_size=40))
+        yield engine
+        engine.dispose()
+        return
     if kind == "sqlite":
         with tempfile.TemporaryDirectory() as directory:
             engine = create_engine_for(DatabaseSettings(url=f"sqlite:///{directory}/bench.db"))
@@ -45,8 +51,9 @@ def database(kind: str) -> Iterator[sa.Engine]:
         yield engine
     finally:
         engine.dispose()
-        with admin.connect() as c:
-            c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if not keep:
+            with admin.connect() as c:
+                c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
 
 

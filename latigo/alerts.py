@@ -6,11 +6,17 @@ never posts it again after success. A failed POST (after the HTTP client's retri
 and the next check tries again; a claim left by a process that died mid-POST is retried after
 `alerts.resend_after` — so a receiver may, rarely, see an event twice, and every POST carries an
 `Idempotency-Key` header (the episode's key and the event) for it to drop the repeat.
+
+Not every episode pages someone: episodes of a model closer together than `alerts.end_after` are one
+(the end's hysteresis: a dip below the threshold does not end it), and one is announced only once it has
+`alerts.min_buckets` buckets above the threshold or reaches `alerts.min_peak`; it ends once `end_after`
+passed without a bucket above. `latigo anomalies` and the web page still show every episode as found.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import sqlalchemy as sa
@@ -41,8 +47,8 @@ class AnomalyAlerts:
         with self.engine.connect() as connection:
             episodes = find_episodes(connection, now - self.settings.lookback)
         posted = 0
-        for episode in reversed(episodes):  # oldest first
-            for event in (STARTED, ENDED) if episode.end else (STARTED,):
+        for episode, ended in worth_announcing(episodes, self.settings, now):  # oldest first
+            for event in (STARTED, ENDED) if ended else (STARTED,):
                 posted += self._announce(episode, event, now)
         return posted
 
@@ -88,3 +94,32 @@ class AnomalyAlerts:
         with write_transaction(self.engine) as connection:
             connection.execute(sa.update(_alerts).where(_alerts.c.key == episode.key, _alerts.c.event == event)
                                .values(sent_at=datetime.now(timezone.utc)))
+
+
+def worth_announcing(episodes: list[Episode], settings: AlertSettings, now: datetime) -> list[tuple[Episode, bool]]:
+    """(episode, whether its end is to be announced), oldest first: each model's episodes merged across gaps
+    shorter than `end_after`, kept when long or high enough; ended once `end_after` passed after its last
+    bucket above the threshold."""
+    by_model: dict[tuple[str, str], list[Episode]] = {}
+    for episode in sorted(episodes, key=lambda e: e.start):
+        by_model.setdefault((episode.project, episode.model), []).append(episode)
+    out: list[tuple[Episode, bool]] = []
+    for runs in by_model.values():
+        merged: list[Episode] = []
+        for episode in runs:
+            last = merged[-1] if merged else None
+            if last is not None and last.end is not None and episode.start - last.end <= settings.end_after:
+                merged[-1] = _joined(last, episode)
+            else:
+                merged.append(episode)
+        for episode in merged:
+            if episode.buckets >= settings.min_buckets or episode.peak >= settings.min_peak:
+                out.append((episode, episode.end is not None and now - episode.end >= settings.end_after))
+    return sorted(out, key=lambda item: item[0].start)
+
+
+def _joined(first: Episode, second: Episode) -> Episode:
+    """One episode from two of the same model with a short dip between (the first one's start, so its key)."""
+    peak = second if second.peak > first.peak else first
+    return replace(first, end=second.end, peak=peak.peak, peak_at=peak.peak_at,
+                   buckets=first.buckets + second.buckets, top_tags=peak.top_tags)

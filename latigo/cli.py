@@ -122,10 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
                            help="only models of this project")
     anomalies.add_argument("--json", action="store_true", help="machine-readable output")
 
-    status = sub.add_parser("status", help="tasks per state, backlog, failures, last predicted windows")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status = sub.add_parser("status", help="tasks per state, backlog, failures, the late or failing models "
+                                           "(a screenful; --json has every model)")
+    status.add_argument("--json", action="store_true", help="machine-readable output: every per-model value")
     status.add_argument("--project", dest="projects", action="append", metavar="PROJECT",
-                        help="only models of this project")
+                        help="only models of this project (every model of it listed)")
+    status.add_argument("--model", dest="models", action="append", metavar="NAME",
+                        help="only this model, NAME or PROJECT/NAME (its line shown whatever its state)")
 
     web = sub.add_parser("web", help="a read-only status page: pipeline health, models, anomaly scores")
     web.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs "
@@ -359,8 +362,15 @@ def status(args: argparse.Namespace, config: Config) -> int:
 
     engine = create_engine_for(config.database)
     ensure_schema_current(engine)
-    report = collect_status(engine, projects=tuple(args.projects or ()))
-    sys.stdout.write(report.to_json() + "\n" if args.json else report.to_text())
+    schedule = config.scheduler
+    report = collect_status(engine, projects=tuple(args.projects or ()), models=tuple(args.models or ()),
+                            late_after=2 * schedule.interval + schedule.delay)
+    if args.models and not report.models:
+        engine.dispose()
+        print(f"latigo status: no model {', '.join(args.models)} in the ledger", file=sys.stderr)
+        return 1
+    sys.stdout.write(report.to_json() + "\n" if args.json else
+                     report.to_text(every_model=bool(args.models or args.projects)))
     engine.dispose()
     return 0
 

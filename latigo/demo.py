@@ -23,12 +23,12 @@ from pathlib import Path
 import sqlalchemy as sa
 import yaml
 from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from latigo.config import load_config
 from latigo.errors import ConfigError
 from latigo.factory import Components
 from latigo.lifecycle import DONE, FAILED
+from latigo.logs import logs_above_bars
 from latigo.models.local import machines_for_groups
 from latigo.scheduler import Scheduler
 from latigo.status import task_counts
@@ -155,7 +155,7 @@ def run_demo(directory: Path, models: int, hours: float, follow: bool = False, o
 
 def _train(components: Components, count: int, training: TimeRange, out) -> list[str]:
     machines = machines_for_groups(components.sensor_information.get_sensor_list(), count, training)
-    with logging_redirect_tqdm():  # log lines go above the bar instead of through it
+    with logs_above_bars():  # log lines go above the bar instead of through it
         for machine in tqdm(machines, desc="training models", unit="model", file=out):
             components.model_execution.register_model(machine)
     return [m["name"] for m in machines]
@@ -179,7 +179,7 @@ def _finished(components: Components) -> int:
 
 
 def _show_progress(components: Components, executors: list[subprocess.Popen], total: int, out) -> None:
-    with tqdm(total=total, desc="predicting", unit="task", file=out) as bar, logging_redirect_tqdm():
+    with logs_above_bars(), tqdm(total=total, desc="predicting", unit="task", file=out) as bar:
         while True:
             finished = _finished(components)
             bar.update(finished - bar.n)

@@ -103,3 +103,39 @@ def setup_logging(level: str = "INFO", fmt: str = "text", stream: Any = None) ->
     root.setLevel(level)
     for noisy in ("azure", "urllib3", "uamqp", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+class _AboveBars:
+    """A console stream whose writes go through tqdm.write: the bars are cleared, the line written, the bars
+    drawn again below it."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        from tqdm import tqdm
+
+        tqdm.write(text, file=self.stream, end="")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+@contextmanager
+def logs_above_bars() -> Iterator[None]:
+    """While progress bars are drawn (demo, backfill): each log line goes above them instead of through
+    them (without it a log line is written onto the bar's line). Unlike tqdm's logging_redirect_tqdm, which
+    swaps in a handler of its own, latigo's console handler stays with its filters and level; only its
+    stream is wrapped."""
+    root = logging.getLogger()
+    consoles = [h for h in root.handlers if isinstance(h, logging.StreamHandler)
+                and getattr(h, "stream", None) in (sys.stdout, sys.stderr)]
+    originals = [(handler, handler.stream) for handler in consoles]
+    for handler, stream in originals:
+        handler.setStream(_AboveBars(stream))
+    try:
+        yield
+    finally:
+        for handler, stream in originals:
+            handler.setStream(stream)

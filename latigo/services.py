@@ -59,6 +59,11 @@ def build_chores(components: Components) -> list[Chore]:
     """Retention, and anomaly alerts when a webhook is configured."""
     config = components.config
     chores = [retention_chore(components.lifecycle, config.retention)]
+    if components.engine.dialect.name == "postgresql":
+        from latigo.storage.statistics import StatisticsKeeper
+
+        chores.append(Chore("keeping planner statistics", config.database.statistics_interval,
+                            StatisticsKeeper(components.engine)))
     if config.alerts.webhook_url:
         from latigo.alerts import AnomalyAlerts
 
@@ -129,10 +134,16 @@ def run_backfill(config: Config, start: datetime, end: datetime, models: Sequenc
     if len(tasks) > limit and not confirmed:
         raise ConfigError(f"backfill would enqueue {summary}; that is more than scheduler.backfill_confirm_above "
                           f"({limit:,}): add --yes to go ahead (`latigo tasks cancel --from ... --to ...` undoes it)")
-    with tqdm(total=len(tasks), unit="task", desc="backfill", disable=not progress, mininterval=0.5) as bar:
+    from latigo.logs import logs_above_bars
+
+    with logs_above_bars(), tqdm(total=len(tasks), unit="task", desc="backfill", disable=not progress,
+                                 mininterval=0.5) as bar:
         count = scheduler.enqueue_backfill(tasks, rerun=rerun, progress=bar.update)
     what = "to run again" if rerun else "new"
     print(f"enqueued {count:,} tasks ({what}) of {summary}")
+    from latigo.storage.statistics import refresh_statistics
+
+    refresh_statistics(components.engine, parent_due=False)  # a large backfill: the ledger's statistics now
     components.task_queue.close()
     return 0
 

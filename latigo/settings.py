@@ -36,6 +36,9 @@ class DatabaseSettings:
     pool_size: int = _spec(10, min=1)
     connect_timeout: timedelta = timedelta(seconds=10)
     synchronous_commit: bool = False
+    statistics_interval: timedelta = timedelta(minutes=10)
+    """How often the scheduler analyses, on PostgreSQL, the tables that changed by a tenth since their last
+    ANALYZE (latigo.storage.statistics): the reads behind status and the web page plan from them."""
     """PostgreSQL: wait for each commit to reach disk. Off by default because nothing latigo commits has
     an effect outside this database that a lost commit could orphan: if the server crashes, the last
     moments of commits roll back together (a task's predictions, its `done` and its queue row's removal
@@ -134,6 +137,13 @@ class AlertSettings:
     retries: int = _spec(3, min=0)
     resend_after: timedelta = timedelta(minutes=10)
     """A claimed event never marked sent (its process died mid-POST) is tried again after this."""
+    min_buckets: int = _spec(3, min=1)
+    """An episode is announced once it has this many buckets above the threshold ..."""
+    min_peak: float = _spec(2.0, min=1.0)
+    """... or once its total-anomaly-confidence reaches this: one bucket at 1.04 pages nobody, one at 5 does."""
+    end_after: timedelta = timedelta(minutes=30)
+    """An announced episode ends only after this long with no bucket above the threshold; an episode that
+    comes back sooner is the same one (no second page for a dip)."""
 
 
 @dataclass

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import sqlalchemy as sa
@@ -38,6 +40,27 @@ class PeerDown:
 
 
 @dataclass
+class ModelStatus:
+    """One model as the ledger sees it: its newest done window and its newest task."""
+
+    project: str
+    model: str
+    last_done_end: str | None
+    newest_state: str | None
+    newest_window_end: str | None
+    late: bool
+    failing: bool
+
+    @property
+    def label(self) -> str:
+        return ModelRef(self.project, self.model).label
+
+
+SCREEN_LINES = 40
+"""Without a terminal to measure (a pipe), `latigo status` prints at most this many lines."""
+
+
+@dataclass
 class StatusReport:
     tasks: dict[str, int]
     queue_size: int
@@ -50,16 +73,47 @@ class StatusReport:
     """`done` is PostgreSQL's estimate (a large ledger); the other states are counted."""
     last_failures: list[Failure] = field(default_factory=list)
     last_predicted_window: dict[str, str] = field(default_factory=dict)
+    models: list[ModelStatus] = field(default_factory=list)
+    """Every model (of the projects or models asked for), for scripts; the text shows the late and failing."""
+    late_after_seconds: float = 0.0
     peers_down: list[PeerDown] = field(default_factory=list)
     """Peers some executor sees down (its circuit breaker open): their tasks wait, unrun."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
-    def to_text(self) -> str:
+    def to_text(self, lines: int | None = None, every_model: bool = False) -> str:
+        """The report in at most `lines` lines (the terminal's height by default): the totals, then the
+        newest failures and the late or failing models, each list cut with "and N more"; with
+        `every_model` (one model or project asked for) every model's line."""
+        height = lines if lines is not None else shutil.get_terminal_size((100, SCREEN_LINES)).lines
+        out = self._totals()
+        room = max(height - len(out) - 1, 4)  # one line for the shell's prompt
+        attention = sorted((m for m in self.models if m.late or m.failing),
+                           key=lambda m: (not m.failing, m.project, m.model))  # failing first
+        shown_models = self.models if every_model else attention
+        failures_room = min(len(self.last_failures) + 1, max(room // 3, 2)) if self.last_failures else 0
+        if self.last_failures:
+            out += _cut("last failures (newest first):", [
+                f"  {ModelRef(f.project, f.model).label} {f.window_start} (runs {f.runs}, failed attempts "
+                f"{f.attempts}): {f.error}" for f in self.last_failures], failures_room)
+        if shown_models:
+            width = min(max(len(m.label) for m in shown_models), 60)
+            title = ("models:" if every_model else
+                     f"late or failing models ({len(attention)} of {len(self.models)}; late: no window done for "
+                     f"{_age(self.late_after_seconds)}):")
+            out += _cut(title, [f"  {m.label:<{width}}  {_model_line(m)}" for m in shown_models],
+                        max(room - failures_room, 2))
+        elif self.models:
+            out.append(f"models:           all {len(self.models)} up to date (none late or failing)")
+        return "\n".join(out) + "\n"
+
+    def _totals(self) -> list[str]:
         states = ", ".join(f"{state} {'~' if state == 'done' and self.tasks_estimated else ''}{count}"
                            for state, count in sorted(self.tasks.items())) or "none"
         age = "-" if self.oldest_queued_age_seconds is None else _age(self.oldest_queued_age_seconds)
+        late = sum(1 for m in self.models if m.late)
+        failing = sum(1 for m in self.models if m.failing)
         lines = [f"PEER DOWN:        {p.peer} since {p.down_since} (seen by {p.executors} executor"
                  f"{'s' if p.executors != 1 else ''}): {p.reason}" for p in self.peers_down]
         lines += [
@@ -69,17 +123,23 @@ class StatusReport:
             f"prediction rows:  {'~' if self.prediction_rows_estimated else ''}{self.prediction_rows}"
             + (" (PostgreSQL's statistics)" if self.prediction_rows_estimated else ""),
             f"dead letters:     {self.dead_letters}",
+            f"models:           {len(self.models)} ({late} late, {failing} failing)",
         ]
-        if self.last_failures:
-            lines.append("last failures:")
-            lines += [f"  {ModelRef(f.project, f.model).label} {f.window_start} (runs {f.runs}, failed attempts "
-                      f"{f.attempts}): {f.error}"
-                      for f in self.last_failures]
-        if self.last_predicted_window:
-            lines.append("last predicted window end per model:")
-            width = max(len(m) for m in self.last_predicted_window)
-            lines += [f"  {m:<{width}}  {end}" for m, end in sorted(self.last_predicted_window.items())]
-        return "\n".join(lines) + "\n"
+        return lines
+
+
+def _cut(title: str, items: Sequence[str], room: int) -> list[str]:
+    """A title and as many items as fit in `room` lines, the last one saying how many were left out."""
+    if len(items) + 1 <= room:
+        return [title, *items]
+    keep = max(room - 2, 0)
+    return [title, *items[:keep], f"  ... and {len(items) - keep} more (--json lists them all)"]
+
+
+def _model_line(m: ModelStatus) -> str:
+    flags = ", ".join(flag for flag, on in (("late", m.late), ("failing", m.failing)) if on)
+    return (f"last window done {m.last_done_end or 'never'}; newest task {m.newest_state or '-'} "
+            f"(window end {m.newest_window_end or '-'})" + (f"  [{flags}]" if flags else ""))
 
 
 def _age(seconds: float) -> str:
@@ -127,6 +187,45 @@ FROM known WHERE known.model IS NOT NULL
 """)
 
 
+MODELS_IN_LEDGER_LATERAL = """
+WITH RECURSIVE known(project, model) AS (
+    (SELECT project, model FROM tasks ORDER BY project, model LIMIT 1)
+    UNION ALL
+    SELECT next.project, next.model FROM known CROSS JOIN LATERAL (
+        SELECT t.project, t.model FROM tasks t WHERE (t.project, t.model) > (known.project, known.model)
+        ORDER BY t.project, t.model LIMIT 1) AS next
+)"""
+"""MODELS_IN_LEDGER with one probe per model instead of two (PostgreSQL's LATERAL)."""
+
+_MODEL_LEDGER = sa.text(MODELS_IN_LEDGER_LATERAL + """
+SELECT known.project, known.model,
+       (SELECT t.window_end FROM tasks t WHERE t.project = known.project AND t.model = known.model
+        AND t.state = 'done' ORDER BY t.window_end DESC LIMIT 1) AS done_end,
+       newest.state, newest.window_end
+FROM known LEFT JOIN LATERAL (
+    SELECT t.state, t.window_end FROM tasks t WHERE t.project = known.project AND t.model = known.model
+    ORDER BY t.window_end DESC LIMIT 1) AS newest ON true
+WHERE known.model IS NOT NULL
+""")
+
+
+def model_ledger(connection: Connection) -> list[tuple[str, str, Any, str | None, Any]]:
+    """Per (project, model): its newest done window's end, its newest task's state and window end (each one
+    probe of the tasks(project, model, window_end) index, after the skip scan)."""
+    if connection.dialect.name == "sqlite":  # no LATERAL: the same probes as subqueries
+        statement = sa.text(MODELS_IN_LEDGER + """
+SELECT known.project, known.model,
+       (SELECT t.window_end FROM tasks t WHERE t.project = known.project AND t.model = known.model
+        AND t.state = 'done' ORDER BY t.window_end DESC LIMIT 1),
+       (SELECT t.state FROM tasks t WHERE t.project = known.project AND t.model = known.model
+        ORDER BY t.window_end DESC LIMIT 1),
+       (SELECT t.window_end FROM tasks t WHERE t.project = known.project AND t.model = known.model
+        ORDER BY t.window_end DESC LIMIT 1)
+FROM known WHERE known.model IS NOT NULL""")
+        return [tuple(row) for row in connection.execute(statement).all()]
+    return [tuple(row) for row in connection.execute(_MODEL_LEDGER).all()]
+
+
 def last_done_windows(connection: Connection) -> list[tuple[str, str, Any]]:
     """Per (project, model), the end of its newest done window, read backwards from the skip scan's probe."""
     return [(project, model, end) for project, model, end in connection.execute(_LAST_DONE).all()
@@ -163,8 +262,11 @@ def task_counts(engine: Engine) -> dict[str, int]:
 
 
 def collect_status(engine: Engine, failures: int = 10, now: datetime | None = None,
-                   projects: tuple[str, ...] = ()) -> StatusReport:
-    """The report; with `projects`, its failures and last windows are those projects' only."""
+                   projects: tuple[str, ...] = (), models: tuple[str, ...] = (),
+                   late_after: timedelta = timedelta(minutes=65)) -> StatusReport:
+    """The report; with `projects` (or `models`, by name or project/name), its failures and models are
+    those only. A model is late when no window of it was done for `late_after` (or none ever was),
+    failing when its newest task failed."""
     now = now or datetime.now(timezone.utc)
     with engine.connect() as c:
         tasks, tasks_estimated = ledger_counts(c)
@@ -176,11 +278,15 @@ def collect_status(engine: Engine, failures: int = 10, now: datetime | None = No
         rows, estimated = prediction_rows(c)
         letters = c.execute(sa.select(sa.func.count()).select_from(DeadLetter)).scalar_one()
         of_projects = TaskRecord.project.in_(projects) if projects else sa.true()
-        failed = c.execute(sa.select(TaskRecord).where(TaskRecord.state == FAILED, of_projects)
+        of_models = sa.or_(TaskRecord.model.in_(models), (TaskRecord.project + "/" + TaskRecord.model).in_(models)) \
+            if models else sa.true()
+        failed = c.execute(sa.select(TaskRecord).where(TaskRecord.state == FAILED, of_projects, of_models)
                            .order_by(TaskRecord.finished_at.desc()).limit(failures)).all()
-        last = [row for row in last_done_windows(c) if not projects or row[0] in projects]
+        ledger = [row for row in model_ledger(c) if (not projects or row[0] in projects)
+                  and (not models or row[1] in models or f"{row[0]}/{row[1]}" in models)]
         down = peers_down(c, now)
     oldest = utc_from_db(oldest)
+    last = [(project, model, done) for project, model, done, _state, _end in ledger if done is not None]
     return StatusReport(
         tasks=tasks, queue_size=queue_size, queue_available=available,
         oldest_queued_age_seconds=(now - oldest).total_seconds() if oldest else None,
@@ -193,4 +299,14 @@ def collect_status(engine: Engine, failures: int = 10, now: datetime | None = No
         last_predicted_window={ModelRef(project, model).label: end.isoformat() for project, model, end in
                                ((project, model, utc_from_db(end)) for project, model, end in last)
                                if end is not None},
+        models=[_model_status(row, now, late_after) for row in ledger],
+        late_after_seconds=late_after.total_seconds(),
     )
+
+
+def _model_status(row: tuple[str, str, Any, str | None, Any], now: datetime, late_after: timedelta) -> ModelStatus:
+    project, model, done, state, newest_end = row
+    done, newest_end = utc_from_db(done), utc_from_db(newest_end)
+    return ModelStatus(project, model, done.isoformat() if done else None, state,
+                       newest_end.isoformat() if newest_end else None,
+                       late=done is None or now - done > late_after, failing=state == FAILED)

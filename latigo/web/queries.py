@@ -9,8 +9,9 @@ the predictions.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -22,7 +23,7 @@ from latigo.errors import ConfigError
 from latigo.lifecycle import DONE, FAILED, QUEUED, RUNNING
 from latigo.peer_status import PeerDownReport, peers_down
 from latigo.settings import DatabaseSettings
-from latigo.status import MODELS_IN_LEDGER, last_done_windows
+from latigo.status import model_ledger
 from latigo.storage.db import utc_from_db
 from latigo.storage.tables import DeadLetter, ScheduleState, TaskRecord, UtcDateTime
 from latigo.types import ModelRef
@@ -40,8 +41,15 @@ SPARK_BUCKET = timedelta(minutes=30)
 CHART_POINTS = 288
 """At most this many points per line on the model page: the range is cut into this many buckets, each drawn
 as its maximum (a spike survives the downsampling)."""
-MAX_MODELS = 500
-"""Model rows on the overview page; the ranking (above threshold first) still covers every model."""
+MAX_MODELS = 100
+"""Model rows per overview page (`?page=` for the others); the ranking and the counts cover every model."""
+MAX_QUERY = 200
+"""A search text (`?q=`) longer than this is cut: no model or project name is longer than 255 characters,
+and a search of a kilobyte is not a search."""
+ANOMALOUS, LATE, FAILING = "anomalous", "late", "failing"
+STATES = (ANOMALOUS, LATE, FAILING)
+"""The overview's state filters: above the threshold now, no window done for longer than `late_after`
+(or never), the newest task failed."""
 COUNT_CAP = 100_000
 """Counts of rows that are normally few (dead letters) stop here."""
 RECENT_FAILURES = 10
@@ -171,16 +179,85 @@ class ModelRow:
     def label(self) -> str:
         return self.ref.label
 
+    def late(self, now: datetime, late_after: timedelta) -> bool:
+        return self.last_done_end is None or now - self.last_done_end > late_after
+
+    @property
+    def failing(self) -> bool:
+        return self.newest_state == FAILED
+
+    def states(self, now: datetime, late_after: timedelta) -> set[str]:
+        return {state for state, on in ((ANOMALOUS, self.above), (LATE, self.late(now, late_after)),
+                                        (FAILING, self.failing)) if on}
+
+
+@dataclass(frozen=True)
+class ModelFilter:
+    """What the overview narrows the models to, each part from the page's address (a shareable link):
+    `q` a case-insensitive substring of the project or the model name, `state` one of STATES, `project`
+    one project, `page` from 1."""
+
+    q: str = ""
+    state: str = ""
+    project: str = ""
+    page: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "q", self.q.strip()[:MAX_QUERY])
+        if self.state and self.state not in STATES:
+            object.__setattr__(self, "state", "")
+        object.__setattr__(self, "page", max(1, self.page))
+
+    def scope(self, row: ModelRow) -> bool:
+        """In the project and the search (the state filter aside: the state counts are of this scope)."""
+        if self.project and row.ref.project != self.project:
+            return False
+        needle = self.q.casefold()
+        return not needle or needle in row.ref.name.casefold() or needle in row.ref.project.casefold()
+
+
+@dataclass
+class Snapshot:
+    """Every model's row and the pipeline's health, read once and shared by every view of the next seconds
+    (any filter, any page)."""
+
+    health: Health
+    rows: list[ModelRow]
+
+    @property
+    def now(self) -> datetime:
+        return self.health.now
+
 
 @dataclass
 class Overview:
     health: Health
     models: list[ModelRow]
     total_models: int
+    """Models in the ledger (every project)."""
     since: datetime
     projects: list[str] = field(default_factory=list)
     """Every project of the ledger; `project` the one shown (empty: all)."""
     project: str = ""
+    filter: ModelFilter = field(default_factory=ModelFilter)
+    matching: int = 0
+    """Models that pass the filter; `models` is one page of them."""
+    in_scope: int = 0
+    """Models of the project and the search, before the state filter."""
+    counts: dict[str, int] = field(default_factory=dict)
+    """Per state, the models of the scope in it."""
+    above_total: int = 0
+    """Models above the threshold in the whole ledger."""
+    page_size: int = MAX_MODELS
+    late_after: timedelta = timedelta(minutes=65)
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.matching // self.page_size))
+
+    @property
+    def first_index(self) -> int:
+        return (self.filter.page - 1) * self.page_size
 
 
 @dataclass
@@ -252,7 +329,7 @@ def _finished(state: str, since: datetime) -> Any:
     return sa.and_(_tasks.c.state == state, _tasks.c.finished_at >= since)
 
 
-def pipeline_health(connection: Connection, now: datetime) -> Health:
+def pipeline_health(connection: Connection, now: datetime, hourly: HourlyCounts | None = None) -> Health:
     hour, day = now - timedelta(hours=1), now - timedelta(hours=MAX_HOURS)
     count = sa.select(sa.func.count()).select_from(_tasks)
     backlog = _count(connection, count.where(_tasks.c.state == QUEUED))
@@ -275,7 +352,7 @@ def pipeline_health(connection: Connection, now: datetime) -> Health:
                       _tasks.c.attempts)
             .where(_finished(FAILED, day)).order_by(_tasks.c.finished_at.desc()).limit(RECENT_FAILURES))]
     health.executors = _executors(connection, hour)
-    health.hourly = _hourly(connection, now)
+    health.hourly = _hourly(connection, now, hourly)
     health.peers_down = peers_down(connection, now)
     return health
 
@@ -328,21 +405,48 @@ def _executors(connection: Connection, since: datetime) -> list[ExecutorSeen]:
     return sorted(seen.values(), key=lambda e: e.name)
 
 
-def _hourly(connection: Connection, now: datetime) -> list[tuple[datetime, int, int]]:
+HOUR_SETTLED = timedelta(minutes=5)
+"""An hour's counts are final this long after it ended (a task's finished_at is stamped just before its
+commit): from then on they are kept, not read again."""
+
+
+class HourlyCounts:
+    """The finished-per-hour chart's past hours, kept between refreshes: every refresh reads only the hours
+    that can still change (the current one, the one just ended), not 24 hours of the ledger."""
+
+    def __init__(self) -> None:
+        self.settled: dict[datetime, tuple[int, int]] = {}
+        self.lock = threading.Lock()
+
+
+def _hourly(connection: Connection, now: datetime, kept: HourlyCounts | None = None) -> list[tuple[datetime, int, int]]:
     end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     start = end - timedelta(hours=MAX_HOURS)
+    hours = [start + timedelta(hours=i) for i in range(MAX_HOURS)]
+    settled = {} if kept is None else {hour: kept.settled[hour] for hour in hours if hour in kept.settled}
+    first_open = next((hour for hour in hours if hour not in settled), end)
     bucket = _bucket(connection, _tasks.c.finished_at, 3600).label("bucket")
     rows = connection.execute(
         sa.select(bucket, _tasks.c.state, sa.func.count())
-        .where(_tasks.c.state.in_((DONE, FAILED)), _tasks.c.finished_at >= start)
-        .group_by(bucket, _tasks.c.state)).all()
+        .where(_tasks.c.state.in_((DONE, FAILED)), _tasks.c.finished_at >= first_open)
+        .group_by(bucket, _tasks.c.state)).all() if first_open < end else []
     counts = {(int(b), state): n for b, state, n in rows}
-    hours = []
-    for i in range(MAX_HOURS):
-        at = start + timedelta(hours=i)
-        key = int(at.timestamp()) // 3600
-        hours.append((at, counts.get((key, DONE), 0), counts.get((key, FAILED), 0)))
-    return hours
+    out = []
+    for at in hours:
+        if at in settled:
+            done, failed = settled[at]
+        else:
+            key = int(at.timestamp()) // 3600
+            done, failed = counts.get((key, DONE), 0), counts.get((key, FAILED), 0)
+            if kept is not None and now >= at + timedelta(hours=1) + HOUR_SETTLED:
+                with kept.lock:
+                    kept.settled[at] = (done, failed)
+        out.append((at, done, failed))
+    if kept is not None and len(kept.settled) > 4 * MAX_HOURS:
+        with kept.lock:
+            for old in [hour for hour in kept.settled if hour < start]:
+                kept.settled.pop(old, None)
+    return out
 
 
 def _bucket(connection: Connection, column: Any, seconds: int) -> Any:
@@ -354,15 +458,6 @@ def _bucket(connection: Connection, column: Any, seconds: int) -> Any:
 
 # ---------------------------------------------------------------------------------------------- models
 
-_NEWEST_TASK = sa.text(MODELS_IN_LEDGER + """
-SELECT known.project, known.model,
-       (SELECT t.state FROM tasks t WHERE t.project = known.project AND t.model = known.model
-        ORDER BY t.window_end DESC LIMIT 1) AS state,
-       (SELECT t.window_end FROM tasks t WHERE t.project = known.project AND t.model = known.model
-        ORDER BY t.window_end DESC LIMIT 1) AS window_end
-FROM known WHERE known.model IS NOT NULL
-""").columns(project=sa.String, model=sa.String, state=sa.String, window_end=UtcDateTime)
-"""Per (project, model), its newest task (by window): the skip scan of `latigo status`'s last-done query."""
 
 _series_table = sa.table("series", sa.column("id"), sa.column("project"), sa.column("model"), sa.column("output"),
                          sa.column("tag"))
@@ -383,6 +478,34 @@ def _latest_values(refs: Sequence[ModelRef], output: str, since: datetime) -> An
         sa.tuple_(s.c.project, s.c.model).in_([tuple(ref) for ref in refs]), s.c.output == output)
 
 
+_EVERY_LATEST = sa.text("""
+SELECT s.project, s.model, v.ts, v.value FROM series s CROSS JOIN LATERAL (
+    SELECT p.ts, p.value FROM prediction_values p WHERE p.series_id = s.id AND p.ts >= :since
+    ORDER BY p.ts DESC LIMIT 1) AS v
+WHERE s.output = :output AND s.tag = :output
+""")
+
+
+def _every_latest_value(connection: Connection, since: datetime) -> Any:
+    """(project, model, ts, value): every total-anomaly-confidence series' newest value since `since`, in one
+    statement (one backward probe of prediction_values' key per series; SQLite: the same as subqueries)."""
+    if connection.dialect.name == "postgresql":
+        return _EVERY_LATEST.bindparams(sa.bindparam("since", since, type_=UtcDateTime),
+                                        output=TOTAL_CONFIDENCE)
+    bound = sa.bindparam("since", since, type_=UtcDateTime)
+    s = _series_table
+    return sa.select(s.c.project, s.c.model, _latest_value(_values_table.c.ts, bound).label("ts"),
+                     _latest_value(_values_table.c.value, bound).label("value")).where(
+        s.c.output == TOTAL_CONFIDENCE, s.c.tag == TOTAL_CONFIDENCE)
+
+
+def _set_confidence(rows: dict[ModelRef, ModelRow], found: Iterable[Any]) -> None:
+    for row_project, model, ts, value in found:
+        ts, row = utc_from_db(ts), rows.get(ModelRef(row_project, model))
+        if row is not None and ts is not None and (row.confidence_at is None or ts > row.confidence_at):
+            row.confidence, row.confidence_at = value, ts
+
+
 def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
     for index in range(0, len(items), size):
         yield items[index:index + size]
@@ -397,46 +520,50 @@ def model_rows(connection: Connection, now: datetime, refs: Sequence[ModelRef] |
     """Every model of the ledger (or `refs`, or the models of `project`), with its last done window, newest
     task, scheduled end and latest total-anomaly-confidence of the last 24 hours."""
     rows: dict[ModelRef, ModelRow] = {}
+    since = now - timedelta(hours=MAX_HOURS)
     if refs is None:
-        for row_project, model, state, end in connection.execute(_NEWEST_TASK):
+        for row_project, model, done, state, end in model_ledger(connection):
             if not project or row_project == project:
                 ref = ModelRef(row_project, model)
-                rows[ref] = ModelRow(ref, newest_state=state, newest_window_end=end)
-        for row_project, model, end in last_done_windows(connection):
+                rows[ref] = ModelRow(ref, last_done_end=utc_from_db(done), newest_state=state,
+                                     newest_window_end=utc_from_db(end))
+        for row_project, model, end in connection.execute(
+                sa.select(_schedule.c.project, _schedule.c.model, _schedule.c.last_window_end)):
             if ModelRef(row_project, model) in rows:
-                rows[ModelRef(row_project, model)].last_done_end = utc_from_db(end)
-    else:
-        for ref in refs:
-            newest = connection.execute(
-                sa.select(_tasks.c.state, _tasks.c.window_end).where(_of(_tasks, ref))
-                .order_by(_tasks.c.window_end.desc()).limit(1)).first()
-            done = connection.execute(
-                sa.select(_tasks.c.window_end).where(_of(_tasks, ref), _tasks.c.state == DONE)
-                .order_by(_tasks.c.window_end.desc()).limit(1)).scalar()
-            rows[ref] = ModelRow(ref, last_done_end=done, newest_state=newest.state if newest else None,
-                                 newest_window_end=newest.window_end if newest else None)
-    models = list(rows)
-    since = now - timedelta(hours=MAX_HOURS)
-    for chunk in _chunks(models):
+                rows[ModelRef(row_project, model)].scheduled_until = end
+        _set_confidence(rows, connection.execute(_every_latest_value(connection, since)))
+        return list(rows.values())
+    for ref in refs:
+        newest = connection.execute(
+            sa.select(_tasks.c.state, _tasks.c.window_end).where(_of(_tasks, ref))
+            .order_by(_tasks.c.window_end.desc()).limit(1)).first()
+        done = connection.execute(
+            sa.select(_tasks.c.window_end).where(_of(_tasks, ref), _tasks.c.state == DONE)
+            .order_by(_tasks.c.window_end.desc()).limit(1)).scalar()
+        rows[ref] = ModelRow(ref, last_done_end=done, newest_state=newest.state if newest else None,
+                             newest_window_end=newest.window_end if newest else None)
+    for chunk in _chunks(list(rows)):
         keys = [tuple(ref) for ref in chunk]
         for row_project, model, end in connection.execute(
                 sa.select(_schedule.c.project, _schedule.c.model, _schedule.c.last_window_end)
                 .where(sa.tuple_(_schedule.c.project, _schedule.c.model).in_(keys))):
             rows[ModelRef(row_project, model)].scheduled_until = end
-        for row_project, model, _series, ts, value in connection.execute(
-                _latest_values(chunk, TOTAL_CONFIDENCE, since)):
-            ts = utc_from_db(ts)
-            row = rows[ModelRef(row_project, model)]
-            if ts is not None and (row.confidence_at is None or ts > row.confidence_at):
-                row.confidence, row.confidence_at = value, ts
+        _set_confidence(rows, ((p, m, ts, v) for p, m, _sid, ts, v in connection.execute(
+            _latest_values(chunk, TOTAL_CONFIDENCE, since))))
     return list(rows.values())
 
 
-def rank(rows: list[ModelRow]) -> list[ModelRow]:
-    """Above the threshold first (highest confidence first), then the others by name."""
+def rank(rows: list[ModelRow], now: datetime | None = None,
+         late_after: timedelta = timedelta(minutes=65)) -> list[ModelRow]:
+    """Above the threshold first (highest confidence first), then the late or failing ones, then the others,
+    each by name."""
     above = sorted((r for r in rows if r.above), key=lambda r: (-(r.confidence or 0.0), r.ref))
-    others = sorted((r for r in rows if not r.above), key=lambda r: r.ref)
-    return above + others
+    rest = [r for r in rows if not r.above]
+    if now is None:
+        return above + sorted(rest, key=lambda r: r.ref)
+    stale = sorted((r for r in rest if r.failing or r.late(now, late_after)), key=lambda r: r.ref)
+    flagged = set(id(r) for r in stale)
+    return above + stale + sorted((r for r in rest if id(r) not in flagged), key=lambda r: r.ref)
 
 
 def _series(connection: Connection, models: Sequence[ModelRef], output: str) -> dict[int, tuple[ModelRef, str]]:
@@ -477,24 +604,51 @@ def bucketed_values(connection: Connection, series_ids: Sequence[int], since: da
     return out
 
 
-def overview(engine: Engine, now: datetime | None = None, limit: int = MAX_MODELS, project: str = "") -> Overview:
-    """The pipeline's health and the models ranked (of `project` only, when given)."""
+def snapshot(engine: Engine, now: datetime | None = None, hourly: HourlyCounts | None = None) -> Snapshot:
+    """The pipeline's health and every model's row: what a refresh costs the database, whatever is shown
+    (`hourly`: the settled hours of the chart, kept by the caller between refreshes)."""
     now = now or datetime.now(timezone.utc)
-    since = now - timedelta(hours=MAX_HOURS)
     with engine.connect() as connection:
-        health = pipeline_health(connection, now)
-        every = model_rows(connection, now)
-        projects = sorted({row.ref.project for row in every})
-        ranked = rank([row for row in every if not project or row.ref.project == project])
-        shown = ranked[:limit]
-        series = _series(connection, [r.ref for r in shown], TOTAL_CONFIDENCE)
-        values = bucketed_values(connection, list(series), since, now + timedelta(seconds=1), SPARK_BUCKET)
-    by_ref = {r.ref: r for r in shown}
-    for sid, points in values.items():
-        row = by_ref[series[sid][0]]
-        if len(points) > len(row.spark):  # a model with two total series: the fuller one
-            row.spark = points
-    return Overview(health, shown, len(ranked), since, projects, project)
+        return Snapshot(pipeline_health(connection, now, hourly), model_rows(connection, now))
+
+
+def view(engine: Engine, taken: Snapshot, which: ModelFilter | None = None, limit: int = MAX_MODELS,
+         late_after: timedelta = timedelta(minutes=65)) -> Overview:
+    """One page of the models `which` selects, ranked, with the counts the filter links show; reads only
+    the shown models' sparklines."""
+    which = which or ModelFilter()
+    now = taken.now
+    since = now - timedelta(hours=MAX_HOURS)
+    scoped = [row for row in taken.rows if which.scope(row)]
+    counts = dict.fromkeys(STATES, 0)
+    for row in scoped:
+        for state in row.states(now, late_after):
+            counts[state] += 1
+    matching = [row for row in scoped if not which.state or which.state in row.states(now, late_after)]
+    ranked = rank(matching, now, late_after)
+    pages = max(1, -(-len(ranked) // limit))
+    if which.page > pages:  # a link from when there were more: the last page
+        which = replace(which, page=pages)
+    first = (which.page - 1) * limit
+    shown = [replace(row, spark=[]) for row in ranked[first:first + limit]]
+    if shown:
+        with engine.connect() as connection:
+            series = _series(connection, [r.ref for r in shown], TOTAL_CONFIDENCE)
+            values = bucketed_values(connection, list(series), since, now + timedelta(seconds=1), SPARK_BUCKET)
+        by_ref = {r.ref: r for r in shown}
+        for sid, points in values.items():
+            row = by_ref[series[sid][0]]
+            if len(points) > len(row.spark):  # a model with two total series: the fuller one
+                row.spark = points
+    return Overview(taken.health, shown, len(taken.rows), since, sorted({row.ref.project for row in taken.rows}),
+                    which.project, which, len(matching), len(scoped), counts,
+                    sum(1 for row in taken.rows if row.above), limit, late_after)
+
+
+def overview(engine: Engine, now: datetime | None = None, limit: int = MAX_MODELS, project: str = "",
+             which: ModelFilter | None = None, late_after: timedelta = timedelta(minutes=65)) -> Overview:
+    """The pipeline's health and one page of the models ranked (of `project` only, when given)."""
+    return view(engine, snapshot(engine, now), which or ModelFilter(project=project), limit, late_after)
 
 
 RANGES = (6, 12, MAX_HOURS)

@@ -11,12 +11,15 @@ from urllib.parse import quote, urlencode
 
 from latigo.types import DEFAULT_PROJECT, ModelRef
 from latigo.web.queries import (
+    MAX_QUERY,
     RANGES,
+    STATES,
     TAG_OUTPUTS,
     THRESHOLD,
     TOTAL_CONFIDENCE,
     Health,
     ModelDetail,
+    ModelFilter,
     Overview,
 )
 
@@ -40,6 +43,17 @@ def model_href(ref: ModelRef, **query: object) -> str:
 
 def project_href(project: str) -> str:
     return "/?" + urlencode({"project": project})
+
+
+def overview_href(which: ModelFilter, **changes: object) -> str:
+    """The overview's address for `which` with `changes` (q, state, project, page); a change of anything
+    but the page goes back to page 1. Only the parts that are set appear, so a link is short and shareable."""
+    parts: dict[str, object] = {"q": which.q, "state": which.state, "project": which.project, "page": which.page}
+    if set(changes) - {"page"}:
+        parts["page"] = 1
+    parts.update(changes)
+    query = {key: value for key, value in parts.items() if value and not (key == "page" and value == 1)}
+    return "/?" + urlencode(query) if query else "/"
 
 
 # ---------------------------------------------------------------------------------------------- formatting
@@ -130,6 +144,12 @@ tr.above td{background:#fff5f4}
 .empty{color:var(--muted);padding:10px 0}
 .peers-down{border:2px solid var(--bad);background:var(--badbg);border-radius:8px;padding:10px 14px;margin-bottom:14px}
 .peers-down h2{color:var(--bad);margin:0 0 6px}.peers-down ul{margin:0;padding-left:20px}
+.filters{display:flex;flex-wrap:wrap;align-items:center;gap:6px 14px;margin:0 0 8px;font-size:13px}
+.filters form{display:flex;gap:6px}.filters input[type=search]{font:inherit;padding:3px 8px;width:260px;
+border:1px solid var(--line);border-radius:6px}.filters button{font:inherit;padding:3px 10px;border-radius:6px;
+border:1px solid var(--line);background:var(--card)}
+.filters .states a,.filters .states b{margin-right:10px;white-space:nowrap}.filters .states b{font-weight:600}
+.pager{margin:8px 0;font-size:13px;display:flex;gap:14px;align-items:baseline}
 svg text{font:11px system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;fill:#5f6c78}
 """
 
@@ -172,10 +192,11 @@ def confidence_cell(value: float | None) -> str:
 
 # ---------------------------------------------------------------------------------------------- overview
 
-def overview_page(view: Overview, database: str, late_after: timedelta) -> str:
+def overview_page(view: Overview, database: str, late_after: timedelta, banners: Sequence[str] = ()) -> str:
+    """The overview; `banners` (HTML, escaped by whoever made them) go first, above the health cards."""
     health, now = view.health, view.health.now
-    above = sum(1 for row in view.models if row.above)
-    body = [_peers_down_section(health), _health_cards(health, view.total_models, above),
+    above = view.counts.get("anomalous", 0) if view.counts else sum(1 for row in view.models if row.above)
+    body = [_peers_down_section(health), *banners, _health_cards(health, view.in_scope or view.total_models, above),
             _projects_section(view), _models_section(view, late_after),
             '<section class="grid2">', _reasons_section(health), _executors_section(health), "</section>",
             _hourly_section(health), _recent_failures_section(health)]
@@ -220,9 +241,10 @@ def _projects_section(view: Overview) -> str:
     """Links per project (shown once the ledger holds more than the default project)."""
     if view.projects in ([], [DEFAULT_PROJECT]):
         return ""
-    links = ['<b>all</b>' if not view.project else '<a href="/">all</a>']
-    links += [f"<b>{esc(p)}</b>" if p == view.project else f'<a href="{esc(project_href(p))}">{esc(p)}</a>'
-              for p in view.projects]
+    which = view.filter
+    links = ['<b>all</b>' if not view.project else f'<a href="{esc(overview_href(which, project=""))}">all</a>']
+    links += [f"<b>{esc(p)}</b>" if p == view.project
+              else f'<a href="{esc(overview_href(which, project=p))}">{esc(p)}</a>' for p in view.projects]
     return f'<section class="projects"><h2>Projects</h2><div class="tabs">{" ".join(links)}</div></section>'
 
 
@@ -237,25 +259,69 @@ def _models_section(view: Overview, late_after: timedelta) -> str:
         rows.append(
             f'<tr class="{cls}" data-model="{esc(row.name)}" data-project="{esc(row.ref.project)}">'
             f'<td class="name"><a href="{esc(model_href(row.ref))}">{esc(row.name)}</a></td>'
-            f'<td class="project"><a href="{esc(project_href(row.ref.project))}">{esc(row.ref.project)}</a></td>'
+            f'<td class="project"><a href="{esc(overview_href(view.filter, project=row.ref.project))}">'
+            f'{esc(row.ref.project)}</a></td>'
             f'<td class="num confidence">{confidence_cell(row.confidence)}</td>'
             f'<td class="spark">{sparkline(row.spark, view.since, now, row.above)}</td>'
             f'<td class="time last-window">{esc(fmt_time(row.last_done_end))}</td>'
             f'<td class="num lateness"><span class="{"late" if late else ""}">{esc(late_text)}</span></td>'
             f'<td class="state">{state_badge(row.newest_state)}</td></tr>')
     more = ""
-    if view.total_models > len(view.models):
-        more = f"; the first {len(view.models)} of {fmt_int(view.total_models)} shown"
-    if not rows:
+    if not rows and view.total_models:
+        table = '<p class="empty" id="no-match">No model matches this filter.</p>'
+    elif not rows:
         table = '<p class="empty">No tasks in the ledger yet: run the scheduler or a backfill.</p>'
     else:
         table = ('<table id="models"><thead><tr><th>Model</th><th>Project</th><th class="num">Anomaly confidence</th>'
                  '<th>Last 24 h (log scale, line at 1)</th><th>Last predicted window end (UTC)</th>'
                  '<th class="num">Lateness</th><th>Newest task</th></tr></thead><tbody>'
                  + "".join(rows) + "</tbody></table>")
-    note = (f"latest {TOTAL_CONFIDENCE}; above 1 = above the model's threshold, listed first{more}; "
+    note = (f"latest {TOTAL_CONFIDENCE}; above 1 = above the model's threshold, listed first, then late or failing"
+            f"{more}; "
             f"lateness = now − last predicted window end, marked past {fmt_age(late_after)}")
-    return f'<section><h2>Models<span class="note">{esc(note)}</span></h2>{table}</section>'
+    pager = _pager(view)
+    return (f'<section><h2>Models<span class="note">{esc(note)}</span></h2>{_filters(view)}{pager}{table}'
+            f"{pager if len(view.models) > 25 else ''}</section>")
+
+
+STATE_LABELS = {"anomalous": "above threshold", "late": "late", "failing": "failing"}
+
+
+def _filters(view: Overview) -> str:
+    """The search box (a GET to this page, the other filters kept) and one link per state, with counts."""
+    which = view.filter
+    hidden = "".join(f'<input type="hidden" name="{key}" value="{esc(value)}">'
+                     for key, value in (("state", which.state), ("project", which.project)) if value)
+    form = (f'<form method="get" action="/" role="search"><input type="search" name="q" value="{esc(which.q)}" '
+            f'maxlength="{MAX_QUERY}" placeholder="project or model name" aria-label="search models">{hidden}'
+            '<button type="submit">search</button></form>')
+    links = [f'<b id="state-all">all {fmt_int(view.in_scope)}</b>' if not which.state else
+             f'<a id="state-all" href="{esc(overview_href(which, state=""))}">all {fmt_int(view.in_scope)}</a>']
+    for state in STATES:
+        text = f"{STATE_LABELS[state]} {fmt_int(view.counts.get(state, 0))}"
+        links.append(f'<b id="state-{state}">{esc(text)}</b>' if which.state == state else
+                     f'<a id="state-{state}" href="{esc(overview_href(which, state=state))}">{esc(text)}</a>')
+    clear = f' <a id="clear-search" href="{esc(overview_href(which, q=""))}">clear search</a>' if which.q else ""
+    return f'<div class="filters">{form}<span class="states">{" ".join(links)}</span>{clear}</div>'
+
+
+def _pager(view: Overview) -> str:
+    """'101–200 of 9,000 (of 9,000 models)' and the links to the pages around."""
+    if not view.models:
+        return ""
+    first, last = view.first_index + 1, view.first_index + len(view.models)
+    total = f"of {fmt_int(view.total_models)} models" if view.matching != view.total_models else "models"
+    shown = (f'<span id="shown">{fmt_int(first)}–{fmt_int(last)} of {fmt_int(view.matching)}</span> '
+             f'<span class="muted">{esc(total)}</span>')
+    page = view.filter.page
+    links = []
+    if page > 1:
+        links.append(f'<a rel="prev" href="{esc(overview_href(view.filter, page=page - 1))}">← previous</a>')
+    if page < view.pages:
+        links.append(f'<a rel="next" href="{esc(overview_href(view.filter, page=page + 1))}">next →</a>')
+    if view.pages > 2:
+        links.append(f'<span class="muted">page {page} of {view.pages}</span>')
+    return f'<div class="pager">{shown}{"".join(" " + link for link in links)}</div>'
 
 
 def _reasons_section(health: Health) -> str:

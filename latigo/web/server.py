@@ -42,7 +42,7 @@ LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; "
-                               "form-action 'none'; frame-ancestors 'none'",
+                               "form-action 'self'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
@@ -82,26 +82,32 @@ class WebApp:
     """Routes, authorization and rendering, independent of the socket."""
 
     def __init__(self, engine: Engine, *, token: str | None = None, database: str = "",
-                 late_after: timedelta = timedelta(minutes=65), bound_host: str = "127.0.0.1") -> None:
+                 late_after: timedelta = timedelta(minutes=65), bound_host: str = "127.0.0.1",
+                 page_size: int = queries.MAX_MODELS) -> None:
         self.engine = engine
+        self.page_size = page_size
         self.token = token
         self.database = database
         self.late_after = late_after
         self.bound_host = bound_host.strip("[]").lower()
-        self._overview_lock = threading.Lock()
-        self._overview: dict[str, tuple[float, queries.Overview]] = {}
+        self._snapshot_lock = threading.Lock()
+        self._snapshot: tuple[float, queries.Snapshot] | None = None
+        self._hourly = queries.HourlyCounts()
 
-    def overview(self, project: str = "") -> queries.Overview:
-        """The overview's reads, shared for OVERVIEW_CACHE_SECONDS: every open page refreshes every 30 s, and
-        ten viewers should not cost the database ten times what one does (one cached view per project link)."""
-        with self._overview_lock:
-            cached = self._overview.get(project)
-            if cached is None or time.monotonic() >= cached[0]:
-                if len(self._overview) > 64:
-                    self._overview.clear()
-                cached = (time.monotonic() + OVERVIEW_CACHE_SECONDS, queries.overview(self.engine, project=project))
-                self._overview[project] = cached
-            return cached[1]
+    def snapshot(self) -> queries.Snapshot:
+        """Every model's row and the health, read at most once per OVERVIEW_CACHE_SECONDS: every open page
+        refreshes every 30 s, and ten viewers (each with its own search, filter and page) should not cost the
+        database ten times what one does."""
+        with self._snapshot_lock:
+            if self._snapshot is None or time.monotonic() >= self._snapshot[0]:
+                taken = queries.snapshot(self.engine, hourly=self._hourly)
+                self._snapshot = (time.monotonic() + OVERVIEW_CACHE_SECONDS, taken)
+            return self._snapshot[1]
+
+    def overview(self, which: queries.ModelFilter | None = None) -> queries.Overview:
+        """One page of the models `which` selects (its sparklines are the only reads of its own)."""
+        return queries.view(self.engine, self.snapshot(), which or queries.ModelFilter(), self.page_size,
+                            self.late_after)
 
     # ---------------------------------------------------------------- authorization
 
@@ -160,7 +166,7 @@ class WebApp:
         path = parts.path
         try:
             if path == "/":
-                view = self.overview((query.get("project") or [""])[0])
+                view = self.overview(_model_filter(query))
                 return self._html(200, render.overview_page(view, self.database, self.late_after), extra)
             ref = _model_ref(path)
             if ref is not None:
@@ -196,6 +202,19 @@ def _model_ref(path: str) -> ModelRef | None:
     if len(parts) == 2 and all(parts):
         return ModelRef(parts[0], parts[1])
     return None
+
+
+def _model_filter(query: dict[str, list[str]]) -> queries.ModelFilter:
+    """The overview's filter from its address; an unknown state or a page that is not a number is ignored
+    (the page shows what it can), never an error page."""
+    def first(key: str) -> str:
+        return (query.get(key) or [""])[0]
+
+    try:
+        page = int(first("page") or 1)
+    except ValueError:
+        page = 1
+    return queries.ModelFilter(q=first("q"), state=first("state"), project=first("project"), page=min(page, 10**6))
 
 
 def _first_line(exc: BaseException) -> str:

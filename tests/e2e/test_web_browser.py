@@ -168,3 +168,30 @@ def test_a_token_in_the_address_lets_the_links_work(web_engine, browser, databas
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_an_operator_searches_filters_and_pages(web, browser, database, tmp_path):
+    """Typed into the search box and submitted (the form is allowed by the page's own policy), then the
+    state link clicked, then a hostile search: each step a shareable address, nothing run."""
+    _url, filled = database
+    browser.get(web.url)
+    box = browser.find_element(By.CSS_SELECTOR, "input[type=search]")
+    box.send_keys("PUMP")
+    box.submit()
+    assert browser.current_url == web.url + "?q=PUMP"
+    rows = browser.find_elements(By.CSS_SELECTOR, "#models tr.model")
+    assert [row.get_attribute("data-model") for row in rows] == [m for m in filled.order if m.startswith("pump")]
+    assert text(browser, "shown") == "1–4 of 4"
+    browser.find_element(By.ID, "state-late").click()
+    assert browser.current_url == web.url + "?q=PUMP&state=late"
+    rows = browser.find_elements(By.CSS_SELECTOR, "#models tr.model")
+    assert [row.get_attribute("data-model") for row in rows] == ["pump-broken", "pump-queued"]
+    assert browser.find_element(By.CSS_SELECTOR, "input[type=search]").get_attribute("value") == "PUMP"
+    screenshot(browser, tmp_path, "overview-search-late")
+    browser.get(web.url + "?q=" + quote("<script>"))
+    no_alert(browser)
+    assert browser.find_elements(By.TAG_NAME, "script") == []
+    rows = browser.find_elements(By.CSS_SELECTOR, "#models tr.model")
+    assert [row.find_element(By.CSS_SELECTOR, "td.name").text for row in rows] == [SCRIPT]
+    assert browser.find_element(By.CSS_SELECTOR, "input[type=search]").get_attribute("value") == "<script>"
+    screenshot(browser, tmp_path, "overview-search-hostile")

@@ -26,7 +26,7 @@ from latigo.lifecycle import TaskLifecycle
 from latigo.settings import DatabaseSettings
 from latigo.types import PredictionFrame, PredictionRow, Task, TimeRange
 from latigo.web.queries import read_only_engine
-from latigo.web.server import WebServer, make_server
+from latigo.web.server import WebApp, WebServer, make_server
 from tests.support.processes import REPO, child_env, write_config
 
 pytestmark = pytest.mark.integration
@@ -47,7 +47,7 @@ class Filled:
     failed: int = 6
     reasons: tuple[tuple[str, int], ...] = (("permanent", 3), ("dead_letter", 1), ("no_data", 1), ("transient", 1))
     executors: tuple[str, ...] = ("exec-a", "exec-b")
-    order: tuple[str, ...] = ("pump-hot", SCRIPT, "pump-broken", "pump-calm", "pump-queued")
+    order: tuple[str, ...] = ("pump-hot", SCRIPT, "pump-broken", "pump-queued", "pump-calm")
     confidence: tuple[tuple[str, str], ...] = (("pump-hot", "2.50"), (SCRIPT, "1.75"), ("pump-calm", "0.40"))
     tags: tuple[str, ...] = ("A-temp", "B-flow", "C-pressure")
     script_tags: tuple[str, ...] = ("S-1", SCRIPT_TAG)
@@ -205,6 +205,73 @@ def test_names_are_escaped_everywhere(filled, web):
     assert html.escape(SCRIPT) in detail and html.escape(SCRIPT_TAG, quote=True) in detail
     assert "script-src" not in headers["Content-Security-Policy"]  # default-src 'none': no script runs at all
     assert "default-src 'none'" in headers["Content-Security-Policy"]
+
+
+def shown_range(page: str) -> str:
+    return html.unescape(re.search(r'<span id="shown">([^<]*)</span>', page).group(1))
+
+
+def links(page: str, rel: str) -> list[str]:
+    return [html.unescape(href) for href in re.findall(rf'<a rel="{rel}" href="([^"]*)"', page)]
+
+
+def test_search_narrows_by_model_or_project_name_ignoring_case(filled, web):
+    _status, page, _ = get(web.url + "?q=PUMP-")
+    assert model_order(page) == ["pump-hot", "pump-broken", "pump-queued", "pump-calm"]
+    assert shown_range(page) == "1–4 of 4"
+    assert 'value="PUMP-"' in page  # the search box keeps the text
+    assert model_order(get(web.url + "?q=ot")[1]) == ["pump-hot"]
+    assert model_order(get(web.url + "?q=DEFAULT")[1]) == list(filled.order)  # the project's name matches all
+    _status, none, _ = get(web.url + "?q=no-such-thing")
+    assert model_order(none) == [] and 'id="no-match"' in none
+
+
+def test_state_filters_are_links_with_counts(filled, web):
+    _status, page, _ = get(web.url)
+    assert by_id(page, "state-all") == "all 5"
+    assert html.unescape(re.search(r'id="state-anomalous" href="([^"]*)">above threshold 2<', page).group(1)) \
+        == "/?state=anomalous"
+    assert 'id="state-late" href="/?state=late">late 2<' in page  # pump-broken, pump-queued: nothing done
+    assert 'id="state-failing" href="/?state=failing">failing 1<' in page
+    assert model_order(get(web.url + "?state=anomalous")[1]) == ["pump-hot", SCRIPT]
+    assert model_order(get(web.url + "?state=late")[1]) == ["pump-broken", "pump-queued"]
+    assert model_order(get(web.url + "?state=failing")[1]) == ["pump-broken"]
+    combined = get(web.url + "?state=late&q=queued")[1]
+    assert model_order(combined) == ["pump-queued"]
+    assert 'id="state-late">late 1<' in combined  # the counts are of the search
+    assert model_order(get(web.url + "?state=bogus")[1]) == list(filled.order)  # unknown: ignored
+
+
+def test_pages_say_how_many_and_link_to_each_other(filled, web_engine):
+    app = WebApp(web_engine, database="test database", page_size=2)
+    pages = []
+    target = "/"
+    while target:
+        response = app.respond("GET", target, {"Host": "127.0.0.1"})
+        assert response.status == 200
+        page = response.body.decode()
+        pages.append((model_order(page), shown_range(page)))
+        following = links(page, "next")
+        target = following[0] if following else ""
+    assert pages == [(list(filled.order[:2]), "1–2 of 5"), (list(filled.order[2:4]), "3–4 of 5"),
+                     (list(filled.order[4:]), "5–5 of 5")]
+    late = app.respond("GET", "/?state=late&page=9", {"Host": "127.0.0.1"}).body.decode()
+    assert model_order(late) == ["pump-broken", "pump-queued"]  # past the end: the last page
+    assert links(late, "next") == [] and links(late, "prev") == []
+    second = app.respond("GET", "/?q=p&page=2", {"Host": "127.0.0.1"}).body.decode()  # all five have a p
+    assert links(second, "prev") == ["/?q=p"] and links(second, "next") == ["/?q=p&page=3"]
+
+
+def test_hostile_search_text_stays_escaped_in_the_box_and_every_link(filled, web):
+    _status, page, _ = get(web.url + "?q=" + quote(SCRIPT) + "&state=late")
+    assert "<script" not in page and "<img" not in page
+    assert f'value="{html.escape(SCRIPT, quote=True)}"' in page
+    assert 'href="/?q=%3Cscript%3Ealert%281%29%3C%2Fscript%3E"' in page  # state "all": the search kept
+    _status, found, _ = get(web.url + "?q=" + quote("<SCRIPT>"))
+    assert model_order(found) == [SCRIPT]
+    quote_breaker = '" autofocus onfocus="alert(3)'
+    _status, page, _ = get(web.url + "?q=" + quote(quote_breaker))
+    assert 'onfocus="alert' not in page and html.escape(quote_breaker, quote=True) in page
 
 
 def test_model_page_draws_one_line_per_tag_and_lists_its_tasks(filled, web):
