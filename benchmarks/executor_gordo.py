@@ -1,11 +1,12 @@
-"""Executor throughput against Gordo: one executor (N worker threads) → GordoModels → the local Gordo
-server (in its own process) answering every request after 50 ms, predictions stored in PostgreSQL.
+"""Executor throughput against Gordo's protocol: one executor (N worker threads) → GordoModels → the
+replay Gordo server (tests/support/gordo_server.py, in its own process) answering every request after
+50 ms, predictions stored in PostgreSQL. (benchmarks/gordo.py measures against a real Gordo server.)
 
 A real Gordo 6 worker took ~50 ms for a 4-tag request, so the ideal is concurrency / 50 ms tasks/s;
 the gap is latigo's own cost (sensor frame, request encoding, answer parsing, storage, ledger) plus the
 test server's. Also printed: HTTP requests per task (metadata and revision look-ups amortised).
 
-    python benchmarks/gordo.py [--tasks 400] [--latency 0.05] [--models 20]
+    python benchmarks/executor_gordo.py [--tasks 400] [--latency 0.05] [--models 20]
 """
 
 import argparse
