@@ -1,0 +1,209 @@
+"""latigo against gordo-client 6.3.0, side by side, on one REAL Gordo 6.0.4 server.
+
+The same warm `gordo run-server` (models built by Gordo's own builder: pca-model, lstm-model,
+row-filter-model; tests/support/gordo_real.py), the same sensor data in one real influxd, the same
+30-minute windows. Each client predicts every (window, model) in turn, one at a time:
+
+- latigo: `GordoModels.execute_model` on its default settings (parquet), and with `use_parquet: false`
+  (JSON) for comparison; reads InfluxDB, aligns, posts, parses.
+- gordo-client 6.3.0 as a live client in its own venv (tests/support/gordo_real_scripts/live_client.py):
+  one `Client.predict(start, end, targets=[model])` per window, with its Client's default (JSON), and
+  with `use_parquet=True`.
+
+The variants take turns round by round (after one unmeasured warm-up round each), so a slow moment of
+the shared machine falls on all of them. Printed per variant: wall time per model-window (median over
+the rounds) and the server's CPU per model-window (utime + stime of every process in gunicorn's process
+group, from /proc, summed over the rounds), and both as ratios to gordo-client's default.
+
+    python benchmarks/gordo.py [--windows 12] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import _support  # noqa: F401 - puts the repository on sys.path
+
+from latigo.models.gordo import GordoModels, GordoSettings
+from latigo.sensors.influx import InfluxSensors
+from latigo.types import TimeRange
+from tests.support.gordo_real import (
+    SCRIPTS,
+    TAGS,
+    GordoRealServer,
+    build_models,
+    gordo_client_venv,
+    sensor_points,
+    venv_env,
+    write_sensors,
+)
+from tests.support.influxd import InfluxServer, start_influxd
+
+D0 = datetime(2026, 3, 2, tzinfo=timezone.utc)
+WINDOW = timedelta(minutes=30)
+FIRST_WINDOW = D0 + timedelta(hours=2, minutes=25)
+"""The default schedule's windows ([hh:25, hh:55), ...), two hours into the data."""
+DATABASE, MEASUREMENT = "benchmark", "sensors"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu_seconds(group: int) -> float:
+    """utime + stime of every live process in process group `group` (Linux /proc)."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == group:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / CLOCK_TICKS
+
+
+@dataclass
+class Variant:
+    """One client: `run_round()` predicts every model-window once and returns its wall seconds."""
+
+    name: str
+    run_round: Callable[[], float]
+    close: Callable[[], None]
+    seconds: list[float] = field(default_factory=list)
+    server_cpu: float = 0.0
+    model_windows: int = 0
+
+
+def latigo_variant(name: str, server: GordoRealServer, influxd: InfluxServer, windows: list[TimeRange],
+                   models: list[str], **settings: object) -> Variant:
+    sensors = InfluxSensors(InfluxSensors.Settings(database=DATABASE, host=influxd.host, port=influxd.port,
+                                                   measurement=MEASUREMENT))
+    provider = GordoModels(GordoSettings(base_url=server.base_url, project=server.project, **settings),  # type: ignore[arg-type]
+                           sensors=sensors)
+
+    def run_round() -> float:
+        started = time.perf_counter()
+        for window in windows:
+            for model in models:
+                frame = provider.execute_model(model, window.start, window.end)
+                if not frame.rows:
+                    raise RuntimeError(f"{name}: no rows for {model} {window}: {frame.note}")
+        return time.perf_counter() - started
+
+    return Variant(name, run_round, provider.close)
+
+
+def gordo_client_variant(name: str, server: GordoRealServer, influxd: InfluxServer, windows: list[TimeRange],
+                         models: list[str], directory: Path, use_parquet: bool) -> Variant:
+    request = {"project": server.project, "host": server.host, "port": server.port, "influx_host": influxd.host,
+               "influx_port": influxd.port, "database": DATABASE, "measurement": MEASUREMENT, "models": models,
+               "windows": [[w.start.isoformat(), w.end.isoformat()] for w in windows], "use_parquet": use_parquet}
+    path = directory / f"{name.replace(' ', '-')}.json"
+    path.write_text(json.dumps(request))
+    venv = gordo_client_venv()
+    process = subprocess.Popen([str(venv / "bin" / "python"), str(SCRIPTS / "live_client.py"), str(path)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=venv_env(venv),
+                               cwd=directory)
+    assert process.stdin is not None and process.stdout is not None
+    if process.stdout.readline().strip() != "ready":
+        process.kill()
+        raise RuntimeError(f"{name}: the gordo-client script did not start (exit {process.wait()})")
+
+    def run_round() -> float:
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write("go\n")
+        process.stdin.flush()
+        line = process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{name}: the gordo-client script ended (exit {process.wait()})")
+        result = json.loads(line)
+        if result["errors"] or result["predictions"] != len(windows) * len(models) or not result["rows"]:
+            raise RuntimeError(f"{name}: {result}")
+        return float(result["seconds"])
+
+    def close() -> None:
+        assert process.stdin is not None
+        process.stdin.close()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+    return Variant(name, run_round, close)
+
+
+def measure(variants: list[Variant], server_group: int, rounds: int, per_round: int) -> None:
+    for variant in variants:  # warm-up: the server's model cache, the clients' connections and metadata
+        variant.run_round()
+    for _ in range(rounds):
+        for variant in variants:
+            cpu = group_cpu_seconds(server_group)
+            variant.seconds.append(variant.run_round())
+            variant.server_cpu += group_cpu_seconds(server_group) - cpu
+            variant.model_windows += per_round
+
+
+def report(variants: list[Variant], baseline: Variant) -> None:
+    def wall(v: Variant) -> float:
+        return statistics.median(v.seconds) / (v.model_windows / len(v.seconds))
+
+    def cpu(v: Variant) -> float:
+        return v.server_cpu / v.model_windows
+
+    print(f"{'':32s} {'wall ms/model-window':>21s} {'server CPU ms/model-window':>27s}   "
+          f"ratios to {baseline.name}: speed-up, server CPU")
+    for variant in variants:
+        print(f"  {variant.name:30s} {wall(variant) * 1000:15.1f}       {cpu(variant) * 1000:15.1f}"
+              f"              {wall(baseline) / wall(variant):5.2f}x  {cpu(variant) / cpu(baseline):5.2f}x"
+              f"   (rounds: {', '.join(f'{s:.2f}s' for s in variant.seconds)})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--windows", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    windows = [TimeRange(FIRST_WINDOW + i * WINDOW, FIRST_WINDOW + (i + 1) * WINDOW) for i in range(args.windows)]
+    data_end = windows[-1].end + timedelta(hours=2)
+    print("building or finding Gordo's models, starting gordo run-server and influxd ...", flush=True)
+    collection = build_models()
+    influxd = start_influxd()
+    variants: list[Variant] = []
+    try:
+        write_sensors(influxd.url, DATABASE, sensor_points(TAGS, D0, data_end, seed=21), MEASUREMENT)
+        with GordoRealServer(collection) as server, tempfile.TemporaryDirectory(prefix="latigo-bench-") as tmp:
+            assert server.process is not None
+            models = server.models
+            variants = [
+                latigo_variant("latigo (default: parquet)", server, influxd, windows, models),
+                latigo_variant("latigo (use_parquet: false)", server, influxd, windows, models, use_parquet=False),
+                gordo_client_variant("gordo-client (default: JSON)", server, influxd, windows, models, Path(tmp),
+                                     use_parquet=False),
+                gordo_client_variant("gordo-client (use_parquet)", server, influxd, windows, models, Path(tmp),
+                                     use_parquet=True),
+            ]
+            print(f"real Gordo 6.0.4 (1 gunicorn worker, {server.threads} threads), models {models}, "
+                  f"{len(windows)} windows of 30 min at 10-minute resolution ({len(windows) * len(models)} "
+                  f"model-windows per round), {args.rounds} rounds after a warm-up, one request at a time, "
+                  f"{os.cpu_count()} CPUs", flush=True)
+            measure(variants, server.process.pid, args.rounds, len(windows) * len(models))
+            report(variants, variants[2])
+    finally:
+        for variant in variants:
+            variant.close()
+        influxd.stop()
+
+
+if __name__ == "__main__":
+    main()
