@@ -4,12 +4,15 @@ gordo-client venv (never imports latigo).
     python live_client.py REQUEST.json
 
 REQUEST.json: {"project", "host", "port", "influx_host", "influx_port", "database", "measurement",
-"models": [names], "windows": [[start, end], ...] (ISO 8601 with offset), "use_parquet"}.
+"models": [names], "windows": [[start, end], ...] (ISO 8601 with offset), "use_parquet", "per_model"}.
 
 The client is made once (one HTTP session, as a service would keep it). The script then prints
 `ready` and waits for a line on stdin, so the caller can read the server's CPU right before the loop;
-for every round it is sent (`go`), it predicts every (window, model) in turn and prints one JSON line:
-{"seconds": wall time of the loop, "predictions": count, "rows": rows answered, "errors": [...]}.
+for every round it is sent (`go`), it predicts every window in turn, with one `predict` for all the
+models (the client's own threads ask for them at once), or with `per_model` one `predict` per (window,
+model), and prints one JSON line:
+{"seconds": wall time of the loop, "predictions": model-windows answered, "rows": rows answered,
+"errors": [...]}.
 An empty line or end of input ends it.
 """
 
@@ -42,12 +45,13 @@ def main(request_path: str) -> int:
         errors: list[str] = []
         rows = predictions = 0
         started = time.perf_counter()
+        targets = [[model] for model in request["models"]] if request["per_model"] else [request["models"]]
         for start, end in windows:
-            for model in request["models"]:
-                [(_, frame, failed)] = client.predict(start, end, targets=[model])
-                errors.extend(str(error) for error in failed)
-                rows += len(frame)
-                predictions += 1
+            for models in targets:
+                for _, frame, failed in client.predict(start, end, targets=models):
+                    errors.extend(str(error) for error in failed)
+                    rows += len(frame)
+                    predictions += 1
         seconds = time.perf_counter() - started
         print(json.dumps({"seconds": seconds, "predictions": predictions, "rows": rows, "errors": errors[:5]}),
               flush=True)
