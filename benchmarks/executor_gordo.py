@@ -22,7 +22,8 @@ from _support import database
 
 from latigo.executor import Executor
 from latigo.lifecycle import TaskLifecycle
-from latigo.models.gordo import GordoModels, GordoSettings
+from latigo.models.gordo import GordoSettings
+from latigo.models.gordo_projects import GordoProjects
 from latigo.queues.database import DatabaseTaskQueue
 from latigo.settings import ExecutorSettings
 from latigo.types import Task, TimeRange
@@ -54,8 +55,9 @@ def cpu_seconds(pid: int) -> float:
 def measure(url: str, concurrency: int, tasks: int, models: int, batch_size: int) -> tuple[float, float, float]:
     """(tasks/s, HTTP requests per task, latigo CPU ms per task) for one executor draining `tasks` tasks."""
     with database("postgresql") as engine:
-        gordo = GordoModels(GordoSettings(base_url=url, project="demo", batch_size=batch_size,
-                                          pool_size=max(concurrency, 2)), sensors=RampSensors())
+        # The provider the factory builds for `type: gordo` (the executor hands it ModelRefs).
+        gordo = GordoProjects(GordoSettings(base_url=url, project="demo", batch_size=batch_size,
+                                            pool_size=max(concurrency, 2)), sensors=RampSensors())
         names = [f"model-{i:03d}" for i in range(models)]
         lifecycle = TaskLifecycle(engine)
         queue = DatabaseTaskQueue(engine, DatabaseTaskQueue.Settings(poll_interval=timedelta(seconds=0.05)),
@@ -63,7 +65,7 @@ def measure(url: str, concurrency: int, tasks: int, models: int, batch_size: int
         windows = [TimeRange(T0 + i * timedelta(minutes=30), T0 + (i + 1) * timedelta(minutes=30))
                    for i in range(-(-tasks // models))]
         with lifecycle.transaction() as connection:
-            batch = [Task(name, window) for window in windows for name in names][:tasks]
+            batch = [Task(name, window, project="demo") for window in windows for name in names][:tasks]
             queue.put_many(lifecycle.enqueue(connection, batch).to_send, connection)
         settings = ExecutorSettings(concurrency=concurrency, poll_timeout=timedelta(seconds=0.2))
         executor = Executor(settings, queue, gordo, lifecycle, OUTPUTS)
@@ -72,7 +74,7 @@ def measure(url: str, concurrency: int, tasks: int, models: int, batch_size: int
         elapsed = time.perf_counter() - started - 0.3  # the idle wait is not work
         cpu = time.process_time() - cpu
         assert stats.done == tasks, stats
-        requests = gordo.http.requests_sent
+        requests = gordo.client("demo").http.requests_sent
         gordo.close()
         return tasks / elapsed, requests / tasks, cpu / tasks * 1000
 

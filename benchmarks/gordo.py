@@ -17,7 +17,7 @@ the shared machine falls on all of them. Printed per variant: wall time per mode
 the rounds) and the server's CPU per model-window (utime + stime of every process in gunicorn's process
 group, from /proc, summed over the rounds), and both as ratios to gordo-client's default.
 
-    python benchmarks/gordo.py [--windows 12] [--rounds 3]
+    python benchmarks/gordo.py [--windows 12] [--rounds 3] [--window-minutes 30]
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ from tests.support.gordo_real import (
 from tests.support.influxd import InfluxServer, start_influxd
 
 D0 = datetime(2026, 3, 2, tzinfo=timezone.utc)
-WINDOW = timedelta(minutes=30)
 FIRST_WINDOW = D0 + timedelta(hours=2, minutes=25)
 """The default schedule's windows ([hh:25, hh:55), ...), two hours into the data."""
 DATABASE, MEASUREMENT = "benchmark", "sensors"
@@ -219,9 +218,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--windows", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--window-minutes", type=int, default=30,
+                        help="window length (the default schedule's interval is 30 minutes)")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
-    windows = [TimeRange(FIRST_WINDOW + i * WINDOW, FIRST_WINDOW + (i + 1) * WINDOW) for i in range(args.windows)]
+    window = timedelta(minutes=args.window_minutes)
+    windows = [TimeRange(FIRST_WINDOW + i * window, FIRST_WINDOW + (i + 1) * window) for i in range(args.windows)]
     data_end = windows[-1].end + timedelta(hours=2)
     print("building or finding Gordo's models, starting gordo run-server and influxd ...", flush=True)
     collection = build_models()
@@ -251,8 +253,9 @@ def main() -> None:
             ]
             variants = defaults + one_at_a_time
             print(f"real Gordo 6.0.4 (1 gunicorn worker, {server.threads} threads), models {models}, "
-                  f"{len(windows)} windows of 30 min at 10-minute resolution ({len(windows) * len(models)} "
-                  f"model-windows per round), {args.rounds} rounds after a warm-up, {os.cpu_count()} CPUs",
+                  f"{len(windows)} windows of {args.window_minutes} min at 10-minute resolution "
+                  f"({len(windows) * len(models)} model-windows per round), {args.rounds} rounds after a warm-up, "
+                  f"{os.cpu_count()} CPUs",
                   flush=True)
             measure(variants, server.process.pid, args.rounds, len(windows) * len(models))
             report([("each at its defaults: latigo's executor, gordo-client one predict per window", defaults,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -18,7 +19,7 @@ from latigo.errors import ConfigError, NoDataError, PermanentError, TransientErr
 from latigo.factory import Components
 from latigo.models.gordo import GordoModels, GordoSettings, check_models, format_check_report
 from latigo.models.gordo_projects import GordoProjects
-from latigo.models.gordo_wire import parse_prediction
+from latigo.models.gordo_wire import _groups_from_frame, groups_from_parquet, parse_prediction
 from latigo.types import ModelRef, SensorFrame, TimeRange
 from tests.support.gordo_server import (
     FIXTURES,
@@ -279,6 +280,28 @@ def test_the_captured_answers_parse_to_the_same_rows_from_json_and_parquet():
     parquet_input = {(r.tag, r.ts): r.value for r in from_parquet.rows if r.output == "model-input"}
     expected = frame_from_parquet((FIXTURES / "anomaly-response.parquet").read_bytes())
     assert parquet_input[("TAG-2", START)] == expected[("model-input", "TAG-2")].iloc[0]
+
+
+def test_a_parquet_answer_read_with_pyarrow_gives_what_pandas_reads():
+    content = fixture_bytes("anomaly-response.parquet")
+    fast, general = groups_from_parquet(content), _groups_from_frame(pd.read_parquet(io.BytesIO(content)))
+    assert fast == general  # the fixture holds no NaN, so == compares every value
+    for group, columns in general.items():
+        assert list(fast[group]) == list(columns)
+        for name, series in columns.items():
+            assert [(type(k), k.tzinfo) for k in fast[group][name]] == [(type(k), k.tzinfo) for k in series]
+            assert [type(v) for v in fast[group][name].values()] == [type(v) for v in series.values()]
+
+
+def test_a_parquet_answer_without_timestamps_is_named_unreadable():
+    class Answer:
+        def __init__(self, content):
+            self.content, self.headers, self.text = content, {}, ""
+
+    buffer = io.BytesIO()
+    pd.DataFrame({"model-output": [0.5, 0.25]}).to_parquet(buffer)
+    with pytest.raises(TransientError, match="unreadable parquet answer: its index is RangeIndex, not timestamps"):
+        parse_prediction("model-a", Answer(buffer.getvalue()))
 
 
 def test_parquet_requests_and_answers_give_the_json_results(server):
