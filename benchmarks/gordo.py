@@ -17,7 +17,7 @@ the shared machine falls on all of them. Printed per variant: wall time per mode
 the rounds) and the server's CPU per model-window (utime + stime of every process in gunicorn's process
 group, from /proc, summed over the rounds), and both as ratios to gordo-client's default.
 
-    python benchmarks/gordo.py [--windows 12] [--rounds 3] [--window-minutes 30]
+    python benchmarks/gordo.py [--windows 12] [--rounds 3] [--window-minutes 30] [--server-workers 1]
 """
 
 from __future__ import annotations
@@ -95,9 +95,9 @@ def influx_sensors(influxd: InfluxServer) -> InfluxSensors:
 
 
 def executor_variant(name: str, server: GordoRealServer, influxd: InfluxServer, windows: list[TimeRange],
-                     models: list[str], **settings: object) -> Variant:
+                     models: list[str], concurrency: int | None = None, **settings: object) -> Variant:
     """latigo's executor with its default settings (the poll timeout aside: the idle wait at the end of a
-    drain is not work, and is taken off)."""
+    drain is not work, and is taken off), or with `concurrency` model calls at once."""
     provider = GordoProjects(GordoSettings(base_url=server.base_url, project=server.project, **settings),  # type: ignore[arg-type]
                              sensors=influx_sensors(influxd))
     outputs = PredictionSettings().outputs
@@ -110,8 +110,10 @@ def executor_variant(name: str, server: GordoRealServer, influxd: InfluxServer, 
             tasks = [Task(model, window, project=server.project) for window in windows for model in models]
             with lifecycle.transaction() as connection:
                 queue.put_many(lifecycle.enqueue(connection, tasks).to_send, connection)
-            executor = Executor(ExecutorSettings(poll_timeout=timedelta(seconds=0.1)), queue, provider, lifecycle,
-                                outputs)
+            executor_settings = ExecutorSettings(poll_timeout=timedelta(seconds=0.1))
+            if concurrency is not None:
+                executor_settings.concurrency = concurrency
+            executor = Executor(executor_settings, queue, provider, lifecycle, outputs)
             started = time.perf_counter()
             stats = executor.run(exit_when_idle=idle)
             seconds = time.perf_counter() - started - idle
@@ -220,6 +222,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--window-minutes", type=int, default=30,
                         help="window length (the default schedule's interval is 30 minutes)")
+    parser.add_argument("--server-workers", type=int, default=1, help="gunicorn workers of the Gordo server")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     window = timedelta(minutes=args.window_minutes)
@@ -231,7 +234,8 @@ def main() -> None:
     variants: list[Variant] = []
     try:
         write_sensors(influxd.url, DATABASE, sensor_points(TAGS, D0, data_end, seed=21), MEASUREMENT)
-        with GordoRealServer(collection) as server, tempfile.TemporaryDirectory(prefix="latigo-bench-") as tmp:
+        with GordoRealServer(collection, workers=args.server_workers) as server, \
+                tempfile.TemporaryDirectory(prefix="latigo-bench-") as tmp:
             assert server.process is not None
             models = server.models
             directory = Path(tmp)
@@ -248,11 +252,14 @@ def main() -> None:
                 latigo_variant("latigo GordoModels (default: parquet)", server, influxd, windows, models),
                 latigo_variant("latigo GordoModels (use_parquet: false)", server, influxd, windows, models,
                                use_parquet=False),
+                executor_variant("latigo executor, concurrency 1 (parquet)", server, influxd, windows, models,
+                                 concurrency=1),
                 gordo_client_variant("gordo-client (JSON), per model", server, influxd, windows, models, directory,
                                      use_parquet=False, per_model=True),
             ]
             variants = defaults + one_at_a_time
-            print(f"real Gordo 6.0.4 (1 gunicorn worker, {server.threads} threads), models {models}, "
+            print(f"real Gordo 6.0.4 ({server.workers} gunicorn worker(s), {server.threads} threads each), "
+                  f"models {models}, "
                   f"{len(windows)} windows of {args.window_minutes} min at 10-minute resolution "
                   f"({len(windows) * len(models)} model-windows per round), {args.rounds} rounds after a warm-up, "
                   f"{os.cpu_count()} CPUs",
@@ -260,7 +267,7 @@ def main() -> None:
             measure(variants, server.process.pid, args.rounds, len(windows) * len(models))
             report([("each at its defaults: latigo's executor, gordo-client one predict per window", defaults,
                      defaults[2]),
-                    ("one model-window at a time", one_at_a_time, one_at_a_time[2])])
+                    ("one model-window at a time", one_at_a_time, one_at_a_time[3])])
             goal = defaults[0], defaults[2]
             print(f"\ndefault config: latigo {wall(goal[1]) / wall(goal[0]):.2f}x faster (goal >= 2.5x), "
                   f"{cpu(goal[0]) / cpu(goal[1]):.2f}x the server's CPU (goal <= 0.6x)")
