@@ -17,6 +17,13 @@ the shared machine falls on all of them. Printed per variant: wall time per mode
 the rounds) and the server's CPU per model-window (utime + stime of every process in gunicorn's process
 group, from /proc, summed over the rounds), and both as ratios to gordo-client's default.
 
+What bounds the ratios: with one request per model-window, most of the server's CPU is the model's own
+`anomaly()` (about 38 of 60 ms for a 3-row pca-model request, profiled in-process); parquet saves the
+rest of JSON's cost (JSON in, a JSON answer the server parses and re-encodes once more to add the
+revision: about 43 against 30 ms per request), and gordo-client's revision and metadata GETs before
+each predict cost the server about 2 ms. Concurrent requests to one gunicorn worker (the executor's 8)
+cost it more CPU per request than one at a time.
+
     python benchmarks/gordo.py [--windows 12] [--rounds 3] [--window-minutes 30] [--server-workers 1]
 """
 
