@@ -188,7 +188,9 @@ def _column_key(name: str) -> tuple[str, str]:
             key = ast.literal_eval(name)
         except (ValueError, SyntaxError):
             key = None
-        if isinstance(key, tuple) and len(key) == 2:
+        if isinstance(key, tuple):
+            if len(key) != 2:
+                raise ValueError(f"column {name} is not (group, column)")
             return str(key[0]), str(key[1])
     return name, ""
 
