@@ -3,6 +3,7 @@ or parquet) and the aligned model input latigo sends."""
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import logging
@@ -11,6 +12,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import requests
 
 from latigo.durations import parse_frequency
@@ -154,8 +157,48 @@ def frame_from_groups(model: str, groups: Mapping[str, Mapping[str, Mapping[Any,
 
 
 def groups_from_parquet(content: bytes) -> dict[str, dict[str, dict[Any, Any]]]:
-    """Gordo's parquet answer (columns (group, column), '' for single-column groups) as groups."""
-    frame = pd.read_parquet(io.BytesIO(content))
+    """Gordo's parquet answer (columns (group, column), '' for single-column groups) as groups.
+
+    Read with pyarrow rather than as a pandas frame: rebuilding the frame's two-level column index costs
+    more than everything else done with an answer of a few rows (about 10 ms, against 2 ms). A file
+    without a single timestamp index (no pandas metadata, a RangeIndex) goes the general way."""
+    table = pq.read_table(io.BytesIO(content))
+    meta = table.schema.pandas_metadata or {}
+    index = [column for column in meta.get("index_columns", []) if isinstance(column, str)]
+    if len(index) != 1 or not pa.types.is_timestamp(table.schema.field(index[0]).type):
+        return _groups_from_frame(pd.read_parquet(io.BytesIO(content)))
+    stamps_type = table.schema.field(index[0]).type
+    stamps = [_timestamp(ts) for ts in
+              table.column(index[0]).cast(pa.timestamp("us", tz=stamps_type.tz), safe=False).to_pylist()]
+    names = {column.get("field_name"): column.get("name") for column in meta.get("columns", [])}
+    groups: dict[str, dict[str, dict[Any, Any]]] = {}
+    for field_name in table.column_names:
+        if field_name == index[0]:
+            continue
+        group, name = _column_key(names.get(field_name) or field_name)
+        groups.setdefault(group, {})[name or group] = dict(
+            zip(stamps, table.column(field_name).to_pylist(), strict=True))
+    return groups
+
+
+def _column_key(name: str) -> tuple[str, str]:
+    """(group, column) from a parquet column's pandas name: "('model-output', 'tag-1')" for a two-level
+    column, the plain name for one level."""
+    if name.startswith("("):
+        try:
+            key = ast.literal_eval(name)
+        except (ValueError, SyntaxError):
+            key = None
+        if isinstance(key, tuple):
+            if len(key) != 2:
+                raise ValueError(f"column {name} is not (group, column)")
+            return str(key[0]), str(key[1])
+    return name, ""
+
+
+def _groups_from_frame(frame: pd.DataFrame) -> dict[str, dict[str, dict[Any, Any]]]:
+    if not isinstance(frame.index, pd.DatetimeIndex):
+        raise ValueError(f"its index is {type(frame.index).__name__}, not timestamps")
     stamps = [_timestamp(ts) for ts in frame.index.to_pydatetime()]
     groups: dict[str, dict[str, dict[Any, Any]]] = {}
     for column in frame.columns:

@@ -8,7 +8,8 @@ interpolation_limit (30T, so rows are dropped) and a step change; the first and 
 so gordo-client's own range edges do not matter (it cannot see data outside its range; latigo can).
 
 latigo runs as a user runs it (`latigo db upgrade`, `latigo backfill`, `latigo executor`) with the
-default scheduler settings, through a small pass-through HTTP proxy that counts its requests. Every
+default scheduler settings, through a small pass-through HTTP proxy that counts its requests, once per
+wire format (JSON, parquet: `use_parquet`); the two runs must store bitwise the same numbers. Every
 stored value must equal gordo-client's for the same (model, output group, tag, timestamp), and no
 timestamp gordo-client has inside latigo's covered span may be missing. The figures are printed and kept
 in a file under pytest's tmp directory (its path is printed too).
@@ -24,7 +25,7 @@ import time
 import urllib.parse
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,6 +52,7 @@ from tests.support.gordo_real import (
     sensor_points,
     write_sensors,
 )
+from tests.support.gordo_server import frame_from_parquet, parse_multipart
 from tests.support.influxd import InfluxServer, serve_for_tests
 from tests.support.processes import latigo, write_config
 
@@ -168,11 +170,23 @@ class Forwarded:
     status: int
     seconds: float
     model: str = ""
+    wire: str = ""
+    """A prediction POST's format: `json` or `parquet` (multipart)."""
     x_index: list[pd.Timestamp] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
         return len(self.x_index)
+
+
+def x_timestamps(body: bytes, content_type: str) -> list[pd.Timestamp]:
+    """The timestamps of X in a prediction POST: a JSON body or a parquet multipart form."""
+    if content_type.startswith("multipart/form-data"):
+        frame = frame_from_parquet(parse_multipart(content_type, body)["X"])
+        return sorted(pd.Timestamp(ts) for ts in frame.index)
+    columns = json.loads(body or b"{}")["X"]
+    first = next(iter(columns.values()))
+    return sorted(pd.Timestamp(ts) for ts in first)
 
 
 class CountingProxy:
@@ -197,7 +211,8 @@ class CountingProxy:
                            if k.lower() not in ("host", "connection", "keep-alive", "accept-encoding")}
                 started = time.monotonic()
                 status, reply_headers, content = proxy._upstream(self.command, self.path, body, headers)
-                proxy._record(self.command, self.path, status, time.monotonic() - started, body)
+                proxy._record(self.command, self.path, status, time.monotonic() - started, body,
+                              self.headers.get("Content-Type", ""))
                 self.send_response(status)
                 for name, value in reply_headers:
                     if name.lower() not in ("content-length", "transfer-encoding", "connection", "keep-alive"):
@@ -231,16 +246,16 @@ class CountingProxy:
         finally:
             connection.close()
 
-    def _record(self, method: str, path: str, status: int, seconds: float, body: bytes | None) -> None:
+    def _record(self, method: str, path: str, status: int, seconds: float, body: bytes | None,
+                content_type: str) -> None:
         record = Forwarded(method, urllib.parse.urlsplit(path).path, status, seconds)
         if method == "POST" and record.path.endswith("/prediction"):
             parts = record.path.split("/")  # /gordo/v0/<project>/<model>/[anomaly/]prediction
             record.model = parts[4] if len(parts) > 4 else ""
+            record.wire = "parquet" if content_type.startswith("multipart/form-data") else "json"
             try:
-                columns = json.loads(body or b"{}")["X"]
-                first = next(iter(columns.values()))
-                record.x_index = sorted(pd.Timestamp(ts) for ts in first)
-            except (ValueError, KeyError, StopIteration, TypeError):
+                record.x_index = x_timestamps(body or b"", content_type)
+            except (ValueError, KeyError, StopIteration, TypeError, OSError):
                 pass
         with self._lock:
             self.records.append(record)
@@ -436,46 +451,88 @@ def run_latigo(config: Path, *args: str, timeout: float = CLI_TIMEOUT) -> str:
     return output
 
 
-@pytest.fixture
-def pg_database() -> Iterator[str]:
+WIRE_FORMATS = [pytest.param(False, id="json"), pytest.param(True, id="parquet")]
+"""`use_parquet` of latigo's gordo settings: both wire formats must give gordo-client's numbers."""
+
+
+@dataclass
+class LatigoRun:
+    """What one run of the CLI (db upgrade, backfill, executor) left: its tasks, its stored predictions
+    and the prediction POSTs the counting proxy saw."""
+
+    use_parquet: bool
+    tasks: list[Any]
+    stored: list[Any]
+    records: list[Forwarded]
+    seconds: float
+
+    def posts(self, model: str | None = None) -> list[Forwarded]:
+        return [r for r in self.records if r.model and (model is None or r.model == model)]
+
+
+def run_latigo_cli(directory: Path, server: GordoRealServer, influxd: InfluxServer, sensors: str,
+                   use_parquet: bool) -> LatigoRun:
+    """latigo as a user runs it, on the default schedule, into a database of its own."""
     url = create_pg_database("latigo_conformance")
-    yield url
-    drop_pg_database(url)
+    try:
+        with CountingProxy(server.base_url) as proxy:
+            started = time.monotonic()
+            gordo = {"type": "gordo", "base_url": proxy.url, "project": server.project, "use_parquet": use_parquet}
+            config = write_config(
+                directory / "latigo.yaml",
+                database={"url": url},
+                sensor_data={"type": "influx", "host": influxd.host, "port": influxd.port, "database": sensors,
+                             "measurement": "sensors"},
+                model_information=gordo,
+                model_execution=gordo,
+                metrics={"enabled": False},  # other processes on this machine may hold the default port
+            )  # no scheduler, executor or predictions section: their defaults (interval 30m, delay 5m, 00:00)
+            run_latigo(config, "db", "upgrade")
+            run_latigo(config, "backfill", "--from", BACKFILL.start.isoformat(), "--to", BACKFILL.end.isoformat(),
+                       "--no-progress")
+            run_latigo(config, "executor", "--exit-when-idle", "5")
+            seconds = time.monotonic() - started
+            records = list(proxy.records)
+        engine = create_engine_for(DatabaseSettings(url=url))
+        try:
+            with engine.connect() as connection:
+                tasks = connection.execute(sa.text(
+                    "SELECT model, window_start, window_end, state, attempts, error, rows FROM tasks")).all()
+                stored = connection.execute(sa.text("SELECT model, output, tag, ts, value FROM predictions")).all()
+        finally:
+            engine.dispose()
+    finally:
+        drop_pg_database(url)
+    return LatigoRun(use_parquet, list(tasks), list(stored), records, seconds)
+
+
+@pytest.fixture(scope="module")
+def latigo_runs(tmp_path_factory: pytest.TempPathFactory, gordo_real_server: GordoRealServer,
+                influxd: InfluxServer, sensors: str) -> Callable[[bool], LatigoRun]:
+    """`latigo_runs(use_parquet)`: the CLI run for that wire format, made once per module, so the
+    value-by-value test of each format and the test comparing the formats share the runs."""
+    runs: dict[bool, LatigoRun] = {}
+
+    def run(use_parquet: bool) -> LatigoRun:
+        if use_parquet not in runs:
+            directory = tmp_path_factory.mktemp("parquet" if use_parquet else "json")
+            runs[use_parquet] = run_latigo_cli(directory, gordo_real_server, influxd, sensors, use_parquet)
+        return runs[use_parquet]
+
+    return run
 
 
 # --------------------------------------------------------------------------- tests
 
 
+@pytest.mark.parametrize("use_parquet", WIRE_FORMATS)
 def test_latigo_on_the_default_schedule_equals_gordo_client(
-    tmp_path: Path, gordo_real_server: GordoRealServer, influxd: InfluxServer, sensors: str,
-    oracle: dict[str, dict[str, Any]], proxy: CountingProxy, pg_database: str, artefacts: Path,
+    use_parquet: bool, gordo_real_server: GordoRealServer, influxd: InfluxServer, sensors: str,
+    oracle: dict[str, dict[str, Any]], latigo_runs: Callable[[bool], LatigoRun], artefacts: Path,
 ) -> None:
-    started = time.monotonic()
-    gordo = {"type": "gordo", "base_url": proxy.url, "project": gordo_real_server.project}
-    config = write_config(
-        tmp_path / "latigo.yaml",
-        database={"url": pg_database},
-        sensor_data={"type": "influx", "host": influxd.host, "port": influxd.port, "database": sensors,
-                     "measurement": "sensors"},
-        model_information=gordo,
-        model_execution=gordo,
-        metrics={"enabled": False},  # other processes on this machine may hold the default port
-    )  # no scheduler, executor or predictions section: their defaults (interval 30m, delay 5m, 00:00)
-
-    run_latigo(config, "db", "upgrade")
-    run_latigo(config, "backfill", "--from", BACKFILL.start.isoformat(), "--to", BACKFILL.end.isoformat(),
-               "--no-progress")
-    run_latigo(config, "executor", "--exit-when-idle", "5")
-    latigo_seconds = time.monotonic() - started
-
-    engine = create_engine_for(DatabaseSettings(url=pg_database))
-    try:
-        with engine.connect() as connection:
-            tasks = connection.execute(sa.text(
-                "SELECT model, window_start, window_end, state, attempts, error, rows FROM tasks")).all()
-            stored = connection.execute(sa.text("SELECT model, output, tag, ts, value FROM predictions")).all()
-    finally:
-        engine.dispose()
+    run = latigo_runs(use_parquet)
+    tasks, stored, latigo_seconds = run.tasks, run.stored, run.seconds
+    wire = "parquet" if use_parquet else "json"
 
     # The ledger: one task per model and default-grid window, every one done.
     windows = sorted({TimeRange(t.window_start, t.window_end) for t in tasks}, key=lambda w: w.start)
@@ -500,19 +557,19 @@ def test_latigo_on_the_default_schedule_equals_gordo_client(
     unplaced = []
     for model in MODELS:
         counts: Counter = Counter({w: 0 for w in windows})
-        for post in proxy.posts(model):
+        for post in run.posts(model):
             window = window_of(post.x_index[-1], windows) if post.x_index else None
             if window is None:
                 unplaced.append((model, post.status, post.rows))
             else:
                 counts[window] += 1
         per_task[model] = counts
-    statuses = Counter((p.model, p.status) for p in proxy.posts())
-    lstm_rows = [p.rows for p in proxy.posts("lstm-model")]
-    other_requests = Counter((r.method, r.path.rsplit("/", 1)[-1]) for r in proxy.records if not r.model)
+    statuses = Counter((p.model, p.status) for p in run.posts())
+    lstm_rows = [p.rows for p in run.posts("lstm-model")]
+    other_requests = Counter((r.method, r.path.rsplit("/", 1)[-1]) for r in run.records if not r.model)
 
     lines = [
-        "gordo conformance: latigo (default schedule, backfill + executor, CLI) vs gordo-client 6.3.0, "
+        f"gordo conformance: latigo (default schedule, backfill + executor, CLI, {wire}) vs gordo-client 6.3.0, "
         "real Gordo 6.0.4, real influxd",
         f"data {DATA}; backfill {BACKFILL}; windows {windows[0].start.isoformat()}..{windows[-1].end.isoformat()} "
         f"({len(windows)} per model); covered buckets {covered}; gordo-client over {ORACLE}",
@@ -531,7 +588,7 @@ def test_latigo_on_the_default_schedule_equals_gordo_client(
     diagnoses = [diagnose(comparisons[m], oracle[m], windows, gordo_real_server, influxd, sensors)
                  for m in MODELS if not comparisons[m].ok]
     text = "\n".join(lines + [d for d in diagnoses if d])
-    report(artefacts, "default-schedule", {
+    report(artefacts, f"default-schedule-{wire}", {
         "comparisons": {m: c.figures() for m, c in comparisons.items()},
         "requests_per_task": {m: {w.start.isoformat(): n for w, n in c.items()} for m, c in per_task.items()},
         "post_statuses": {f"{m} {s}": n for (m, s), n in statuses.items()},
@@ -555,11 +612,49 @@ def test_latigo_on_the_default_schedule_equals_gordo_client(
         assert stored_groups == set(OUTPUT_GROUPS) & groups, (model, stored_groups)
         assert sum(comparisons[model].compared.values()) > 0, model
     assert set(statuses) == {(m, 200) for m in MODELS}, statuses
+    assert {p.wire for p in run.posts()} == {wire}, Counter(p.wire for p in run.posts())
     assert not unplaced, unplaced
     for model, counts in per_task.items():
         # One POST per task: batch_size 1000 holds every window, nothing is retried on the happy path.
         assert set(counts.values()) == {1}, (model, counts)
     assert min(lstm_rows) >= LSTM_MIN_ROWS, lstm_rows
+
+
+def test_json_and_parquet_store_the_same_numbers(latigo_runs: Callable[[bool], LatigoRun], artefacts: Path) -> None:
+    """The two default-schedule runs, one per wire format, store the same rows with bitwise the same values.
+
+    Bitwise, not within TOLERANCE: both formats carry float64 exactly (JSON as the shortest repr that
+    reads back to the same double, parquet as the doubles themselves), so the server gets the same
+    frames, computes the same answers (one process, one thread per TensorFlow pool) and sends them back
+    exactly; any difference at all is a defect of a wire format."""
+    json_run, parquet_run = latigo_runs(False), latigo_runs(True)
+
+    def values(run: LatigoRun) -> dict[tuple[str, str, str, pd.Timestamp], float]:
+        return {(r.model, r.output, r.tag, pd.Timestamp(r.ts)): float(r.value) for r in run.stored}
+
+    def states(run: LatigoRun) -> dict[tuple[str, datetime], tuple[str, int]]:
+        return {(t.model, t.window_start): (t.state, t.rows) for t in run.tasks}
+
+    from_json, from_parquet = values(json_run), values(parquet_run)
+    only_json = sorted(set(from_json) - set(from_parquet))
+    only_parquet = sorted(set(from_parquet) - set(from_json))
+    differing = [(key, from_json[key], value) for key, value in sorted(from_parquet.items())
+                 if key in from_json and from_json[key].hex() != value.hex()]
+    per_model = Counter(key[0] for key in from_json)
+    text = "\n".join([
+        "JSON against parquet (two default-schedule CLI runs against the same real Gordo 6.0.4 server):",
+        f"  stored values: json {len(from_json)}, parquet {len(from_parquet)} ({dict(sorted(per_model.items()))})",
+        f"  only in json {len(only_json)}, only in parquet {len(only_parquet)}, bitwise different {len(differing)}",
+        *[f"    {key}: json {mine!r} parquet {theirs!r}" for key, mine, theirs in differing[:10]],
+        *[f"    only json {key}" for key in only_json[:5]], *[f"    only parquet {key}" for key in only_parquet[:5]],
+        f"  CLI run time: json {json_run.seconds:.1f}s, parquet {parquet_run.seconds:.1f}s",
+    ])
+    report(artefacts, "json-vs-parquet", {"json": len(from_json), "parquet": len(from_parquet),
+                                          "only_json": len(only_json), "only_parquet": len(only_parquet),
+                                          "differing": len(differing)}, text)
+    assert from_json and set(per_model) == set(MODELS), text
+    assert states(json_run) == states(parquet_run), text
+    assert not only_json and not only_parquet and not differing, text
 
 
 SINGLE_BUCKET_WINDOWS = (
@@ -569,11 +664,13 @@ SINGLE_BUCKET_WINDOWS = (
 )
 
 
+@pytest.mark.parametrize("use_parquet", WIRE_FORMATS)
 def test_lstm_answers_a_window_that_holds_one_bucket(
-    gordo_real_server: GordoRealServer, influxd: InfluxServer, sensors: str, oracle: dict[str, dict[str, Any]],
-    proxy: CountingProxy, artefacts: Path,
+    use_parquet: bool, gordo_real_server: GordoRealServer, influxd: InfluxServer, sensors: str,
+    oracle: dict[str, dict[str, Any]], proxy: CountingProxy, artefacts: Path,
 ) -> None:
-    provider = in_process_models(proxy.url, influxd, sensors)
+    wire = "parquet" if use_parquet else "json"
+    provider = in_process_models(proxy.url, influxd, sensors, use_parquet=use_parquet)
     lines, failures, comparisons = [], [], {}
     try:
         for window in SINGLE_BUCKET_WINDOWS:
@@ -595,13 +692,13 @@ def test_lstm_answers_a_window_that_holds_one_bucket(
             if not comparison.ok:
                 failures.append(diagnose(comparison, oracle["lstm-model"], [window], gordo_real_server, influxd,
                                          sensors))
-            if [p.status for p in posts] != [200] or min(p.rows for p in posts) < LSTM_MIN_ROWS:
-                failures.append(f"{window}: POSTs {[(p.status, p.rows) for p in posts]}")
+            if [(p.status, p.wire) for p in posts] != [(200, wire)] or min(p.rows for p in posts) < LSTM_MIN_ROWS:
+                failures.append(f"{window}: POSTs {[(p.status, p.wire, p.rows) for p in posts]}")
     finally:
         provider.close()
-    text = "\n".join(["lstm-model, windows that hold one bucket (GordoModels.execute_model in-process):", *lines,
-                      *failures])
-    report(artefacts, "lstm-single-bucket", {w: c.figures() for w, c in comparisons.items()}, text)
+    text = "\n".join([f"lstm-model, windows that hold one bucket (GordoModels.execute_model in-process, {wire}):",
+                      *lines, *failures])
+    report(artefacts, f"lstm-single-bucket-{wire}", {w: c.figures() for w, c in comparisons.items()}, text)
     assert not failures, text
 
 
@@ -611,11 +708,13 @@ LONG_WINDOW = TimeRange(_at("02:25"), _at("10:05"))
 so the last one holds a single new row and must reach back to 7 rows."""
 
 
+@pytest.mark.parametrize("use_parquet", WIRE_FORMATS)
 def test_small_batches_overlap_and_equal_gordo_client(
-    gordo_real_server: GordoRealServer, influxd: InfluxServer, sensors: str, oracle: dict[str, dict[str, Any]],
-    proxy: CountingProxy, artefacts: Path,
+    use_parquet: bool, gordo_real_server: GordoRealServer, influxd: InfluxServer, sensors: str,
+    oracle: dict[str, dict[str, Any]], proxy: CountingProxy, artefacts: Path,
 ) -> None:
-    provider = in_process_models(proxy.url, influxd, sensors, batch_size=SMALL_BATCH)
+    wire = "parquet" if use_parquet else "json"
+    provider = in_process_models(proxy.url, influxd, sensors, batch_size=SMALL_BATCH, use_parquet=use_parquet)
     span = predicted_buckets(LONG_WINDOW, RESOLUTION)
     assert span is not None
     comparisons, lines, failures = {}, [], []
@@ -633,8 +732,10 @@ def test_small_batches_overlap_and_equal_gordo_client(
             if not comparison.ok:
                 failures.append(diagnose(comparison, oracle[model], [LONG_WINDOW], gordo_real_server, influxd,
                                          sensors))
-            if len(posts) < 2 or any(p.status != 200 for p in posts) or any(p.rows > SMALL_BATCH for p in posts):
-                failures.append(f"{model}: POSTs {[(p.status, p.rows) for p in posts]} (batch_size {SMALL_BATCH})")
+            if len(posts) < 2 or any((p.status, p.wire) != (200, wire) for p in posts) \
+                    or any(p.rows > SMALL_BATCH for p in posts):
+                failures.append(f"{model}: POSTs {[(p.status, p.wire, p.rows) for p in posts]} "
+                                f"(batch_size {SMALL_BATCH}, {wire})")
             if model == "lstm-model":
                 offset = LSTM_LOOKBACK_WINDOW - 1
                 if min(p.rows for p in posts) < LSTM_MIN_ROWS:
@@ -643,7 +744,7 @@ def test_small_batches_overlap_and_equal_gordo_client(
                     failures.append(f"lstm-model: batches overlap by {overlaps} rows, need {offset}")
     finally:
         provider.close()
-    text = "\n".join([f"batch_size {SMALL_BATCH}, window {LONG_WINDOW} (GordoModels.execute_model in-process):",
-                      *lines, *figure_lines(comparisons), *failures])
-    report(artefacts, "small-batches", {m: c.figures() for m, c in comparisons.items()}, text)
+    text = "\n".join([f"batch_size {SMALL_BATCH}, window {LONG_WINDOW} (GordoModels.execute_model in-process, "
+                      f"{wire}):", *lines, *figure_lines(comparisons), *failures])
+    report(artefacts, f"small-batches-{wire}", {m: c.figures() for m, c in comparisons.items()}, text)
     assert not failures, text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -18,7 +19,7 @@ from latigo.errors import ConfigError, NoDataError, PermanentError, TransientErr
 from latigo.factory import Components
 from latigo.models.gordo import GordoModels, GordoSettings, check_models, format_check_report
 from latigo.models.gordo_projects import GordoProjects
-from latigo.models.gordo_wire import parse_prediction
+from latigo.models.gordo_wire import _groups_from_frame, groups_from_parquet, parse_prediction
 from latigo.types import ModelRef, SensorFrame, TimeRange
 from tests.support.gordo_server import (
     FIXTURES,
@@ -55,6 +56,15 @@ def provider(server: GordoServer, sensors: RampSensors | None = None, **override
 def posts(server: GordoServer, endpoint: str = "/anomaly/prediction"):
     return [r for r in server.recorded(method="POST") if r.path.endswith(endpoint)
             and not (endpoint == "/prediction" and r.path.endswith("/anomaly/prediction"))]
+
+
+def sent_column(record, tag: str, part: str = "X") -> dict[str, float]:
+    """{iso timestamp: value} of one column of a prediction POST's X (or y), whichever wire format carried
+    it: parquet parts (the default) or JSON columns."""
+    frame = record.body[part]
+    if isinstance(frame, pd.DataFrame):
+        return {stamp.isoformat(): float(value) for stamp, value in frame[tag].items()}
+    return frame[tag]
 
 
 def grid(start, end, step=TEN_MIN):
@@ -192,7 +202,10 @@ def test_a_healthy_project_checks_ok(server):
 def test_request_bodies_carry_x_and_y_in_tag_order_batched_by_rows(server):
     server.models["model-a"] = ModelSpec("model-a", tags=["T-B", "T-A", "T-C"], target_tags=["T-C", "T-A"])
     sensors = RampSensors()
-    frame = provider(server, sensors, batch_size=7, history_margin=0).execute_model("model-a", START, END)
+    # The JSON body's own shape (the column order of its objects); parquet's is in
+    # test_parquet_requests_and_answers_give_the_json_results.
+    frame = provider(server, sensors, batch_size=7, history_margin=0, use_parquet=False).execute_model(
+        "model-a", START, END)
 
     bodies = [json.loads(r.raw) for r in posts(server)]
     assert [len(b["X"]["T-B"]) for b in bodies] == [7, 7, 4]
@@ -222,7 +235,7 @@ def test_history_for_the_model_offset_is_fetched_and_trimmed_off(server):
     frame = provider(server, sensors, batch_size=5, history_margin=2).execute_model("lstm", start, end)
 
     assert sensors.calls[0][:2] == (start - 5 * TEN_MIN, end)
-    bodies = [json.loads(r.raw)["X"]["TAG-1"] for r in posts(server)]
+    bodies = [sent_column(r, "TAG-1") for r in posts(server)]
     sent = [list(b) for b in bodies]
     # 6 window rows + 5 history rows; offset 3: each batch of 5 re-sends the 3 rows before its 2 new outputs
     assert [len(b) for b in sent] == [5, 5, 5]
@@ -244,7 +257,7 @@ def test_a_window_off_the_grid_predicts_the_buckets_that_complete_in_it(server):
 
 def test_bare_nan_in_the_answer_is_parsed_and_left_out(server):
     server.nan_groups = {"anomaly-confidence"}
-    frame = provider(server).execute_model("model-a", START, END)
+    frame = provider(server, use_parquet=False).execute_model("model-a", START, END)  # bare NaN is JSON's
     raw = posts(server)[0]
     assert raw.status == 200
     assert "anomaly-confidence" not in {r.output for r in frame.rows}
@@ -269,11 +282,34 @@ def test_the_captured_answers_parse_to_the_same_rows_from_json_and_parquet():
     assert parquet_input[("TAG-2", START)] == expected[("model-input", "TAG-2")].iloc[0]
 
 
+def test_a_parquet_answer_read_with_pyarrow_gives_what_pandas_reads():
+    content = fixture_bytes("anomaly-response.parquet")
+    fast, general = groups_from_parquet(content), _groups_from_frame(pd.read_parquet(io.BytesIO(content)))
+    assert fast == general  # the fixture holds no NaN, so == compares every value
+    for group, columns in general.items():
+        assert list(fast[group]) == list(columns)
+        for name, series in columns.items():
+            assert [(type(k), k.tzinfo) for k in fast[group][name]] == [(type(k), k.tzinfo) for k in series]
+            assert [type(v) for v in fast[group][name].values()] == [type(v) for v in series.values()]
+
+
+def test_a_parquet_answer_without_timestamps_is_named_unreadable():
+    class Answer:
+        def __init__(self, content):
+            self.content, self.headers, self.text = content, {}, ""
+
+    buffer = io.BytesIO()
+    pd.DataFrame({"model-output": [0.5, 0.25]}).to_parquet(buffer)
+    with pytest.raises(TransientError, match="unreadable parquet answer: its index is RangeIndex, not timestamps"):
+        parse_prediction("model-a", Answer(buffer.getvalue()))
+
+
 def test_parquet_requests_and_answers_give_the_json_results(server):
     server.add_model(ModelSpec("lstm", model_offset=2))
-    by_json = provider(server, batch_size=6).execute_model("lstm", START, END)
+    by_json = provider(server, batch_size=6, use_parquet=False).execute_model("lstm", START, END)
+    assert posts(server) and all(r.query == {"revision": "1"} for r in posts(server))
     server.clear()
-    by_parquet = provider(server, batch_size=6, use_parquet=True).execute_model("lstm", START, END)
+    by_parquet = provider(server, batch_size=6).execute_model("lstm", START, END)  # the default
     requests_sent = posts(server)
     assert requests_sent and all(r.query == {"format": "parquet", "revision": "1"} for r in requests_sent)
     first = requests_sent[0]
@@ -310,7 +346,7 @@ def test_gaps_are_interpolated_up_to_the_limit_and_longer_ones_dropped(server):
     double = [utc("2026-02-01T01:30:00"), utc("2026-02-01T01:40:00")]
     sensors = RampSensors(gaps={"TAG-1": [single, *double]})
     provider(server, sensors).execute_model("short-limit", START, END)
-    sent = json.loads(posts(server)[0].raw)["X"]["TAG-1"]
+    sent = sent_column(posts(server)[0], "TAG-1")
     before, after = ramp_value("TAG-1", pd.Timestamp(single - TEN_MIN)), ramp_value("TAG-1", pd.Timestamp(
         single + TEN_MIN))
     assert sent[single.isoformat()] == pytest.approx((before + after) / 2)
@@ -324,7 +360,7 @@ def test_a_gap_at_the_end_is_looked_ahead_then_carried_forward_within_the_limit_
     sensors = RampSensors(gaps={"TAG-2": late})
     frame = provider(server, sensors).execute_model("model-a", START, END)
     assert sensors.calls[1][:2] == (END, END + timedelta(days=2))  # looked for a later value to interpolate to
-    sent = json.loads(posts(server)[0].raw)["X"]["TAG-2"]
+    sent = sent_column(posts(server)[0], "TAG-2")
     last = ramp_value("TAG-2", pd.Timestamp(utc("2026-02-01T02:20:00")))
     assert [sent[ts.isoformat()] for ts in late[:3]] == [last, last, last]  # pandas' linear fill past the end
     assert max(r.ts for r in frame.rows) == utc("2026-02-01T02:50:00")
@@ -344,7 +380,7 @@ def test_a_model_answering_422_falls_back_to_prediction_for_that_model_only(serv
     paths = [r.path.split("/demo/")[1] for r in server.recorded(method="POST")]
     assert paths == ["regressor/anomaly/prediction", "regressor/prediction", "regressor/prediction",
                      "model-a/anomaly/prediction"]
-    fallback_body = json.loads(server.recorded("regressor/prediction")[0].raw)
+    fallback_body = server.recorded("regressor/prediction")[0].body  # parquet parts: X, no y
     assert list(fallback_body) == ["X"]
     assert {r.output for r in first.rows} == {"model-input", "model-output"}
 
@@ -490,7 +526,8 @@ model_execution: *gordo
     assert isinstance(gordo, GordoProjects) and gordo.client("demo").settings.timeout == timedelta(seconds=10)
     frame = gordo.execute_model(ModelRef("demo", "model-a"), START, START + timedelta(hours=1))
     assert sorted({r.ts for r in frame.rows}) == grid(START, START + timedelta(hours=1))
-    assert [len(json.loads(r.raw)["X"]["TAG-1"]) for r in posts(server)] == [5, 1]
+    assert [len(sent_column(r, "TAG-1")) for r in posts(server)] == [5, 1]
+    assert all(r.query.get("format") == "parquet" for r in posts(server))  # the default wire format
 
 
 def test_secrets_in_gordo_settings_are_masked(server, tmp_path):
