@@ -1,0 +1,115 @@
+"""The bounded hand-off between a broker's receive thread and the executor's workers, with a heap of
+deliveries handed back for later, shared by the Event Hub and Kafka queues.
+
+A receive thread puts what it received; workers take it. A retry (`nack(delay)`) waits on the heap, not in
+a worker and not in the partition: the partition's other messages keep flowing meanwhile. When a partition
+moves to another consumer, its items (queued or delayed) are dropped at once: the next owner replays them
+from the last commit.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
+
+from latigo.queues.partition_tracker import PartitionTracker
+
+
+class Tracked(Protocol):
+    """An item of the hand-off: it belongs to one partition's tracker."""
+
+    tracker: PartitionTracker
+
+
+Item = TypeVar("Item", bound=Tracked)
+
+
+class HandOff(Generic[Item]):
+    """A bounded queue between the receive thread and the workers that can drop a lost partition's items,
+    with a heap of deliveries handed back for later (retries wait there, not in a worker)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: deque[Item] = deque()
+        self._later: list[tuple[float, int, Item]] = []
+        self._order = itertools.count()
+        self._changed = threading.Condition()
+
+    def put_later(self, item: Item, delay: float) -> None:
+        with self._changed:
+            heapq.heappush(self._later, (time.monotonic() + max(0.0, delay), next(self._order), item))
+            self._changed.notify_all()
+
+    def put(self, item: Item, give_up: Callable[[], bool], on_wait: Callable[[], None]) -> bool:
+        """Wait for room (calling `on_wait` every half second) unless `give_up()`; False when given up."""
+        with self._changed:
+            while len(self._items) >= self.capacity:
+                if give_up():
+                    return False
+                on_wait()
+                self._changed.wait(0.5)
+            if give_up():
+                return False
+            self._items.append(item)
+            self._changed.notify_all()
+            return True
+
+    def room(self) -> int:
+        """How many more items fit now (a receive thread that must not block asks before it fetches)."""
+        with self._changed:
+            return max(0, self.capacity - len(self._items))
+
+    def extend(self, items: list[Item]) -> None:
+        """Append without waiting (the caller fetched no more than `room()` allowed)."""
+        if not items:
+            return
+        with self._changed:
+            self._items.extend(items)
+            self._changed.notify_all()
+
+    def get(self, timeout: float) -> Item | None:
+        """A due delivery from the heap first, else the next received one."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._changed:
+            while True:
+                now = time.monotonic()
+                if self._later and self._later[0][0] <= now:
+                    return heapq.heappop(self._later)[2]
+                if self._items:
+                    item = self._items.popleft()
+                    self._changed.notify_all()
+                    return item
+                remaining = deadline - now
+                if remaining <= 0:
+                    return None
+                if self._later:
+                    remaining = min(remaining, self._later[0][0] - now)
+                self._changed.wait(max(remaining, 0.001))
+
+    def discard(self, tracker: PartitionTracker) -> int:
+        with self._changed:
+            kept = [item for item in self._items if item.tracker is not tracker]
+            later = [entry for entry in self._later if entry[2].tracker is not tracker]
+            dropped = len(self._items) - len(kept) + len(self._later) - len(later)
+            self._items = deque(kept)
+            self._later = later
+            heapq.heapify(self._later)
+            self._changed.notify_all()
+            return dropped
+
+    @property
+    def delayed(self) -> int:
+        with self._changed:
+            return len(self._later)
+
+    def wake(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def __len__(self) -> int:
+        return len(self._items)
