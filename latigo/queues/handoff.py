@@ -15,9 +15,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-from latigo.queues.partition_tracker import PartitionTracker
+from latigo.interfaces import Delivery
+from latigo.queues.partition_tracker import PartitionTracker, Position
+from latigo.types import Task
 
 
 class Tracked(Protocol):
@@ -27,6 +29,64 @@ class Tracked(Protocol):
 
 
 Item = TypeVar("Item", bound=Tracked)
+
+
+class DeliveryOwner(Protocol):
+    """What a partition's delivery needs from the queue it came from."""
+
+    @property
+    def closing(self) -> bool: ...
+
+    def deliver_later(self, delivery: Any, delay: float) -> None: ...
+
+    def write_checkpoint(self, tracker: PartitionTracker, position: Position) -> None: ...
+
+
+class PartitionDelivery(Delivery):
+    """One message of a partitioned broker. `ack` lets the partition's checkpoint (commit) pass it once every
+    message before it is settled too; `nack(delay)` hands it to a worker again after the delay from the
+    consumer's heap, while it stays below the checkpoint, so if this consumer stops first (or loses the
+    partition) the partition's next owner delivers it."""
+
+    def __init__(self, queue: DeliveryOwner, tracker: PartitionTracker, sequence_number: int, body: bytes) -> None:
+        self._queue, self.tracker = queue, tracker
+        self.partition_id = tracker.partition_id
+        self.sequence_number = sequence_number
+        self.attempt = 1
+        self.task: Task | None = None
+        self.error = ""
+        self.body = body
+        self._settled = False
+        try:
+            self.task = Task.from_json(self.body)
+        except Exception as exc:  # whatever is wrong with it, it becomes a dead letter, never a crash
+            self.error = str(exc) or type(exc).__name__
+
+    def ack(self, connection: Any = None) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        position = self.tracker.ack(self.sequence_number)
+        if position is not None:
+            self._queue.write_checkpoint(self.tracker, position)
+
+    def nack(self, delay: float = 0.0, connection: Any = None) -> None:
+        """Hand it to a worker again after `delay` seconds, from this consumer's delay heap."""
+        self._again(delay, retry=True)
+
+    def release(self, connection: Any = None) -> None:
+        self._again(0.0, retry=False)
+
+    def _again(self, delay: float, retry: bool) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        if self.tracker.closed or self._queue.closing:
+            return
+        self._settled = False
+        if retry:
+            self.attempt += 1
+        self._queue.deliver_later(self, delay)
 
 
 class HandOff(Generic[Item]):
