@@ -22,9 +22,10 @@ class TopicMissing(LatigoError):
 
 def topic_partitions(admin: Any, topic: str, timeout: float = METADATA_TIMEOUT) -> list[int] | None:
     """The topic's partition ids, None when the brokers do not know it. Raises LatigoError when they do
-    not answer."""
+    not answer. Every topic is listed: asking for one by name lets a broker that auto-creates topics
+    (Apache Kafka's default, and Tansu) create it."""
     try:
-        metadata = admin.list_topics(topic=topic, timeout=timeout)
+        metadata = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
         raise LatigoError(f"kafka: no answer from the brokers: {_describe(exc)}") from None
     found = metadata.topics.get(topic)
