@@ -231,14 +231,33 @@ class KafkaTaskQueue(TaskQueue):
                 log.warning("kafka topic %s: %s", self.topic, error.str())
             return
         owned = session.owned.get(int(message.partition() or 0))
-        if owned is None or owned.revoking or not owned.tracker.track(int(message.offset() or 0),
-                                                                      str(message.offset())):
+        if owned is None or owned.revoking:
+            return
+        offset = int(message.offset() or 0)
+        seen = owned.tracker.highest_received
+        if seen is not None and offset <= seen:  # never in a partition's normal flow: the partition was reset
+            owned = self._restart_partition(session, owned, offset)
+        if not owned.tracker.track(offset, str(offset)):
             return
         delivery = KafkaDelivery(self, owned, message)
         if delivery.task is None:
             log.warning("undecodable message on partition %s (offset %s): %s", delivery.partition_id, delivery.offset,
                         delivery.error)
         self._handoff.extend([delivery])
+
+    def _restart_partition(self, session: _Session, owned: _Owned, offset: int) -> _Owned:
+        """The partition's offsets went back without a rebalance: the topic was deleted and created again (a
+        broker that lost its storage), and the client started over from its beginning. What was tracked
+        belongs to the old partition: dropped, its late acks commit nothing."""
+        log.warning("kafka topic %s: partition %s went back from offset %s to %d (the topic was re-created?); "
+                    "starting it over", self.topic, owned.tracker.partition_id, owned.tracker.highest_received, offset)
+        fresh = _Owned(PartitionTracker(owned.tracker.partition_id))
+        with self._lock:
+            owned.revoking = True
+            owned.tracker.close()
+            session.owned[int(owned.tracker.partition_id)] = fresh
+        self._handoff.discard(owned.tracker)
+        return fresh
 
     # The client's callbacks (run on the consumer thread, inside poll): each catches everything, since an
     # exception escaping a callback would end the poll loop.
