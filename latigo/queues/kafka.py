@@ -90,7 +90,9 @@ class _Session:
 
     consumer: Any = None
     owned: dict[int, _Owned] = field(default_factory=dict)
-    paused: bool = False
+    paused: bool | None = None
+    """Whether the owned partitions are paused; None after an assignment: librdkafka keeps a partition's
+    pause across a rebalance, so the next poll says which it must be."""
 
 
 class KafkaTaskQueue(TaskQueue):
@@ -210,7 +212,7 @@ class KafkaTaskQueue(TaskQueue):
         waited for (a batch call would wait for a full batch). With no room, the partitions are paused and
         the poll only serves the group (callbacks, liveness)."""
         consumer, room = session.consumer, self._handoff.room()
-        if (room == 0) != session.paused:
+        if session.paused is None or (room == 0) != session.paused:
             assignment = consumer.assignment()
             if assignment:
                 (consumer.pause if room == 0 else consumer.resume)(assignment)
@@ -269,7 +271,7 @@ class KafkaTaskQueue(TaskQueue):
                 for tp in partitions:
                     session.owned[tp.partition] = _Owned(PartitionTracker(str(tp.partition)),
                                                          committed=committed.get(tp.partition, -1))
-                session.paused = False
+                session.paused = None
                 self.rebalances += 1
             log.info("kafka topic %s: assigned partitions %s", self.topic, sorted(tp.partition for tp in partitions))
         except Exception:

@@ -261,3 +261,27 @@ def test_a_failed_send_raises_transient_error(make_queue, tansu):
     tansu.stop()
     with pytest.raises(TransientError, match=r"2 of 2 tasks were not acknowledged by 127\.0\.0\.1"):
         queue.put_many(tasks_for(["m"], 2))
+
+
+def test_a_consumer_paused_by_a_full_hand_off_consumes_again_after_a_rebalance(make_queue):
+    first = make_queue(handoff_size=3)
+    tasks = tasks_for([f"paused-{i}" for i in range(8)], 12)
+    first.put_many(tasks)
+    delivery = first.get(SESSION.total_seconds() * 2)
+    delivery.ack()
+    seen = {delivery.task.task_id}
+    assert wait_for(lambda: first._session.paused, 10)  # the hand-off is full: its partitions are paused
+    second = make_queue(handoff_size=3)
+    second.get(0.1)
+    assert wait_for(lambda: len(first.owned_partitions()) == 2 and len(second.owned_partitions()) == 2, 30)
+    taken = {"first": 0, "second": 0}
+    deadline = time.monotonic() + 60
+    while len(seen) < len(tasks) and time.monotonic() < deadline:
+        for name, queue in (("first", first), ("second", second)):
+            delivery = queue.get(0.05)
+            if delivery is not None:
+                delivery.ack()
+                seen.add(delivery.task.task_id)
+                taken[name] += 1
+    assert taken["first"] > 0 and taken["second"] > 0, taken  # both consume their partitions
+    assert seen == {t.task_id for t in tasks}
