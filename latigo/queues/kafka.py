@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 POLL_WAIT = 0.2
 """Seconds one poll waits for a message when none is fetched yet (how fast the loop notices a close)."""
 TOPIC_RETRY = 10.0
+TOPIC_LOOKUP = 5.0
+"""Seconds between metadata requests while the consumer owns no partition (see _look_for_partitions)."""
 
 
 @dataclass
@@ -197,7 +199,7 @@ class KafkaTaskQueue(TaskQueue):
         session.consumer.subscribe([self.topic], on_assign=lambda c, ps: self._on_assign(session, ps),
                                    on_revoke=lambda c, ps: self._on_revoke(session, ps),
                                    on_lost=lambda c, ps: self._on_lost(session, ps))
-        last_commit = time.monotonic()
+        last_commit = last_lookup = time.monotonic()
         interval = self.settings.commit_interval.total_seconds()
         while not self._closed.is_set():
             for message in self._poll(session):
@@ -206,6 +208,23 @@ class KafkaTaskQueue(TaskQueue):
                 last_commit = time.monotonic()
                 self._commit(session, asynchronous=True)
                 self._read_watermarks(session)
+            if not session.owned and time.monotonic() - last_lookup >= TOPIC_LOOKUP:
+                last_lookup = time.monotonic()
+                self._look_for_partitions(session)
+
+    def _look_for_partitions(self, session: _Session) -> None:
+        """Ask the brokers for the topic's metadata. librdkafka refreshes a subscribed topic's metadata only
+        every topic.metadata.refresh.interval.ms (5 minutes): a topic created again after the broker lost it
+        (or one created after the executors started) would wait that long for a rebalance; a metadata
+        answer that lists it starts one now."""
+        try:
+            partitions = topic_partitions(session.consumer, self.topic, timeout=5.0)
+        except LatigoError as exc:
+            log.debug("%s", exc)
+            return
+        if partitions is None:
+            log.warning("kafka topic %s does not exist at %s (any more?): waiting for it", self.topic,
+                        self.config.where)
 
     def _poll(self, session: _Session) -> list[Message]:
         """What the client has fetched, up to the room in the hand-off, without waiting; else one message
