@@ -353,13 +353,14 @@ def demo(args: argparse.Namespace, config: Config) -> int:
 
 @command("status")
 def status(args: argparse.Namespace, config: Config) -> int:
-    from latigo.status import collect_status
+    from latigo.status import collect_queue_lag, collect_status
     from latigo.storage.db import create_engine_for
     from latigo.storage.schema import ensure_schema_current
 
     engine = create_engine_for(config.database)
     ensure_schema_current(engine)
     report = collect_status(engine, projects=tuple(args.projects or ()))
+    report.queue_lag, report.queue_lag_error = collect_queue_lag(config)
     sys.stdout.write(report.to_json() + "\n" if args.json else report.to_text())
     engine.dispose()
     return 0

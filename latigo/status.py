@@ -41,6 +41,10 @@ class StatusReport:
     """`done` is PostgreSQL's estimate (a large ledger); the other states are counted."""
     last_failures: list[Failure] = field(default_factory=list)
     last_predicted_window: dict[str, str] = field(default_factory=dict)
+    queue_lag: dict[str, int] | None = None
+    """Per partition, messages the executors' consumer group has not committed (Kafka); None: not asked."""
+    queue_lag_error: str = ""
+    """Why the queue lag could not be read (the brokers did not answer)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -57,6 +61,11 @@ class StatusReport:
             + (" (PostgreSQL's statistics)" if self.prediction_rows_estimated else ""),
             f"dead letters:     {self.dead_letters}",
         ]
+        if self.queue_lag is not None:
+            per_partition = ", ".join(f"{p}: {n}" for p, n in sorted(self.queue_lag.items(), key=lambda i: int(i[0])))
+            lines.append(f"queue lag:        {sum(self.queue_lag.values())} uncommitted (by partition {per_partition})")
+        elif self.queue_lag_error:
+            lines.append(f"queue lag:        unknown ({self.queue_lag_error})")
         if self.last_failures:
             lines.append("last failures:")
             lines += [f"  {ModelRef(f.project, f.model).label} {f.window_start} (runs {f.runs}, failed attempts "
@@ -179,3 +188,25 @@ def collect_status(engine: Engine, failures: int = 10, now: datetime | None = No
                                ((project, model, utc_from_db(end)) for project, model, end in last)
                                if end is not None},
     )
+
+
+def collect_queue_lag(config: Any) -> tuple[dict[str, int] | None, str]:
+    """(lag per partition, or None, and why not) from a queue that can tell (Kafka: the brokers' high
+    watermarks against the group's commits); the database queue's backlog is in the report already."""
+    from latigo.errors import describe_exception
+    from latigo.factory import Components, implementation
+    from latigo.interfaces import TaskQueue
+
+    cls = implementation("task_queue", config.task_queue.type)
+    if getattr(cls, "group_lag", TaskQueue.group_lag) is TaskQueue.group_lag:
+        return None, ""
+    queue = None
+    try:
+        queue = cls.from_settings(config.task_queue.settings, Components(config))
+        lag = queue.group_lag()
+        return (dict(lag) if lag is not None else None), ""
+    except Exception as exc:  # the report goes on without it, saying why
+        return None, describe_exception(exc)
+    finally:
+        if queue is not None:
+            queue.close()
