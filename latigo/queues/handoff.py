@@ -124,6 +124,17 @@ class HandOff(Generic[Item]):
         with self._changed:
             return max(0, self.capacity - len(self._items))
 
+    def wait_for_room(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for a worker to take an item; whether there is room now."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while len(self._items) >= self.capacity:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+            return True
+
     def extend(self, items: list[Item]) -> None:
         """Append without waiting (the caller fetched no more than `room()` allowed)."""
         if not items:

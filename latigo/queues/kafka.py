@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 POLL_WAIT = 0.2
 """Seconds one poll waits for a message when none is fetched yet (how fast the loop notices a close)."""
 TOPIC_RETRY = 10.0
+PAUSE_AFTER = 1.0
+"""Seconds the hand-off may stay full before the partitions are paused (see _poll)."""
 TOPIC_LOOKUP = 5.0
 """Seconds between metadata requests while the consumer owns no partition (see _look_for_partitions)."""
 
@@ -95,6 +97,8 @@ class _Session:
     paused: bool | None = None
     """Whether the owned partitions are paused; None after an assignment: librdkafka keeps a partition's
     pause across a rebalance, so the next poll says which it must be."""
+    full_since: float | None = None
+    """Since when the hand-off has been full."""
 
 
 class KafkaTaskQueue(TaskQueue):
@@ -228,15 +232,25 @@ class KafkaTaskQueue(TaskQueue):
 
     def _poll(self, session: _Session) -> list[Message]:
         """What the client has fetched, up to the room in the hand-off, without waiting; else one message
-        waited for (a batch call would wait for a full batch). With no room, the partitions are paused and
-        the poll only serves the group (callbacks, liveness)."""
-        consumer, room = session.consumer, self._handoff.room()
-        if session.paused is None or (room == 0) != session.paused:
-            assignment = consumer.assignment()
-            if assignment:
-                (consumer.pause if room == 0 else consumer.resume)(assignment)
-            session.paused = room == 0
+        waited for (a batch call would wait for a full batch).
+
+        A full hand-off is waited on without polling; one that stays full for PAUSE_AFTER pauses the
+        partitions, and polls then only serve the group (callbacks, liveness: the group must not take this
+        consumer for dead). They resume once half the hand-off is free: a pause drops what the client has
+        fetched, so pausing at every full hand-off would fetch again for every message."""
+        consumer, room, now = session.consumer, self._handoff.room(), time.monotonic()
         if room == 0:
+            session.full_since = session.full_since or now
+            if session.paused is not True and (session.paused is None or now - session.full_since >= PAUSE_AFTER):
+                self._set_paused(session, True)
+            if not session.paused:
+                self._handoff.wait_for_room(POLL_WAIT)
+                return []
+        else:
+            session.full_since = None
+            if session.paused is None or (session.paused and room >= self._handoff.capacity / 2):
+                self._set_paused(session, False)
+        if session.paused:
             message = consumer.poll(POLL_WAIT)
             return [message] if message is not None else []
         messages = consumer.consume(min(room, self.settings.poll_batch), 0)
@@ -244,6 +258,12 @@ class KafkaTaskQueue(TaskQueue):
             return messages
         message = consumer.poll(POLL_WAIT)
         return [message] if message is not None else []
+
+    def _set_paused(self, session: _Session, paused: bool) -> None:
+        assignment = session.consumer.assignment()
+        if assignment:
+            (session.consumer.pause if paused else session.consumer.resume)(assignment)
+        session.paused = paused
 
     def _take(self, session: _Session, message: Message) -> None:
         error = message.error()
