@@ -2,7 +2,8 @@
 ledger on PostgreSQL:
 
 - two executors in one consumer group, one `kill -9`ed mid-run: the survivor takes its partitions when its
-  session times out and replays them from the committed offsets; every window is done exactly once;
+  session times out and replays them from the committed offsets; every window is done exactly once, and a
+  poison message among them is dead-lettered once;
 - a third executor joins two that are busy: the rebalance hands back work in flight cleanly (finished
   before the partitions move), so no task runs twice;
 - the broker restarted mid-drain: its memory (topic, messages, commits) is lost; a `latigo backfill`
@@ -19,10 +20,11 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from confluent_kafka import Producer
 
 from latigo.storage.tables import TaskRecord
 from tests.chaos.harness import PROVIDER, REPORT, Probe, ScenarioResult, backfill_args, task_keys, wait_until
-from tests.chaos.invariants import assert_invariants
+from tests.chaos.invariants import assert_invariants, dead_letters
 from tests.support.processes import write_config
 from tests.support.tansu import SESSION_TIMEOUT, TansuBroker
 
@@ -64,6 +66,10 @@ def test_a_killed_executors_partitions_are_replayed_by_the_survivor(pg_database,
     expected = task_keys(models, windows)
     config = kafka_config(tmp_path / "latigo.yaml", pg_database.url, tansu, topic, models, sleep=0.3)
     procs.run_ok(config, *backfill_args(windows))
+    poison = Producer({"bootstrap.servers": tansu.bootstrap})
+    poison.produce(topic, key=b"default/kill-3", value=b"\x00 not a task")
+    assert poison.flush(10) == 0
+    del poison  # its client goes with it (it would reconnect for as long as it lives)
     probe = Probe(pg_database.url)
     victim, survivor = (procs.start(config, "executor", name=name) for name in ("victim", "survivor"))
     wait_until(lambda: victim.count("assigned partitions") and survivor.count("assigned partitions")
@@ -81,6 +87,9 @@ def test_a_killed_executors_partitions_are_replayed_by_the_survivor(pg_database,
 
     summary = assert_invariants(pg_database.url, expected, max_runs=2, max_lost=1)
     assert summary.lost >= 1 and replayed >= 1  # the victim's tasks in flight were run again by the survivor
+    letters = dead_letters(pg_database.url)
+    assert [(source, error.split(":")[0]) for source, _, error in letters] == [("KafkaTaskQueue",
+                                                                                "task body is not JSON")]
     REPORT.add(ScenarioResult(
         "kafka: executor killed -9", pg_database.backend, summary.tasks, summary.done, summary.failed,
         summary.runs_max, summary.lost, summary.attempts, summary.dead_letters,
