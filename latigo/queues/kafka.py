@@ -372,7 +372,7 @@ class KafkaTaskQueue(TaskQueue):
             log.warning("kafka topic %s: a commit failed (%s); the next one covers it", self.topic, error.str())
 
     def _on_client_error(self, error: KafkaError) -> None:
-        log.warning("kafka client: %s", error.str())
+        (log.error if error.fatal() else log.debug)("kafka client: %s", error.str())  # librdkafka logs the rest
 
     # ---------------------------------------------------------------- commits and lag
 

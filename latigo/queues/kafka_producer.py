@@ -95,4 +95,4 @@ class KafkaSender:
 
 def _log_client_error(error: KafkaError) -> None:
     """librdkafka's own errors (a broker down, reconnecting): worth a line, never an exception here."""
-    log.warning("kafka client: %s", error.str())
+    (log.error if error.fatal() else log.debug)("kafka client: %s", error.str())  # librdkafka logs the rest

@@ -10,6 +10,7 @@ refreshed as often), a session timeout of at least 30 s.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -17,6 +18,9 @@ from typing import Any
 from latigo.errors import ConfigError
 from latigo.secrets import is_secret_key, register_secret
 
+CLIENT_LOG = logging.getLogger("latigo.queues.kafka.client")
+"""librdkafka's own log lines (a broker unreachable, a reconnect) go through logging, where secrets are
+masked, rather than straight to stderr."""
 EVENT_HUBS_PORT = 9093
 EVENT_HUBS_IDLE_MS = 180_000
 """Event Hubs closes a connection idle for 240 s; latigo recycles its own (and refreshes metadata) sooner."""
@@ -128,7 +132,7 @@ def client_config(settings: KafkaSettings) -> ClientConfig:
     if settings.revoke_timeout >= settings.max_poll_interval:
         raise ConfigError("task_queue.revoke_timeout must be shorter than task_queue.max_poll_interval: the group "
                           "waits for a rebalance no longer than that")
-    common = {"client.id": "latigo", **config.common, **_security(settings, config)}
+    common = {"client.id": "latigo", "logger": CLIENT_LOG, **config.common, **_security(settings, config)}
     for key, value in settings.extra.items():
         if key in OWNED_KEYS:
             raise ConfigError(f"task_queue.extra.{key}: not settable here ({OWNED_KEYS[key]})")
