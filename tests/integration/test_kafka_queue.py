@@ -10,9 +10,12 @@ from confluent_kafka import Producer
 
 from latigo.config import load_config
 from latigo.errors import TransientError
+from latigo.executor import Executor
 from latigo.factory import Components
+from latigo.observability import metrics_text
 from latigo.queues.kafka import KafkaSettings, KafkaTaskQueue
 from latigo.queues.kafka_topic import TopicMissing
+from latigo.settings import ExecutorSettings
 from latigo.types import Task, TimeRange
 from tests.support.tansu import SESSION_TIMEOUT, TansuBroker
 from tests.support.waiting import wait_for
@@ -213,9 +216,18 @@ def test_group_lag_counts_what_the_group_has_not_committed(make_queue, tansu, to
     bodies = [t.to_json().encode() for t in tasks_for(["lagging"], 5)]
     produce_raw(tansu, topic, *bodies, key=b"default/lagging")
     assert sum(queue.group_lag().values()) == 5
-    drain(queue, 5)
+    received = drain(queue, 5, ack=False)
+    pid = received[0].partition_id
+    assert wait_for(lambda: queue.gauges().consumer_lag_by_partition.get(pid) == 5, 10)  # received, not committed
+    executor = Executor(ExecutorSettings(), queue, None, None, [])  # only its metrics export is used here
+    executor._report_backlog()  # what its renewer thread does every 5 s
+    assert f'latigo_queue_lag{{partition="{pid}"}} 5.0' in metrics_text().decode()
+    for delivery in received:
+        delivery.ack()
     assert wait_for(lambda: sum(queue.group_lag().values()) == 0, 20)
-    assert wait_for(lambda: sum(queue.gauges().consumer_lag_by_partition.values()) == 0, 10)
+    assert wait_for(lambda: queue.gauges().consumer_lag_by_partition.get(pid) == 0, 10)
+    executor._report_backlog()
+    assert f'latigo_queue_lag{{partition="{pid}"}} 0.0' in metrics_text().decode()
 
 
 # ---------------------------------------------------------------- rebalancing
