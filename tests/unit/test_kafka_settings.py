@@ -89,3 +89,13 @@ def test_the_config_file_form_is_validated_and_its_secrets_masked(tmp_path: Path
     path.write_text("task_queue:\n  type: kafka\n  security_protocol: TLS\n")
     with pytest.raises(ConfigError, match="must be one of"):
         load_config(path, env={})
+
+
+def test_the_event_hub_variable_gives_the_kafka_queue_its_connection_string(tmp_path: Path):
+    path = tmp_path / "latigo.yaml"
+    path.write_text("task_queue: {type: kafka, group_id: executors}\n")
+    config = load_config(path, env={"LATIGO_INTERNAL_EVENT_HUB": CONNECTION})
+    assert config.task_queue.type == "kafka"
+    derived = client_config(config.task_queue.settings)
+    assert derived.topic == "latigo-tasks" and derived.common["sasl.password"] == CONNECTION
+    assert KEY not in describe_config(config)
