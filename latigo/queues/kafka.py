@@ -58,7 +58,9 @@ class _Owned:
     out: int = 0
     """Deliveries workers hold (taken, not settled)."""
     revoking: bool = False
+    """Being given up: nothing more is handed out, a delivery handed back is left to the next owner."""
     high_watermark: int | None = None
+    """The broker's, as of the client's last fetch (for the consumer lag)."""
 
 
 class KafkaDelivery(PartitionDelivery):
@@ -72,6 +74,7 @@ class KafkaDelivery(PartitionDelivery):
         task_id = headers.get("task_id")
         self.message_id = task_id.decode(errors="replace") if isinstance(task_id, bytes) else None
         self._taken = False
+        """Held by a worker (counted in `owned.out`), from `get` until it is settled or handed back."""
         self._kafka = queue
 
     def ack(self, connection: Any = None) -> None:
