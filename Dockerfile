@@ -18,11 +18,12 @@ WORKDIR /app
 # or the README reuses this layer. The package itself cannot be built from these files (setup.py
 # packages latigo/ and alembic/), so its install_requires are read by running setup.py against a
 # stand-in `setuptools` module (no build; an empty README.md for the long description) and installed
-# alone. Every dependency ships wheels, so no compiler is installed, ever.
+# alone, with the `kafka` extra (confluent-kafka, for the kafka task queue). Every dependency ships
+# wheels, so no compiler is installed, ever.
 COPY setup.py ./
 COPY latigo/VERSION latigo/VERSION
 RUN touch README.md \
-    && python -c "import runpy, sys, types; st = sys.modules['setuptools'] = types.ModuleType('setuptools'); st.find_packages = lambda **kw: []; st.setup = lambda **kw: print(*kw['install_requires'], sep='\n'); runpy.run_path('setup.py')" > /tmp/requirements.txt \
+    && python -c "import runpy, sys, types; st = sys.modules['setuptools'] = types.ModuleType('setuptools'); st.find_packages = lambda **kw: []; st.setup = lambda **kw: print(*kw['install_requires'], *kw['extras_require']['kafka'], sep='\n'); runpy.run_path('setup.py')" > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm README.md /tmp/requirements.txt
 

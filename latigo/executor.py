@@ -15,11 +15,12 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from latigo.interfaces import Delivery, ModelExecutionProvider, TaskQueue
 from latigo.lifecycle import TaskLifecycle
-from latigo.observability import CHECKPOINT_LAG, QUEUE_BACKLOG, QUEUE_OLDEST_AGE
+from latigo.observability import CHECKPOINT_LAG, QUEUE_BACKLOG, QUEUE_LAG, QUEUE_OLDEST_AGE
 from latigo.settings import ExecutorSettings
 from latigo.sinks import SinkSet
 from latigo.storage.faults import is_infrastructure_fault
@@ -52,7 +53,9 @@ class Executor:
         self._lock = threading.Lock()
         self._in_flight: dict[int, Delivery] = {}
         self._lag_partitions: set[str] = set()
-        """Event Hub partitions whose checkpoint lag this process exported last time."""
+        """Partitions whose checkpoint lag this process exported last time."""
+        self._consumer_lag_partitions: set[str] = set()
+        """Kafka partitions whose consumer lag this process exported last time."""
 
     @property
     def ready(self) -> bool:
@@ -157,11 +160,9 @@ class Executor:
             QUEUE_BACKLOG.set(gauges.waiting)
         if gauges.oldest_age_seconds is not None:
             QUEUE_OLDEST_AGE.set(gauges.oldest_age_seconds)
-        for partition, events in gauges.lag_by_partition.items():
-            CHECKPOINT_LAG.labels(partition=partition).set(events)
-        for partition in self._lag_partitions - set(gauges.lag_by_partition):
-            CHECKPOINT_LAG.remove(partition)  # a partition this executor no longer owns is not its lag
-        self._lag_partitions = set(gauges.lag_by_partition)
+        self._lag_partitions = _export_by_partition(CHECKPOINT_LAG, gauges.lag_by_partition, self._lag_partitions)
+        self._consumer_lag_partitions = _export_by_partition(QUEUE_LAG, gauges.consumer_lag_by_partition,
+                                                             self._consumer_lag_partitions)
 
     def _idle_for(self) -> float:
         with self._lock:
@@ -176,3 +177,12 @@ class Executor:
         for delivery in stragglers:
             log.warning("shutdown timeout: releasing task %s unfinished", delivery.task and delivery.task.task_id)
             self.pipeline.hand_back(delivery)
+
+
+def _export_by_partition(gauge: Any, values: Mapping[str, int], exported: set[str]) -> set[str]:
+    """Set a per-partition gauge; a partition this executor no longer owns is not its lag: its series goes."""
+    for partition, value in values.items():
+        gauge.labels(partition=partition).set(value)
+    for partition in exported - set(values):
+        gauge.remove(partition)
+    return set(values)

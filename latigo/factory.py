@@ -1,7 +1,7 @@
 """Config `type:` -> implementation, in one registry.
 
 Implementations are named by import path and imported only when configured, so
-a deployment that uses the database queue never imports the Event Hub SDK. A
+a deployment that uses the database queue never imports the Event Hub SDK or confluent-kafka. A
 `type` may also be a full "package.module:Class" path for a plug-in.
 Every implementation class carries a `Settings` dataclass (its config schema)
 and a `from_settings(settings, components)` constructor.
@@ -34,6 +34,7 @@ REGISTRY: dict[str, dict[str, str]] = {
     "task_queue": {
         "database": "latigo.queues.database:DatabaseTaskQueue",
         "eventhub": "latigo.queues.eventhub:EventHubTaskQueue",
+        "kafka": "latigo.queues.kafka:KafkaTaskQueue",
     },
     "sensor_data": {
         "synthetic": "latigo.sensors.synthetic:SyntheticSensors",

@@ -161,6 +161,11 @@ class TaskQueue(ABC):
         """What the queue can tell cheaply about its backlog (None where it cannot)."""
         return QueueGauges()
 
+    def group_lag(self) -> Mapping[str, int] | None:
+        """Per partition, messages the consumers have not committed yet, as the transport tells anyone who
+        asks (`latigo status`); None where it has no such view."""
+        return None
+
     def probe(self) -> str:
         """Connect to the transport and say what it holds (for `check-config --connect`); raises when it
         does not answer."""
@@ -178,7 +183,9 @@ class QueueGauges:
     """Every message not yet settled, claimed or delayed ones included."""
     oldest_age_seconds: float | None = None
     lag_by_partition: Mapping[str, int] = field(default_factory=dict)
-    """Event Hub: events received but not yet checkpointed, per partition."""
+    """Event Hub and Kafka: messages received but not yet checkpointed (committed), per owned partition."""
+    consumer_lag_by_partition: Mapping[str, int] = field(default_factory=dict)
+    """Kafka: messages in an owned partition past the group's committed offset (high watermark − commit)."""
 
 
 class PredictionSink(ABC):

@@ -76,6 +76,12 @@ CHECKPOINT_LAG = Gauge(
     ["partition"],
     registry=REGISTRY,
 )
+QUEUE_LAG = Gauge(
+    "latigo_queue_lag",
+    "Kafka: messages in a partition this executor owns past its consumer group's committed offset.",
+    ["partition"],
+    registry=REGISTRY,
+)
 LAST_SCHEDULE_TIME = Gauge(
     "latigo_last_schedule_time_seconds", "When the scheduler last finished a cycle (Unix time).", registry=None
 )

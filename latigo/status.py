@@ -78,6 +78,10 @@ class StatusReport:
     late_after_seconds: float = 0.0
     peers_down: list[PeerDown] = field(default_factory=list)
     """Peers some executor sees down (its circuit breaker open): their tasks wait, unrun."""
+    queue_lag: dict[str, int] | None = None
+    """Per partition, messages the executors' consumer group has not committed (Kafka); None: not asked."""
+    queue_lag_error: str = ""
+    """Why the queue lag could not be read (the brokers did not answer)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -125,6 +129,11 @@ class StatusReport:
             f"dead letters:     {self.dead_letters}",
             f"models:           {len(self.models)} ({late} late, {failing} failing)",
         ]
+        if self.queue_lag is not None:
+            per_partition = ", ".join(f"{p}: {n}" for p, n in sorted(self.queue_lag.items(), key=lambda i: int(i[0])))
+            lines.append(f"queue lag:        {sum(self.queue_lag.values())} uncommitted (by partition {per_partition})")
+        elif self.queue_lag_error:
+            lines.append(f"queue lag:        unknown ({self.queue_lag_error})")
         return lines
 
 
@@ -310,3 +319,25 @@ def _model_status(row: tuple[str, str, Any, str | None, Any], now: datetime, lat
     return ModelStatus(project, model, done.isoformat() if done else None, state,
                        newest_end.isoformat() if newest_end else None,
                        late=done is None or now - done > late_after, failing=state == FAILED)
+
+
+def collect_queue_lag(config: Any) -> tuple[dict[str, int] | None, str]:
+    """(lag per partition, or None, and why not) from a queue that can tell (Kafka: the brokers' high
+    watermarks against the group's commits); the database queue's backlog is in the report already."""
+    from latigo.errors import describe_exception
+    from latigo.factory import Components, implementation
+    from latigo.interfaces import TaskQueue
+
+    cls = implementation("task_queue", config.task_queue.type)
+    if getattr(cls, "group_lag", TaskQueue.group_lag) is TaskQueue.group_lag:
+        return None, ""
+    queue = None
+    try:
+        queue = cls.from_settings(config.task_queue.settings, Components(config))
+        lag = queue.group_lag()
+        return (dict(lag) if lag is not None else None), ""
+    except Exception as exc:  # the report goes on without it, saying why
+        return None, describe_exception(exc)
+    finally:
+        if queue is not None:
+            queue.close()

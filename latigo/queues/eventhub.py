@@ -106,7 +106,7 @@ class EventHubTaskQueue(TaskQueue):
         self._lock = threading.RLock()
         self.sender = EventHubSender(settings.connection_string, hub, settings.send_timeout.total_seconds(),
                                      settings.send_retries, self._client_kwargs())
-        self._handoff = HandOff(settings.handoff_size)
+        self._handoff = HandOff[EventHubDelivery](settings.handoff_size)
         self._run: _Run | None = None
         self._watchdog: threading.Thread | None = None
         self._closed = threading.Event()

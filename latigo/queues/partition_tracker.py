@@ -1,4 +1,5 @@
-"""Which events of one Event Hub partition are finished, and how far it is safe to checkpoint.
+"""Which messages of one partition (an Event Hub's or a Kafka topic's) are finished, and how far it is safe
+to checkpoint (Event Hubs) or commit (Kafka).
 
 Workers finish a partition's tasks out of order. A checkpoint says "everything up to here is done", and a
 new owner resumes after it, so it may only move up to the highest event below which *every* handed-out event
@@ -15,7 +16,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Position:
-    """A place in a partition: the SDK's opaque offset string and the sequence number."""
+    """A place in a partition: the transport's offset as text (opaque on Event Hubs) and the sequence number
+    (on Kafka both are the message's offset)."""
 
     offset: str
     sequence_number: int
