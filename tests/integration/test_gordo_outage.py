@@ -39,8 +39,9 @@ pytestmark = [pytest.mark.gordo_real, pytest.mark.slow, pytest.mark.integration]
 
 T0 = datetime(2026, 3, 4, tzinfo=timezone.utc)
 BACKFILL = (T0 + timedelta(hours=2), T0 + timedelta(hours=8))
-OUTAGES = (("refuse", 120.0), ("reset", 45.0), ("blackhole", 75.0))
-"""(proxy mode, seconds): refused for longer than the retry budget (2+4+8+16 s between 5 attempts)."""
+OUTAGES = (("refuse", 90.0), ("reset", 40.0), ("blackhole", 60.0))
+"""(proxy mode, seconds): each longer than the retry budget (2+4+8+16 s between 5 attempts); the
+blackhole also longer than twice the read timeout (30 s), so its calls time out before it ends."""
 
 
 @pytest.fixture(scope="module")
