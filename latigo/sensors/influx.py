@@ -49,7 +49,9 @@ like pandas' std."""
 """Queries longer than this (characters) go in a POST body: proxies cap URL length near 8 KB."""
 _NOT_IN_STRINGS = re.compile("[\r\x00]")
 """Characters an InfluxQL string literal cannot hold (the lexer reads CR as a newline, NUL as the end)."""
-_TRANSIENT_STATEMENT_ERRORS = ("timeout", "max concurrent queries", "interrupted", "shutting down")
+_TRANSIENT_STATEMENT_ERRORS = ("timeout", "max concurrent queries", "interrupted", "shutting down",
+                               "query engine shutdown")
+"""Statement errors of a server that is busy or stopping: worth another try, unlike a bad query."""
 
 
 # ---------------------------------------------------------------- settings and connection

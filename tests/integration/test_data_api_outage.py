@@ -31,7 +31,7 @@ T0 = datetime(2026, 2, 5, tzinfo=timezone.utc)
 TAGS = ["TAG-1", "TAG-2", "TAG-3", "TAG-4"]
 MODELS = ["model-a", "model-b"]
 WINDOWS = [TimeRange(T0 + i * timedelta(minutes=30), T0 + (i + 1) * timedelta(minutes=30)) for i in range(12)]
-MAINTENANCE = 45.0
+MAINTENANCE = 35.0
 FACILITY = "JSV"
 
 

@@ -257,6 +257,16 @@ def test_unreachable_server_and_5xx_are_transient():
             provider.sensor_exists("a")
 
 
+def test_a_query_cut_off_by_influxd_shutting_down_is_transient():
+    """What influxd 1.x answers to a query in flight while it stops (seen stopping a real one mid-drain):
+    a 200 whose statement failed with "query engine shutdown". Its next start answers again."""
+    body = b'{"results":[{"statement_id":0,"error":"query engine shutdown"}]}\n'
+    with StatusServer(200, body) as stopping:
+        provider = InfluxSensors(InfluxSensors.Settings(database="db", host="127.0.0.1", port=stopping.port))
+        with pytest.raises(TransientError, match="query engine shutdown"):
+            provider.get_data_for_range(T0, T0 + timedelta(hours=1), ["a"], timedelta(minutes=10))
+
+
 def test_server_timeout_is_transient(influxd):
     import socket
     import threading

@@ -36,7 +36,7 @@ T0 = datetime(2026, 2, 3, tzinfo=timezone.utc)
 TAGS = ["TAG-1", "TAG-2", "TAG-3", "TAG-4"]
 MODELS = ["model-a", "model-b", "model-c"]
 WINDOWS = [TimeRange(T0 + i * timedelta(minutes=30), T0 + (i + 1) * timedelta(minutes=30)) for i in range(16)]
-OUTAGE = 60.0
+OUTAGE = 45.0
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def fill(influx: InfluxServer) -> str:
     return database
 
 
-def test_influxd_away_for_a_minute_mid_drain_fails_no_window(pg_engine, influx):
+def test_influxd_away_past_the_retry_budget_mid_drain_fails_no_window(pg_engine, influx):
     database = fill(influx)
     settings = ExecutorSettings(poll_timeout=timedelta(seconds=0.2), shutdown_timeout=timedelta(seconds=10))
     lifecycle = TaskLifecycle(pg_engine)
