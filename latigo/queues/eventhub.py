@@ -120,8 +120,6 @@ class EventHubTaskQueue(TaskQueue):
             kwargs["eventhub_name"] = self.settings.eventhub_name
         return kwargs
 
-    # ---------------------------------------------------------------- producing
-
     # ---------------------------------------------------------------- consuming
 
     def get(self, timeout: float) -> EventHubDelivery | None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -54,7 +53,7 @@ from tests.support.gordo_real import (
 )
 from tests.support.gordo_server import frame_from_parquet, parse_multipart
 from tests.support.influxd import InfluxServer, serve_for_tests
-from tests.support.processes import latigo, write_config
+from tests.support.processes import latigo_ok, write_config
 
 pytestmark = [pytest.mark.gordo_real, pytest.mark.slow, pytest.mark.integration]
 
@@ -440,15 +439,7 @@ def figure_lines(comparisons: dict[str, Comparison]) -> list[str]:
 def run_latigo(config: Path, *args: str, timeout: float = CLI_TIMEOUT) -> str:
     """`latigo --config CONFIG ARGS...` to completion within `timeout`; a non-zero exit or an overrun fails
     the test with the command's output (an overrun stops the process by its pid first)."""
-    process = latigo(config, *args)
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        output, _ = process.communicate(timeout=30)
-        pytest.fail(f"latigo {' '.join(args)} did not finish within {timeout:.0f}s; output:\n{output[-4000:]}")
-    assert process.returncode == 0, f"latigo {' '.join(args)} exited {process.returncode}:\n{output[-4000:]}"
-    return output
+    return latigo_ok(config, *args, timeout=timeout)
 
 
 WIRE_FORMATS = [pytest.param(False, id="json"), pytest.param(True, id="parquet")]

@@ -40,7 +40,7 @@ from tests.support.gordo_ingress import (
 )
 from tests.support.gordo_real import REVISION, TAGS, gordo_client_predict, sensor_points, write_sensors
 from tests.support.influxd import InfluxServer, serve_for_tests
-from tests.support.processes import latigo, write_config
+from tests.support.processes import latigo, latigo_ok, write_config
 
 pytestmark = [pytest.mark.gordo_real, pytest.mark.slow, pytest.mark.integration]
 
@@ -112,15 +112,7 @@ def config_for(tmp_path: Path, database: str, ingress: GordoIngress, influxd: In
 
 
 def run_latigo(config: Path, *args: str) -> str:
-    process = latigo(config, *args)
-    try:
-        output, _ = process.communicate(timeout=CLI_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        output, _ = process.communicate(timeout=30)
-        pytest.fail(f"latigo {' '.join(args)} did not finish within {CLI_TIMEOUT:.0f}s:\n{output[-4000:]}")
-    assert process.returncode == 0, f"latigo {' '.join(args)} exited {process.returncode}:\n{output[-4000:]}"
-    return output
+    return latigo_ok(config, *args, timeout=CLI_TIMEOUT)
 
 
 def ledger(database: str) -> tuple[list[Any], list[Any]]:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,9 +35,15 @@ def latigo(config: Path, *args: str, **popen: Any) -> subprocess.Popen:
 
 
 def latigo_ok(config: Path, *args: str, timeout: float = 120, **popen: Any) -> str:
-    """Run to completion; fail the test with the output when the exit code is not 0."""
+    """Run to completion within `timeout` seconds; fail the test with the output when the exit code is not
+    0, or when it overruns (after killing it, so a hung command leaves nothing behind)."""
     process = latigo(config, *args, **popen)
-    output, _ = process.communicate(timeout=timeout)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate(timeout=30)
+        pytest.fail(f"latigo {' '.join(args)} did not finish within {timeout:.0f}s:\n{output[-4000:]}")
     assert process.returncode == 0, f"latigo {' '.join(args)} exited {process.returncode}:\n{output[-4000:]}"
     return output
 
