@@ -220,10 +220,8 @@ class KafkaTaskQueue(TaskQueue):
                 self._look_for_partitions(session)
 
     def _look_for_partitions(self, session: _Session) -> None:
-        """Ask the brokers for the topic's metadata. librdkafka refreshes a subscribed topic's metadata only
-        every topic.metadata.refresh.interval.ms (5 minutes): a topic created again after the broker lost it
-        (or one created after the executors started) would wait that long for a rebalance; a metadata
-        answer that lists it starts one now."""
+        """Ask the brokers for the topic's metadata while this consumer owns nothing, to say so when the
+        topic is missing (librdkafka's own refresh finds it back and starts the rebalance)."""
         try:
             partitions = topic_partitions(session.consumer, self.topic, timeout=5.0)
         except LatigoError as exc:

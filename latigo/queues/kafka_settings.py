@@ -26,6 +26,7 @@ EVENT_HUBS_IDLE_MS = 180_000
 """Event Hubs closes a connection idle for 240 s; latigo recycles its own (and refreshes metadata) sooner."""
 EVENT_HUBS_MIN_SESSION = timedelta(seconds=30)
 MAX_REQUEST_BYTES = 1_000_000
+TOPIC_REFRESH_MS = 10_000
 """librdkafka's message.max.bytes (a whole produce request): under Event Hubs' 1,046,528-byte limit."""
 OWNED_KEYS = {
     "enable.auto.commit": "latigo commits offsets itself, only past settled messages",
@@ -102,8 +103,14 @@ class ClientConfig:
 
     def consumer(self, settings: KafkaSettings) -> dict[str, Any]:
         """Offsets are committed by the queue only (never automatically); a group new to the topic starts
-        at its beginning. Eager round-robin assignment by default (`extra` may choose another)."""
+        at its beginning. Eager round-robin assignment by default (`extra` may choose another).
+
+        The subscribed topic's metadata is refreshed every 10 s (librdkafka's default: 5 minutes): a group
+        that assigned while the topic was missing (a broker that lost it, a topic created after the
+        executors started) gave every member nothing, and only librdkafka's own refresh finding the topic
+        starts the rebalance that hands its partitions out (a metadata request of the application's does not)."""
         return {
+            "topic.metadata.refresh.interval.ms": TOPIC_REFRESH_MS,
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "roundrobin",
             "session.timeout.ms": _ms(settings.session_timeout),

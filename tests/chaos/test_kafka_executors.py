@@ -143,6 +143,10 @@ def test_a_broker_restart_loses_the_queue_and_a_backfill_rerun_completes_it(pg_d
     lost_at = probe.done()
     time.sleep(3)
     assert probe.done() < len(expected), "drained before the restart: nothing was lost to test"
+    # The re-run creates the topic again only once both executors have seen it gone: a group that assigned
+    # meanwhile gave them nothing, and they must find the topic back themselves.
+    wait_until(lambda: all(e.count("does not exist") for e in executors), 60,
+               "the executors to see the topic gone", procs.tails)
     output = procs.run_ok(config, *backfill_args(windows), name="backfill-again")
     wait_until(lambda: probe.done() >= len(expected) and not probe.running(), 180,
                "the re-published windows to be done", lambda: f"{probe.snapshot()}\n{output}\n{procs.tails()}")
