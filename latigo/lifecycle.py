@@ -30,6 +30,7 @@ from latigo.storage.partitions import Partitions
 from latigo.storage.predictions import FollowUp, MissingPartition, write_predictions
 from latigo.storage.tables import (
     DEAD_LETTERS,
+    MODEL_SUMMARY,
     SCHEDULE_STATE,
     TASKS,
     UtcDateTime,
@@ -277,12 +278,14 @@ class TaskLifecycle:
         """Delete finished tasks, dead letters and the schedule state of models gone for longer than
         their retention, in batches (no long lock, no huge transaction). Returns rows deleted per table."""
         now = now or utcnow()
-        deleted = {"predictions": 0, "tasks": 0, "dead_letters": 0, "schedule_state": 0}
+        deleted = {"predictions": 0, "tasks": 0, "dead_letters": 0, "schedule_state": 0, "model_summary": 0}
         if retention.predictions is not None:
             deleted["predictions"] = self._prune_predictions(now - retention.predictions, batch_size)
         if retention.tasks is not None:
             deleted["tasks"] = self._prune(_tasks, _tasks.c.task_id, sa.and_(
                 _tasks.c.state.in_(tuple(FINAL)), _tasks.c.finished_at < now - retention.tasks), batch_size)
+            if deleted["tasks"]:
+                deleted["model_summary"] = self._prune_summary()
         if retention.dead_letters is not None:
             deleted["dead_letters"] = self._prune(
                 _letters, _letters.c.id, _letters.c.received_at < now - retention.dead_letters, batch_size)
@@ -302,6 +305,14 @@ class TaskLifecycle:
             total += count
             if count < batch_size:
                 return total
+
+    def _prune_summary(self) -> int:
+        """The overview's rows of models whose every task was pruned (gone from the ledger, gone from the
+        overview, as before the summary): one probe of the tasks index per model."""
+        summary = MODEL_SUMMARY
+        with write_transaction(self.engine) as connection:
+            return _rowcount(connection.execute(sa.delete(summary).where(~sa.exists().where(
+                _tasks.c.project == summary.c.project, _tasks.c.model == summary.c.model))))
 
     def _prune_schedule(self, cutoff: datetime, batch_size: int) -> int:
         """Schedule state of models gone (not scheduled since `cutoff`), keyed by (project, model)."""

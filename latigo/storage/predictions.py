@@ -104,11 +104,14 @@ def _values_upsert(connection: Connection, ref: ModelRef, rows: Mapping[Key, flo
             statement, follow_up_params = follow_up
             _pg_insert_unnest(cursor, _with_follow_up(statement, connection.dialect), {**follow_up_params, **params})
             written = cursor.fetchone()[0]
-        if written < len(rows):  # some series are new: create them, then write again (idempotent)
+        new_series = written < len(rows)
+        if new_series:  # some series are new: create them, then write again (idempotent)
             _pg_insert_series(cursor, ref, {(output, tag) for output, tag, _ in rows})
             written = _pg_insert_unnest(cursor, _PG_UNNEST, params)
     if written != len(rows):
         raise RuntimeError(f"{len(rows) - written} of {len(rows)} prediction rows of {str(ref)!r} found no series")
+    if new_series and follow_up is not None:  # it ran before these rows were there: again, for what reads them
+        connection.execute(*follow_up)  # (model_summary's trigger reads the window's newest confidence)
 
 
 @functools.lru_cache(maxsize=8)

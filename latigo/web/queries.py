@@ -23,9 +23,8 @@ from latigo.errors import ConfigError
 from latigo.lifecycle import DONE, FAILED, QUEUED, RUNNING
 from latigo.peer_status import PeerDownReport, peers_down
 from latigo.settings import DatabaseSettings
-from latigo.status import model_ledger
 from latigo.storage.db import utc_from_db
-from latigo.storage.tables import DeadLetter, ScheduleState, TaskRecord, UtcDateTime
+from latigo.storage.tables import DeadLetter, ModelSummary, ScheduleState, TaskRecord, UtcDateTime
 from latigo.types import ModelRef
 
 TOTAL_CONFIDENCE = "total-anomaly-confidence"
@@ -478,27 +477,6 @@ def _latest_values(refs: Sequence[ModelRef], output: str, since: datetime) -> An
         sa.tuple_(s.c.project, s.c.model).in_([tuple(ref) for ref in refs]), s.c.output == output)
 
 
-_EVERY_LATEST = sa.text("""
-SELECT s.project, s.model, v.ts, v.value FROM series s CROSS JOIN LATERAL (
-    SELECT p.ts, p.value FROM prediction_values p WHERE p.series_id = s.id AND p.ts >= :since
-    ORDER BY p.ts DESC LIMIT 1) AS v
-WHERE s.output = :output AND s.tag = :output
-""")
-
-
-def _every_latest_value(connection: Connection, since: datetime) -> Any:
-    """(project, model, ts, value): every total-anomaly-confidence series' newest value since `since`, in one
-    statement (one backward probe of prediction_values' key per series; SQLite: the same as subqueries)."""
-    if connection.dialect.name == "postgresql":
-        return _EVERY_LATEST.bindparams(sa.bindparam("since", since, type_=UtcDateTime),
-                                        output=TOTAL_CONFIDENCE)
-    bound = sa.bindparam("since", since, type_=UtcDateTime)
-    s = _series_table
-    return sa.select(s.c.project, s.c.model, _latest_value(_values_table.c.ts, bound).label("ts"),
-                     _latest_value(_values_table.c.value, bound).label("value")).where(
-        s.c.output == TOTAL_CONFIDENCE, s.c.tag == TOTAL_CONFIDENCE)
-
-
 def _set_confidence(rows: dict[ModelRef, ModelRow], found: Iterable[Any]) -> None:
     for row_project, model, ts, value in found:
         ts, row = utc_from_db(ts), rows.get(ModelRef(row_project, model))
@@ -515,6 +493,26 @@ def _of(table: Any, ref: ModelRef) -> Any:
     return sa.and_(table.c.project == ref.project, table.c.model == ref.name)
 
 
+def summarised_rows(connection: Connection, since: datetime, project: str = "") -> dict[ModelRef, ModelRow]:
+    """Every model (of `project`) from model_summary, which the database keeps as tasks are enqueued and
+    finished: one scan instead of four index probes per model. The newest task is shown by its outcome,
+    or as queued while it has none (queued or running: the model page reads the ledger itself)."""
+    summary = ModelSummary.__table__
+    statement = sa.select(summary)
+    if project:
+        statement = statement.where(summary.c.project == project)
+    rows: dict[ModelRef, ModelRow] = {}
+    for r in connection.execute(statement):
+        ref = ModelRef(r.project, r.model)
+        newest, outcome_end = r.newest_window_end, r.outcome_window_end
+        pending = newest is not None and (outcome_end is None or newest > outcome_end)
+        recent = r.confidence_at is not None and r.confidence_at >= since
+        rows[ref] = ModelRow(ref, last_done_end=r.last_done_end, newest_state=QUEUED if pending else r.outcome,
+                             newest_window_end=newest, confidence=r.confidence if recent else None,
+                             confidence_at=r.confidence_at if recent else None)
+    return rows
+
+
 def model_rows(connection: Connection, now: datetime, refs: Sequence[ModelRef] | None = None,
                project: str = "") -> list[ModelRow]:
     """Every model of the ledger (or `refs`, or the models of `project`), with its last done window, newest
@@ -522,16 +520,11 @@ def model_rows(connection: Connection, now: datetime, refs: Sequence[ModelRef] |
     rows: dict[ModelRef, ModelRow] = {}
     since = now - timedelta(hours=MAX_HOURS)
     if refs is None:
-        for row_project, model, done, state, end in model_ledger(connection):
-            if not project or row_project == project:
-                ref = ModelRef(row_project, model)
-                rows[ref] = ModelRow(ref, last_done_end=utc_from_db(done), newest_state=state,
-                                     newest_window_end=utc_from_db(end))
+        rows = summarised_rows(connection, since, project)
         for row_project, model, end in connection.execute(
                 sa.select(_schedule.c.project, _schedule.c.model, _schedule.c.last_window_end)):
             if ModelRef(row_project, model) in rows:
                 rows[ModelRef(row_project, model)].scheduled_until = end
-        _set_confidence(rows, connection.execute(_every_latest_value(connection, since)))
         return list(rows.values())
     for ref in refs:
         newest = connection.execute(

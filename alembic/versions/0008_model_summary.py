@@ -1,0 +1,180 @@
+"""model_summary: one row per model, kept by the database as tasks are enqueued and finished
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-12-03 19:00:00
+
+The overview lists every model with its newest window, its newest outcome (done or failed), its last
+done window and its latest total-anomaly-confidence. Read from the ledger, that is three probes of the
+tasks index and one of prediction_values per model on every refresh (about 36,000 at 9,000 models,
+0.3 s on a warm cache, more with stale statistics); read from this table it is one scan of 9,000 rows.
+
+Triggers keep it, so every path that writes the ledger (enqueue, the executor's fused finish statement,
+fail, `latigo tasks retry` and `cancel`) keeps it right without a line of its own, inside the writer's
+transaction. A done task written again (its `done` statement run once more, as the finish path does when
+its rows needed new series first) reads its confidence again. Concurrent writers merge rather than overwrite (the newest window and outcome win, whichever
+commits first), and each statement upserts its models in (project, model) order, so two that share
+models never deadlock. On PostgreSQL the triggers are per statement (transition tables: one upsert for
+an enqueue of thousands of tasks); SQLite has only row triggers.
+
+The upgrade fills the table from the ledger; the downgrade drops it with the triggers.
+"""
+from typing import Sequence, Union
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = '0008'
+down_revision: Union[str, Sequence[str], None] = '0007'
+branch_labels: Union[str, Sequence[str], None] = None
+depends_on: Union[str, Sequence[str], None] = None
+
+TOTAL = 'total-anomaly-confidence'
+
+MERGE = """
+ON CONFLICT (project, model) DO UPDATE SET
+    newest_window_end = {greatest}(COALESCE({m}.newest_window_end, EXCLUDED.newest_window_end),
+                                   COALESCE(EXCLUDED.newest_window_end, {m}.newest_window_end)),
+    outcome = CASE WHEN EXCLUDED.outcome_window_end IS NOT NULL AND ({m}.outcome_window_end IS NULL
+                        OR EXCLUDED.outcome_window_end >= {m}.outcome_window_end)
+                   THEN EXCLUDED.outcome ELSE {m}.outcome END,
+    outcome_window_end = {greatest}(COALESCE({m}.outcome_window_end, EXCLUDED.outcome_window_end),
+                                    COALESCE(EXCLUDED.outcome_window_end, {m}.outcome_window_end)),
+    last_done_end = {greatest}(COALESCE({m}.last_done_end, EXCLUDED.last_done_end),
+                               COALESCE(EXCLUDED.last_done_end, {m}.last_done_end)),
+    confidence = CASE WHEN EXCLUDED.confidence_at IS NOT NULL AND ({m}.confidence_at IS NULL
+                           OR EXCLUDED.confidence_at >= {m}.confidence_at)
+                      THEN EXCLUDED.confidence ELSE {m}.confidence END,
+    confidence_at = {greatest}(COALESCE({m}.confidence_at, EXCLUDED.confidence_at),
+                               COALESCE(EXCLUDED.confidence_at, {m}.confidence_at))
+"""
+"""How a row already there takes a statement's news: each newest value wins (so a writer that commits
+second with older news does not undo the first)."""
+
+NEWEST_CONFIDENCE = f"""
+SELECT v.{{column}} FROM series s JOIN prediction_values v ON v.series_id = s.id
+WHERE s.project = {{row}}.project AND s.model = {{row}}.model AND s.output = '{TOTAL}' AND s.tag = '{TOTAL}'
+  AND v.ts >= {{row}}.window_start AND v.ts < {{row}}.window_end
+ORDER BY v.ts DESC LIMIT 1"""
+"""A done task's newest total-anomaly-confidence value, inside its window."""
+
+RECOMPUTE = """
+UPDATE {table} SET
+    outcome = (SELECT t.state FROM tasks t WHERE t.project = {m}.project AND t.model = {m}.model
+               AND t.state IN ('done', 'failed') ORDER BY t.window_end DESC LIMIT 1),
+    outcome_window_end = (SELECT t.window_end FROM tasks t WHERE t.project = {m}.project AND t.model = {m}.model
+               AND t.state IN ('done', 'failed') ORDER BY t.window_end DESC LIMIT 1),
+    last_done_end = (SELECT t.window_end FROM tasks t WHERE t.project = {m}.project AND t.model = {m}.model
+               AND t.state = 'done' ORDER BY t.window_end DESC LIMIT 1)
+WHERE {which}"""
+"""A model whose finished task was handed back (retry, cancel): its outcome read again from the ledger."""
+
+PG_FUNCTION = f"""
+CREATE FUNCTION latigo_model_summary() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO model_summary AS m (project, model, newest_window_end)
+        SELECT project, model, max(window_end) FROM new_rows GROUP BY project, model ORDER BY project, model
+        {MERGE.format(greatest='GREATEST', m='m')};
+        RETURN NULL;
+    END IF;
+    INSERT INTO model_summary AS m (project, model, newest_window_end, outcome, outcome_window_end,
+                                    last_done_end, confidence, confidence_at)
+    SELECT n.project, n.model, n.window_end, n.state, n.window_end,
+           CASE WHEN n.state = 'done' THEN n.window_end END,
+           CASE WHEN n.state = 'done' THEN ({NEWEST_CONFIDENCE.format(column='value', row='n')}) END,
+           CASE WHEN n.state = 'done' THEN ({NEWEST_CONFIDENCE.format(column='ts', row='n')}) END
+    FROM (SELECT DISTINCT ON (n.project, n.model) n.* FROM new_rows n JOIN old_rows o USING (task_id)
+          WHERE n.state IN ('done', 'failed') AND (o.state IS DISTINCT FROM n.state OR n.state = 'done')
+          ORDER BY n.project, n.model, n.window_end DESC) AS n
+    ORDER BY n.project, n.model
+    {MERGE.format(greatest='GREATEST', m='m')};
+    {RECOMPUTE.format(table='model_summary AS m', m='m', which='''(m.project, m.model) IN (
+        SELECT n.project, n.model FROM new_rows n JOIN old_rows o USING (task_id)
+        WHERE o.state IN ('done', 'failed') AND n.state NOT IN ('done', 'failed'))''')};
+    RETURN NULL;
+END $$
+"""
+
+PG_TRIGGERS = (
+    "CREATE TRIGGER model_summary_enqueued AFTER INSERT ON tasks REFERENCING NEW TABLE AS new_rows "
+    "FOR EACH STATEMENT EXECUTE FUNCTION latigo_model_summary()",
+    "CREATE TRIGGER model_summary_settled AFTER UPDATE ON tasks REFERENCING OLD TABLE AS old_rows "
+    "NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION latigo_model_summary()",
+)
+
+SQLITE_TRIGGERS = (
+    f"""CREATE TRIGGER model_summary_enqueued AFTER INSERT ON tasks BEGIN
+    INSERT INTO model_summary (project, model, newest_window_end) VALUES (NEW.project, NEW.model, NEW.window_end)
+    {MERGE.format(greatest='max', m='model_summary')};
+END""",
+    f"""CREATE TRIGGER model_summary_settled AFTER UPDATE OF state ON tasks
+WHEN NEW.state IN ('done', 'failed') AND (OLD.state IS NOT NEW.state OR NEW.state = 'done') BEGIN
+    INSERT INTO model_summary (project, model, newest_window_end, outcome, outcome_window_end,
+                               last_done_end, confidence, confidence_at)
+    VALUES (NEW.project, NEW.model, NEW.window_end, NEW.state, NEW.window_end,
+            CASE WHEN NEW.state = 'done' THEN NEW.window_end END,
+            CASE WHEN NEW.state = 'done' THEN ({NEWEST_CONFIDENCE.format(column='value', row='NEW')}) END,
+            CASE WHEN NEW.state = 'done' THEN ({NEWEST_CONFIDENCE.format(column='ts', row='NEW')}) END)
+    {MERGE.format(greatest='max', m='model_summary')};
+END""",
+    f"""CREATE TRIGGER model_summary_handed_back AFTER UPDATE OF state ON tasks
+WHEN OLD.state IN ('done', 'failed') AND NEW.state NOT IN ('done', 'failed') BEGIN
+    {RECOMPUTE.format(table='model_summary', m='model_summary', which='model_summary.project = NEW.project AND model_summary.model = NEW.model')};
+END""",
+)
+
+FILL = f"""
+INSERT INTO model_summary (project, model, newest_window_end, outcome, outcome_window_end, last_done_end)
+SELECT k.project, k.model, k.newest,
+       (SELECT t.state FROM tasks t WHERE t.project = k.project AND t.model = k.model
+        AND t.state IN ('done', 'failed') ORDER BY t.window_end DESC LIMIT 1),
+       (SELECT t.window_end FROM tasks t WHERE t.project = k.project AND t.model = k.model
+        AND t.state IN ('done', 'failed') ORDER BY t.window_end DESC LIMIT 1),
+       (SELECT t.window_end FROM tasks t WHERE t.project = k.project AND t.model = k.model
+        AND t.state = 'done' ORDER BY t.window_end DESC LIMIT 1)
+FROM (SELECT project, model, max(window_end) AS newest FROM tasks GROUP BY project, model) AS k
+"""
+
+FILL_CONFIDENCE = f"""
+UPDATE model_summary AS m SET
+    confidence = (SELECT v.value FROM series s JOIN prediction_values v ON v.series_id = s.id
+                  WHERE s.project = m.project AND s.model = m.model AND s.output = '{TOTAL}' AND s.tag = '{TOTAL}'
+                  ORDER BY v.ts DESC LIMIT 1),
+    confidence_at = (SELECT v.ts FROM series s JOIN prediction_values v ON v.series_id = s.id
+                     WHERE s.project = m.project AND s.model = m.model AND s.output = '{TOTAL}' AND s.tag = '{TOTAL}'
+                     ORDER BY v.ts DESC LIMIT 1)
+"""
+
+
+def upgrade() -> None:
+    op.create_table(
+        'model_summary',
+        sa.Column('project', sa.String(length=255), nullable=False),
+        sa.Column('model', sa.String(length=255), nullable=False),
+        sa.Column('newest_window_end', sa.DateTime(timezone=True), nullable=True),
+        sa.Column('outcome', sa.String(length=16), nullable=True),
+        sa.Column('outcome_window_end', sa.DateTime(timezone=True), nullable=True),
+        sa.Column('last_done_end', sa.DateTime(timezone=True), nullable=True),
+        sa.Column('confidence', sa.Double(), nullable=True),
+        sa.Column('confidence_at', sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint('project', 'model', name=op.f('pk_model_summary')),
+    )
+    op.execute(FILL)
+    op.execute(FILL_CONFIDENCE)
+    if op.get_bind().dialect.name == 'postgresql':
+        op.execute(PG_FUNCTION)
+        for trigger in PG_TRIGGERS:
+            op.execute(trigger)
+    else:
+        for trigger in SQLITE_TRIGGERS:
+            op.execute(trigger)
+
+
+def downgrade() -> None:
+    for name in ('model_summary_enqueued', 'model_summary_settled', 'model_summary_handed_back'):
+        op.execute(f'DROP TRIGGER IF EXISTS {name}' + (' ON tasks' if op.get_bind().dialect.name == 'postgresql'
+                                                        else ''))
+    if op.get_bind().dialect.name == 'postgresql':
+        op.execute('DROP FUNCTION IF EXISTS latigo_model_summary()')
+    op.drop_table('model_summary')
