@@ -23,7 +23,7 @@ from latigo.executor import Executor
 from latigo.lifecycle import TaskLifecycle
 from latigo.queues.database import DatabaseTaskQueue
 from latigo.settings import ExecutorSettings
-from latigo.types import Task, TimeRange
+from latigo.types import ModelRef, Task, TimeRange
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 WINDOW = timedelta(minutes=30)
@@ -43,9 +43,9 @@ def measure(kind: str, concurrency: int, tasks: int, latency: float) -> tuple[fl
         executor = Executor(settings, queue, models, lifecycle, ["model-output"])
         runner = threading.Thread(target=executor.run)
         runner.start()
-        enqueue(lifecycle, queue, models.names, T0)
+        enqueue(lifecycle, queue, models.refs, T0)
         wait_until_done(executor, tasks)
-        enqueue(lifecycle, queue, models.names, T0 + WINDOW)  # the scheduler's work, not timed
+        enqueue(lifecycle, queue, models.refs, T0 + WINDOW)  # the scheduler's work, not timed
         started, cpu = time.perf_counter(), time.process_time()
         wait_until_done(executor, 2 * tasks)
         elapsed = time.perf_counter() - started  # until the last task is committed; shutting down is not work
@@ -56,10 +56,11 @@ def measure(kind: str, concurrency: int, tasks: int, latency: float) -> tuple[fl
         return tasks / elapsed, cpu / tasks * 1000
 
 
-def enqueue(lifecycle: TaskLifecycle, queue: DatabaseTaskQueue, names: list[str], start: datetime) -> None:
+def enqueue(lifecycle: TaskLifecycle, queue: DatabaseTaskQueue, refs: list[ModelRef], start: datetime) -> None:
     window = TimeRange(start, start + WINDOW)
     with lifecycle.transaction() as connection:
-        queue.put_many(lifecycle.enqueue(connection, [Task(name, window) for name in names]).to_send, connection)
+        tasks = [Task(ref.name, window, ref.project) for ref in refs]
+        queue.put_many(lifecycle.enqueue(connection, tasks).to_send, connection)
 
 
 def wait_until_done(executor: Executor, done: int) -> None:

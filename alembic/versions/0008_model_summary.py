@@ -14,8 +14,8 @@ fail, `latigo tasks retry` and `cancel`) keeps it right without a line of its ow
 transaction. A done task written again (its `done` statement run once more, as the finish path does when
 its rows needed new series first) reads its confidence again. Concurrent writers merge rather than overwrite (the newest window and outcome win, whichever
 commits first), and each statement upserts its models in (project, model) order, so two that share
-models never deadlock. On PostgreSQL the triggers are per statement (transition tables: one upsert for
-an enqueue of thousands of tasks); SQLite has only row triggers.
+models never deadlock. On PostgreSQL the enqueue trigger is per statement (a transition table: one upsert for
+thousands of tasks) and the others per row behind a WHEN; SQLite has only row triggers.
 
 The upgrade fills the table from the ledger; the downgrade drops it with the triggers.
 """
@@ -69,38 +69,45 @@ UPDATE {table} SET
 WHERE {which}"""
 """A model whose finished task was handed back (retry, cancel): its outcome read again from the ledger."""
 
-PG_FUNCTION = f"""
-CREATE FUNCTION latigo_model_summary() RETURNS trigger LANGUAGE plpgsql AS $$
+PG_FUNCTIONS = (
+    f"""CREATE FUNCTION latigo_model_summary_enqueued() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO model_summary AS m (project, model, newest_window_end)
-        SELECT project, model, max(window_end) FROM new_rows GROUP BY project, model ORDER BY project, model
-        {MERGE.format(greatest='GREATEST', m='m')};
-        RETURN NULL;
-    END IF;
+    INSERT INTO model_summary AS m (project, model, newest_window_end)
+    SELECT project, model, max(window_end) FROM new_rows GROUP BY project, model ORDER BY project, model
+    {MERGE.format(greatest='GREATEST', m='m')};
+    RETURN NULL;
+END $$""",
+    f"""CREATE FUNCTION latigo_model_summary_settled() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
     INSERT INTO model_summary AS m (project, model, newest_window_end, outcome, outcome_window_end,
                                     last_done_end, confidence, confidence_at)
-    SELECT n.project, n.model, n.window_end, n.state, n.window_end,
-           CASE WHEN n.state = 'done' THEN n.window_end END,
-           CASE WHEN n.state = 'done' THEN ({NEWEST_CONFIDENCE.format(column='value', row='n')}) END,
-           CASE WHEN n.state = 'done' THEN ({NEWEST_CONFIDENCE.format(column='ts', row='n')}) END
-    FROM (SELECT DISTINCT ON (n.project, n.model) n.* FROM new_rows n JOIN old_rows o USING (task_id)
-          WHERE n.state IN ('done', 'failed') AND (o.state IS DISTINCT FROM n.state OR n.state = 'done')
-          ORDER BY n.project, n.model, n.window_end DESC) AS n
-    ORDER BY n.project, n.model
+    VALUES (NEW.project, NEW.model, NEW.window_end, NEW.state, NEW.window_end,
+            CASE WHEN NEW.state = 'done' THEN NEW.window_end END,
+            CASE WHEN NEW.state = 'done' THEN ({NEWEST_CONFIDENCE.format(column='value', row='NEW')}) END,
+            CASE WHEN NEW.state = 'done' THEN ({NEWEST_CONFIDENCE.format(column='ts', row='NEW')}) END)
     {MERGE.format(greatest='GREATEST', m='m')};
-    {RECOMPUTE.format(table='model_summary AS m', m='m', which='''(m.project, m.model) IN (
-        SELECT n.project, n.model FROM new_rows n JOIN old_rows o USING (task_id)
-        WHERE o.state IN ('done', 'failed') AND n.state NOT IN ('done', 'failed'))''')};
     RETURN NULL;
-END $$
-"""
+END $$""",
+    f"""CREATE FUNCTION latigo_model_summary_handed_back() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    {RECOMPUTE.format(table='model_summary AS m', m='m', which='m.project = NEW.project AND m.model = NEW.model')};
+    RETURN NULL;
+END $$""",
+)
+"""Enqueue: per statement (one upsert for thousands of tasks, in (project, model) order). A task settled or
+handed back: per row, behind a WHEN that PostgreSQL checks without calling the function, so the claims
+and lease renewals of the hot path (updates that settle nothing) cost nothing."""
+
+SETTLED = "NEW.state IN ('done', 'failed') AND (OLD.state IS DISTINCT FROM NEW.state OR NEW.state = 'done')"
+HANDED_BACK = "OLD.state IN ('done', 'failed') AND NEW.state NOT IN ('done', 'failed')"
 
 PG_TRIGGERS = (
     "CREATE TRIGGER model_summary_enqueued AFTER INSERT ON tasks REFERENCING NEW TABLE AS new_rows "
-    "FOR EACH STATEMENT EXECUTE FUNCTION latigo_model_summary()",
-    "CREATE TRIGGER model_summary_settled AFTER UPDATE ON tasks REFERENCING OLD TABLE AS old_rows "
-    "NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION latigo_model_summary()",
+    "FOR EACH STATEMENT EXECUTE FUNCTION latigo_model_summary_enqueued()",
+    f"CREATE TRIGGER model_summary_settled AFTER UPDATE OF state ON tasks FOR EACH ROW WHEN ({SETTLED}) "
+    "EXECUTE FUNCTION latigo_model_summary_settled()",
+    f"CREATE TRIGGER model_summary_handed_back AFTER UPDATE OF state ON tasks FOR EACH ROW WHEN ({HANDED_BACK}) "
+    "EXECUTE FUNCTION latigo_model_summary_handed_back()",
 )
 
 SQLITE_TRIGGERS = (
@@ -163,9 +170,8 @@ def upgrade() -> None:
     op.execute(FILL)
     op.execute(FILL_CONFIDENCE)
     if op.get_bind().dialect.name == 'postgresql':
-        op.execute(PG_FUNCTION)
-        for trigger in PG_TRIGGERS:
-            op.execute(trigger)
+        for statement in (*PG_FUNCTIONS, *PG_TRIGGERS):
+            op.execute(statement)
     else:
         for trigger in SQLITE_TRIGGERS:
             op.execute(trigger)
@@ -176,5 +182,6 @@ def downgrade() -> None:
         op.execute(f'DROP TRIGGER IF EXISTS {name}' + (' ON tasks' if op.get_bind().dialect.name == 'postgresql'
                                                         else ''))
     if op.get_bind().dialect.name == 'postgresql':
-        op.execute('DROP FUNCTION IF EXISTS latigo_model_summary()')
+        for name in ('enqueued', 'settled', 'handed_back'):
+            op.execute(f'DROP FUNCTION IF EXISTS latigo_model_summary_{name}()')
     op.drop_table('model_summary')
