@@ -41,3 +41,16 @@ def describe_exception(exc: BaseException, limit: int = 300) -> str:
 
     text = " ".join(mask_text(str(exc)).split())[:limit]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+MAX_ERROR_LENGTH = 2000
+"""The longest error text latigo stores (a task's error in the ledger, a peer's reason in peer_status)."""
+
+
+def one_line(text: str, limit: int = MAX_ERROR_LENGTH) -> str:
+    """`text` with its whitespace runs (newlines too) made single spaces, cut at `limit` characters: what
+    goes into a ledger row or a log line. Here, with the error classes, because the task lifecycle, the
+    task pipeline and the peer status all store or log such texts and none of them should import another
+    for it."""
+    flat = " ".join(str(text).split())
+    return flat[:limit]

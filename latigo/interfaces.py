@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from latigo.errors import PermanentError
 from latigo.types import ModelInfo, ModelRef, ModelStatus, PredictionFrame, SensorFrame, Started, Task
 
 
@@ -26,6 +27,19 @@ class SensorInformationProvider(ABC):
     @abstractmethod
     def sensor_exists(self, name: str) -> bool:
         """Whether `name` is a known sensor."""
+
+
+AGGREGATIONS = frozenset({"mean", "max", "min", "sum", "count", "median", "std", "first", "last"})
+"""The bucket aggregations every SensorDataProvider supports (pandas' names, as Gordo's `aggregation_methods`
+spells them). Part of the contract, so a model's input recipe can be checked without knowing the provider."""
+
+
+def check_aggregation(method: str) -> str:
+    """`method` when it is one of AGGREGATIONS; a PermanentError naming the supported ones otherwise."""
+    if method not in AGGREGATIONS:
+        raise PermanentError(f"aggregation method {method!r} is not supported; use one of "
+                             f"{', '.join(sorted(AGGREGATIONS))}")
+    return method
 
 
 class SensorDataProvider(ABC):
@@ -43,8 +57,8 @@ class SensorDataProvider(ABC):
         aggregation: str = "mean",
     ) -> SensorFrame:
         """Values of `sensors` over [start, end), one row per `resolution` bucket on the epoch-aligned
-        grid (latigo.timegrid), aggregated by `aggregation` (pandas' names: mean, max, min, sum, count,
-        median, std, first, last); NaN where a bucket has no points.
+        grid (latigo.timegrid), aggregated by `aggregation` (one of AGGREGATIONS: mean, max, min, sum,
+        count, median, std, first, last); NaN where a bucket has no points.
 
         Sensors the source does not have are listed in `SensorFrame.missing`, never dropped silently."""
 

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from latigo.errors import one_line
 from latigo.storage.db import write_transaction
 from latigo.storage.partitions import Partitions
 from latigo.storage.predictions import FollowUp, MissingPartition, write_predictions
@@ -41,7 +42,6 @@ from latigo.types import ModelRef, PredictionFrame, Started, Task, TimeRange
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
 FINAL = frozenset({DONE, FAILED, CANCELLED})
-MAX_ERROR_LENGTH = 2000
 MAX_NAME_LENGTH = 255
 """The longest model name the ledger holds (tasks.model)."""
 
@@ -80,11 +80,6 @@ _FINISH = sa.text(
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def one_line(text: str, limit: int = MAX_ERROR_LENGTH) -> str:
-    flat = " ".join(str(text).split())
-    return flat[:limit]
 
 
 @dataclass(frozen=True)

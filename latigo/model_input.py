@@ -30,9 +30,8 @@ from datetime import datetime, timedelta
 import pandas as pd
 
 from latigo.errors import NoDataError, PermanentError
-from latigo.interfaces import SensorDataProvider
+from latigo.interfaces import SensorDataProvider, check_aggregation
 from latigo.row_filter import RowFilter
-from latigo.sensors.aggregations import check_aggregation
 from latigo.timegrid import predicted_buckets
 from latigo.types import ModelInfo, TimeRange
 

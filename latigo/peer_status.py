@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from latigo.lifecycle import one_line
+from latigo.errors import one_line
 from latigo.peers import PeerRegistry, PeerState
 from latigo.storage.tables import PEER_STATUS
 from latigo.storage.upsert import dialect_insert

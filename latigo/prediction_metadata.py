@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -41,10 +41,7 @@ from latigo.http import AzureAdSettings, HttpClient, RetryPolicy, describe_respo
 from latigo.observability import METADATA_FAILURES, METADATA_POSTS
 from latigo.secrets import register_secret
 from latigo.storage.tables import PredictionMetadataRecord
-from latigo.types import ModelInfo, ModelRef, PredictionFrame
-
-if TYPE_CHECKING:
-    from latigo.sensors.data_api_sink import WrittenSeries
+from latigo.types import ModelInfo, ModelRef, PredictionFrame, WrittenSeries
 
 log = logging.getLogger(__name__)
 

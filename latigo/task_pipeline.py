@@ -26,9 +26,9 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from latigo.errors import NoDataError, PermanentError, TransientError, UnknownModelError, describe_exception
+from latigo.errors import NoDataError, PermanentError, TransientError, UnknownModelError, describe_exception, one_line
 from latigo.interfaces import Delivery, ModelExecutionProvider, TaskQueue
-from latigo.lifecycle import MAX_NAME_LENGTH, TaskLifecycle, one_line
+from latigo.lifecycle import MAX_NAME_LENGTH, TaskLifecycle
 from latigo.logs import task_context
 from latigo.observability import (
     PREDICTION_ROWS,

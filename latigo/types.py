@@ -290,3 +290,29 @@ class ModelStatus:
     state: str  # registered | training | ready | failed | unknown
     reason: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PlannedSeries:
+    """One Time Series API series a prediction frame is written to: its name and what it is created with
+    when the API lacks it.
+
+    Here rather than with the data_api sink that plans it because the prediction metadata publisher reads it
+    too, and neither of the two should import the other's module for it."""
+
+    name: str
+    facility: str
+    output: str
+    tag: str
+    """The tag it derives from; empty for an output of the model as a whole."""
+    description: str
+    unit: str
+
+
+@dataclass(frozen=True)
+class WrittenSeries:
+    """A planned series with its id in the Time Series API: what the data_api sink hands the prediction
+    metadata publisher after a write."""
+
+    series: PlannedSeries
+    series_id: str

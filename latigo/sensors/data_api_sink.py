@@ -43,7 +43,7 @@ from latigo.interfaces import PredictionSink
 from latigo.peers import PeerDown
 from latigo.sensors.data_api import LOOKUP_CONCURRENCY, MAX_IDS_PER_REQUEST, DataApiSensors, rfc3339
 from latigo.sensors.series_naming import PRESETS, SeriesNaming, asset_of, latigo_name, tagless
-from latigo.types import DEFAULT_PROJECT, ModelInfo, ModelRef, PredictionFrame
+from latigo.types import DEFAULT_PROJECT, ModelInfo, ModelRef, PlannedSeries, PredictionFrame, WrittenSeries
 
 if TYPE_CHECKING:
     from latigo.prediction_metadata import MetadataPublisher
@@ -64,27 +64,6 @@ _Key = tuple[str, str]
 def series_name(prefix: str, model: str, output: str, tag: str) -> str:
     """The `latigo` preset's name of (model, output, tag) (kept for callers of the original convention)."""
     return latigo_name(prefix, model, output, tag)
-
-
-@dataclass(frozen=True)
-class PlannedSeries:
-    """One series a frame is written to: its name and what it is created with when the API lacks it."""
-
-    name: str
-    facility: str
-    output: str
-    tag: str
-    """The tag it derives from; empty for an output of the model as a whole."""
-    description: str
-    unit: str
-
-
-@dataclass(frozen=True)
-class WrittenSeries:
-    """A planned series with its id in the API."""
-
-    series: PlannedSeries
-    series_id: str
 
 
 class DataApiPredictionSink(PredictionSink):

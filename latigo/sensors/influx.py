@@ -33,9 +33,8 @@ from influxdb import InfluxDBClient
 from influxdb.exceptions import InfluxDBClientError, InfluxDBServerError
 
 from latigo.errors import PermanentError, TransientError
-from latigo.interfaces import SensorDataProvider, SensorInformationProvider
+from latigo.interfaces import SensorDataProvider, SensorInformationProvider, check_aggregation
 from latigo.peers import PEERS, CircuitBreaker
-from latigo.sensors.aggregations import check_aggregation
 from latigo.sensors.resample import BucketGrid, as_timedelta, frame, resolution_ns, unique
 from latigo.types import SensorFrame, ensure_utc
 

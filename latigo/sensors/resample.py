@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from latigo.sensors.aggregations import check_aggregation
+from latigo.interfaces import check_aggregation
 from latigo.types import ensure_utc
 
 _EPOCH = pd.Timestamp(0, tz="UTC")

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from latigo.errors import ConfigError
-from latigo.interfaces import SensorDataProvider, SensorInformationProvider
-from latigo.sensors.aggregations import check_aggregation
+from latigo.interfaces import SensorDataProvider, SensorInformationProvider, check_aggregation
 from latigo.types import SensorFrame, TimeRange, parse_timestamp
 
 if TYPE_CHECKING:
