@@ -1,6 +1,6 @@
 """The executor's decisions over a queue that is not in the database (as Event Hubs and Kafka are): every
 outcome settles the delivery after the ledger change has committed, retries wait in the queue, and a
-release counts against nothing. Fast: an in-memory queue and a SQLite ledger.
+release counts against nothing. Fast: an in-memory queue, and a ledger on SQLite and on PostgreSQL.
 
 The queue reads the ledger on a connection of its own at the moment a delivery is acked, nacked or
 released (tests.support.memory_queue): each test asserts the outcome was already committed then, so a
@@ -17,7 +17,6 @@ from latigo.executor import Executor, Outcome
 from latigo.lifecycle import TaskLifecycle
 from latigo.peers import PeerDown
 from latigo.settings import DatabaseSettings, ExecutorSettings
-from latigo.storage import migrations
 from latigo.storage.db import create_engine_for
 from latigo.storage.tables import TaskRecord
 from latigo.task_pipeline import TaskReleased
@@ -42,11 +41,9 @@ class Models(StaticModels):
 
 
 @pytest.fixture
-def executor(tmp_path):
-    url = f"sqlite:///{tmp_path / 'latigo.db'}"
-    engine = create_engine_for(DatabaseSettings(url=url))
-    migrations.upgrade(engine)
-    observer = create_engine_for(DatabaseSettings(url=url))  # the queue's own connections to the ledger
+def executor(db_url):
+    engine = create_engine_for(DatabaseSettings(url=db_url))
+    observer = create_engine_for(DatabaseSettings(url=db_url))  # the queue's own connections to the ledger
     settings = ExecutorSettings(concurrency=1, max_attempts=3, retry_base_delay=timedelta(seconds=60),
                                 retry_max_delay=timedelta(seconds=60), poll_timeout=timedelta(seconds=0.05))
     queue = MemoryQueue(ledger=observer)
