@@ -1,5 +1,9 @@
 """An in-memory TaskQueue: the contract without a transport, for fast executor tests (and the shape a
-broker-backed queue has: nothing it settles joins a database transaction)."""
+broker-backed queue has: nothing it settles joins a database transaction).
+
+Given a `ledger` (an engine of its own on the executor's database: other connections than the
+executor's), every settlement records what the ledger had committed at that moment, read on that
+separate connection: what a broker's consumer could rely on once it has acked, nacked or released."""
 
 from __future__ import annotations
 
@@ -8,10 +12,46 @@ import itertools
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
 from latigo.interfaces import Delivery, QueueGauges, TaskQueue
+from latigo.storage.tables import DEAD_LETTERS, TASKS
 from latigo.types import Task
+
+
+@dataclass(frozen=True)
+class Committed:
+    """A task's ledger row as another connection saw it (None fields: no row), and the dead letters kept
+    of its message."""
+
+    state: str | None
+    attempts: int | None
+    error: str | None
+    dead_letters: int
+
+
+@dataclass(frozen=True)
+class Settlement:
+    action: str  # ack | nack | release
+    task_id: str
+    delay: float
+    committed: Committed | None
+    """What the ledger had committed when the delivery was settled (None without a ledger)."""
+
+
+def committed_row(ledger: Engine, task_id: str) -> Committed:
+    with ledger.connect() as connection:
+        row = connection.execute(sa.select(TASKS.c.state, TASKS.c.attempts, TASKS.c.error)
+                                 .where(TASKS.c.task_id == task_id)).first()
+        letters = connection.execute(sa.select(sa.func.count()).select_from(DEAD_LETTERS)
+                                     .where(DEAD_LETTERS.c.message_id == task_id)).scalar_one()
+    if row is None:
+        return Committed(None, None, None, letters)
+    return Committed(row.state, row.attempts, row.error, letters)
 
 
 class MemoryDelivery(Delivery):
@@ -21,26 +61,30 @@ class MemoryDelivery(Delivery):
         self.settled: str | None = None
 
     def ack(self, connection: Any = None) -> None:
-        self.settled = "ack"
-        self.queue.history.append(("ack", self.task.task_id, 0.0))
+        self._settle("ack", 0.0)
 
     def nack(self, delay: float = 0.0, connection: Any = None) -> None:
-        self.settled = "nack"
-        self.queue.history.append(("nack", self.task.task_id, delay))
+        self._settle("nack", delay)
         self.queue.push(self.task, self.attempt + 1, delay)
 
     def release(self, connection: Any = None, delay: float = 0.0) -> None:
-        self.settled = "release"
-        self.queue.history.append(("release", self.task.task_id, delay))
+        self._settle("release", delay)
         self.queue.push(self.task, self.attempt, delay)
+
+    def _settle(self, action: str, delay: float) -> None:
+        self.settled = action
+        ledger = self.queue.ledger
+        committed = committed_row(ledger, self.task.task_id) if ledger is not None else None
+        self.queue.settlements.append(Settlement(action, self.task.task_id, delay, committed))
 
 
 class MemoryQueue(TaskQueue):
-    def __init__(self) -> None:
+    def __init__(self, ledger: Engine | None = None) -> None:
         self._heap: list[tuple[float, int, Task, int]] = []
         self._order = itertools.count()
         self._changed = threading.Condition()
-        self.history: list[tuple[str, str, float]] = []
+        self.ledger = ledger
+        self.settlements: list[Settlement] = []
 
     def push(self, task: Task, attempt: int, delay: float) -> None:
         with self._changed:
