@@ -26,6 +26,7 @@ from latigo.peer_status import PeerStatusWriter
 from latigo.peers import PEERS
 from latigo.scheduler import Chore, Scheduler, retention_chore
 from latigo.settings import Config
+from latigo.storage import task_hours
 from latigo.storage.schema import ensure_schema_current
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,12 @@ def build_scheduler(components: Components, chores: bool = False) -> Scheduler:
 
 
 def build_chores(components: Components) -> list[Chore]:
-    """Retention, and anomaly alerts when a webhook is configured."""
+    """Retention, the settled hours' counts (the overview's chart), planner statistics on PostgreSQL, and
+    anomaly alerts when a webhook is configured."""
     config = components.config
-    chores = [retention_chore(components.lifecycle, config.retention)]
+    chores = [retention_chore(components.lifecycle, config.retention),
+              Chore("counting settled hours", task_hours.SETTLED_AFTER, lambda: task_hours.keep_settled_hours(
+                  components.engine))]
     if components.engine.dialect.name == "postgresql":
         from latigo.storage.statistics import StatisticsKeeper
 

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 
 from latigo.errors import SchemaOutdatedError
 
-SCHEMA_REVISION = "0008"
+SCHEMA_REVISION = "0009"
 """The newest migration in alembic/versions: the schema this code reads and writes."""
 
 

@@ -288,6 +288,16 @@ class ModelSummary(Base):
     confidence: Mapped[float | None] = mapped_column(Double, nullable=True)
     confidence_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
+
+class TaskHour(Base):
+    """Tasks finished in one settled hour, counted once by the scheduler (latigo.storage.task_hours) so
+    the overview's 24-hour chart does not count them from the ledger on every first view."""
+
+    __tablename__ = "task_hours"
+    hour: Mapped[datetime] = mapped_column(UtcDateTime, primary_key=True)
+    done: Mapped[int] = mapped_column(Integer)
+    failed: Mapped[int] = mapped_column(Integer)
+
 def _table(model: type[Base]) -> Table:
     """A mapped class's Table, typed as one (the ORM declares `__table__` as a plain FromClause)."""
     return cast(Table, model.__table__)
@@ -303,5 +313,6 @@ EVENTHUB_OWNERSHIP = _table(EventHubOwnership)
 EVENTHUB_CHECKPOINTS = _table(EventHubCheckpoint)
 DEAD_LETTERS = _table(DeadLetter)
 MODEL_SUMMARY = _table(ModelSummary)
+TASK_HOURS = _table(TaskHour)
 ANOMALY_ALERTS = _table(AnomalyAlert)
 PEER_STATUS = _table(PeerStatus)

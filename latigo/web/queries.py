@@ -23,6 +23,7 @@ from latigo.errors import ConfigError
 from latigo.lifecycle import DONE, FAILED, QUEUED, RUNNING
 from latigo.peer_status import PeerDownReport, peers_down
 from latigo.settings import DatabaseSettings
+from latigo.storage import task_hours
 from latigo.storage.db import utc_from_db
 from latigo.storage.tables import DeadLetter, ModelSummary, ScheduleState, TaskRecord, UtcDateTime
 from latigo.types import ModelRef
@@ -404,14 +405,9 @@ def _executors(connection: Connection, since: datetime) -> list[ExecutorSeen]:
     return sorted(seen.values(), key=lambda e: e.name)
 
 
-HOUR_SETTLED = timedelta(minutes=5)
-"""An hour's counts are final this long after it ended (a task's finished_at is stamped just before its
-commit): from then on they are kept, not read again."""
-
-
 class HourlyCounts:
-    """The finished-per-hour chart's past hours, kept between refreshes: every refresh reads only the hours
-    that can still change (the current one, the one just ended), not 24 hours of the ledger."""
+    """The finished-per-hour chart's settled hours, kept between refreshes: every refresh reads only the
+    hours that can still change (the current one, the one just ended), not 24 hours of the ledger."""
 
     def __init__(self) -> None:
         self.settled: dict[datetime, tuple[int, int]] = {}
@@ -419,40 +415,28 @@ class HourlyCounts:
 
 
 def _hourly(connection: Connection, now: datetime, kept: HourlyCounts | None = None) -> list[tuple[datetime, int, int]]:
-    end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    """The last 24 hours' done and failed tasks per hour: the settled hours from what this server kept,
+    then from what the scheduler stored (task_hours), the rest counted from the ledger."""
+    end = task_hours.hour_of(now) + timedelta(hours=1)
     start = end - timedelta(hours=MAX_HOURS)
     hours = [start + timedelta(hours=i) for i in range(MAX_HOURS)]
-    settled = {} if kept is None else {hour: kept.settled[hour] for hour in hours if hour in kept.settled}
-    first_open = next((hour for hour in hours if hour not in settled), end)
-    bucket = _bucket(connection, _tasks.c.finished_at, 3600).label("bucket")
-    rows = connection.execute(
-        sa.select(bucket, _tasks.c.state, sa.func.count())
-        .where(_tasks.c.state.in_((DONE, FAILED)), _tasks.c.finished_at >= first_open)
-        .group_by(bucket, _tasks.c.state)).all() if first_open < end else []
-    counts = {(int(b), state): n for b, state, n in rows}
+    known = {} if kept is None else {hour: kept.settled[hour] for hour in hours if hour in kept.settled}
+    if len(known) < sum(1 for hour in hours if task_hours.settled(hour, now)):
+        known.update({hour: counts for hour, counts in task_hours.stored(connection, start).items()
+                      if hour not in known and hour < end})
+    counted = task_hours.count_from_ledger(connection, [hour for hour in hours if hour not in known])
     out = []
     for at in hours:
-        if at in settled:
-            done, failed = settled[at]
-        else:
-            key = int(at.timestamp()) // 3600
-            done, failed = counts.get((key, DONE), 0), counts.get((key, FAILED), 0)
-            if kept is not None and now >= at + timedelta(hours=1) + HOUR_SETTLED:
-                with kept.lock:
-                    kept.settled[at] = (done, failed)
+        done, failed = known.get(at) or counted[at]
+        if kept is not None and at not in kept.settled and task_hours.settled(at, now):
+            with kept.lock:
+                kept.settled[at] = (done, failed)
         out.append((at, done, failed))
     if kept is not None and len(kept.settled) > 4 * MAX_HOURS:
         with kept.lock:
             for old in [hour for hour in kept.settled if hour < start]:
                 kept.settled.pop(old, None)
     return out
-
-
-def _bucket(connection: Connection, column: Any, seconds: int) -> Any:
-    """Which `seconds`-wide bucket of the Unix epoch a timestamp falls in (an integer)."""
-    if connection.dialect.name == "postgresql":
-        return sa.cast(sa.func.floor(sa.extract("epoch", column) / seconds), sa.BigInteger)
-    return sa.cast(sa.func.strftime("%s", column), sa.Integer).op("/")(seconds)
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -580,7 +564,7 @@ def bucketed_values(connection: Connection, series_ids: Sequence[int], since: da
     # column type's processing; the bounds are bound as the column type stores them.
     values = sa.table("prediction_values", sa.column("series_id"), sa.column("ts"), sa.column("value"))
     seconds = max(int(bucket.total_seconds()), 1)
-    key = _bucket(connection, values.c.ts, seconds)
+    key = task_hours.bucket(connection, values.c.ts, seconds)
     low, high = sa.bindparam("since", since, type_=UtcDateTime), sa.bindparam("until", until, type_=UtcDateTime)
     out: dict[int, list[tuple[datetime, float]]] = {}
     for chunk in _chunks(list(series_ids)):

@@ -20,7 +20,7 @@ from tests.conftest import create_pg_database, drop_pg_database
 pytestmark = pytest.mark.integration
 TABLES = {"models", "schedule_state", "tasks", "series", "prediction_values", "task_queue", "eventhub_ownership",
           "eventhub_checkpoints", "dead_letters", "anomaly_alerts", "prediction_metadata", "peer_status",
-          "model_summary"}
+          "model_summary", "task_hours"}
 T0 = datetime(2026, 1, 1, 23, 50, tzinfo=timezone.utc)
 
 
