@@ -8,10 +8,10 @@ to the scheduler or the executor.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from latigo.errors import PermanentError
 from latigo.types import ModelInfo, ModelRef, ModelStatus, PredictionFrame, SensorFrame, Started, Task
@@ -117,12 +117,43 @@ class ModelExecutionProvider(ABC):
         Raises TransientError (worth a retry) or PermanentError (not)."""
 
 
+@dataclass(frozen=True)
+class Settlement:
+    """How a delivery ends: `ack` (finished: never again), `nack` (a retry after `delay` seconds: counts as a
+    delivery) or `release` (handed back unused after `delay`: counts against no cap)."""
+
+    how: Literal["ack", "nack", "release"]
+    delay: float = 0.0
+
+    def apply(self, delivery: Delivery, connection: Any = None) -> None:
+        if self.how == "ack":
+            delivery.ack(connection)
+        elif self.how == "nack":
+            delivery.nack(self.delay, connection)
+        else:
+            delivery.release(connection, self.delay)
+
+
+ACK = Settlement("ack")
+
+
+class UnitOfWork(Protocol):
+    """One transaction of the ledger and what must follow its commit."""
+
+    connection: Any
+
+    def after_commit(self, step: Callable[[], None]) -> None:
+        """Run `step` once the transaction has committed (never when it rolls back)."""
+
+
 class Delivery(ABC):
     """One message taken from a TaskQueue; exactly one of ack/nack/release ends it.
 
-    A queue that lives in latigo's database (`transactional`) settles a delivery inside the caller's
-    transaction when given its `connection`, so the task's results, its ledger state and the message's
-    removal commit together. Other queues ignore the connection; the caller settles them after its commit."""
+    The executor decides a delivery's end once and hands it to `settle` with the ledger's unit of work: a
+    broker's message is settled after the commit (the ledger says what happened before the broker
+    forgets the message: a crash between the two redelivers it, and the ledger skips it); a queue in
+    latigo's database settles inside the transaction, so results, ledger and the message's removal commit
+    together."""
 
     task: Task | None
     """The decoded task, or None when the body could not be decoded (see `error`)."""
@@ -132,9 +163,12 @@ class Delivery(ABC):
     """How many times this message has been delivered, this time included (1 = first)."""
     message_id: str | None = None
     """The transport's id of the message (the task id when the producer set it)."""
-    transactional: bool = False
     started: Started | None = None
     """Set by a queue that started the task in the ledger in the same transaction as the claim."""
+
+    def settle(self, settlement: Settlement, unit: UnitOfWork) -> None:
+        """Carry out `settlement` as part of `unit`: by default after its commit."""
+        unit.after_commit(lambda: settlement.apply(self))
 
     @abstractmethod
     def ack(self, connection: Any = None) -> None:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -25,7 +26,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from latigo.errors import one_line
+from latigo.errors import describe_exception, one_line
 from latigo.storage.db import write_transaction
 from latigo.storage.partitions import Partitions
 from latigo.storage.predictions import FollowUp, MissingPartition, write_predictions
@@ -38,6 +39,8 @@ from latigo.storage.tables import (
 )
 from latigo.storage.upsert import dialect_insert, insert_new
 from latigo.types import ModelRef, PredictionFrame, Started, Task, TimeRange
+
+log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
@@ -108,6 +111,26 @@ class TaskFilter:
         return sa.and_(sa.true(), *clauses)
 
 
+class LedgerUnit:
+    """One ledger transaction and the steps that follow its commit. A step that fails is logged, never
+    raised: the ledger already says what happened, and a message not settled is delivered again (and
+    skipped, or run again)."""
+
+    def __init__(self) -> None:
+        self.connection: Any = None
+        self._after: list[Callable[[], None]] = []
+
+    def after_commit(self, step: Callable[[], None]) -> None:
+        self._after.append(step)
+
+    def committed(self) -> None:
+        for step in self._after:
+            try:
+                step()
+            except Exception as exc:
+                log.warning("settling the message failed (%s); it will be redelivered", describe_exception(exc))
+
+
 class TaskLifecycle:
     """Task state changes; see the module docstring."""
 
@@ -119,6 +142,15 @@ class TaskLifecycle:
     def transaction(self) -> Iterator[Connection]:
         with write_transaction(self.engine) as connection:
             yield connection
+
+    @contextmanager
+    def unit_of_work(self) -> Iterator[LedgerUnit]:
+        """A transaction whose after-commit steps (a broker message's settlement) run once it committed."""
+        unit = LedgerUnit()
+        with self.transaction() as connection:
+            unit.connection = connection
+            yield unit
+        unit.committed()
 
     # ------------------------------------------------------------------ scheduling
 

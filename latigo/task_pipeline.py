@@ -24,10 +24,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import TYPE_CHECKING
 
 from latigo.errors import NoDataError, PermanentError, TransientError, UnknownModelError, describe_exception, one_line
-from latigo.interfaces import Delivery, ModelExecutionProvider, TaskQueue
+from latigo.interfaces import ACK, Delivery, ModelExecutionProvider, Settlement, TaskQueue, UnitOfWork
 from latigo.lifecycle import MAX_NAME_LENGTH, TaskLifecycle
 from latigo.logs import task_context
 from latigo.observability import (
@@ -43,9 +42,6 @@ from latigo.settings import ExecutorSettings
 from latigo.sinks import SinkSet
 from latigo.storage.faults import DatabaseFaults, is_infrastructure_fault, is_unrecordable
 from latigo.types import PredictionFrame, Started, Task
-
-if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection
 
 log = logging.getLogger("latigo.executor")
 
@@ -149,8 +145,8 @@ class TaskPipeline:
             return Outcome.DEAD_LETTER
         if not started.run:
             log.info("already %s; acknowledging the redelivery", started.state)
-            self._transaction(lambda connection: delivery.ack(connection if delivery.transactional else None),
-                              None, delivery, "acknowledging a finished task")
+            self._transaction(lambda unit: delivery.settle(ACK, unit), None, delivery,
+                              "acknowledging a finished task")
             return Outcome.SKIPPED
         if started.lost >= self.settings.max_lost_runs:
             return self._fail(task, delivery, "abandoned",
@@ -237,10 +233,9 @@ class TaskPipeline:
             return self._retry_later(task, delivery, exc, began)
         try:
             self.lifecycle.ready_for(frame)
-            with self.lifecycle.transaction() as connection:
-                rows = self.lifecycle.finish(connection, task, frame, int(_ms_since(began)))
-                if delivery.transactional:
-                    delivery.ack(connection)
+            with self.lifecycle.unit_of_work() as unit:
+                rows = self.lifecycle.finish(unit.connection, task, frame, int(_ms_since(began)))
+                delivery.settle(ACK, unit)
         except Exception as exc:
             if is_infrastructure_fault(exc):
                 raise self._released(task, delivery, exc, "storing the predictions") from None
@@ -249,8 +244,6 @@ class TaskPipeline:
                                   f"{describe_exception(exc, 500)}", began)
             raise
         self.faults.ok()
-        if not delivery.transactional:
-            self._settle_alone(delivery, "ack")
         log.info("done: %d prediction rows in %.0f ms%s", rows, _ms_since(began),
                  f" ({frame.note})" if frame.note else "")
         TASKS_DONE.inc()
@@ -265,19 +258,16 @@ class TaskPipeline:
         """Back on the queue with a delay (the worker does not sleep on it), or failed at the cap."""
         decided: dict[str, float | int] = {}
 
-        def change(connection: Connection) -> None:
-            attempts = self.lifecycle.retry_later(connection, task, f"transient: {exc}")
+        def change(unit: UnitOfWork) -> None:
+            attempts = self.lifecycle.retry_later(unit.connection, task, f"transient: {exc}")
             decided.update(attempts=attempts, delay=self._backoff(attempts))
             if attempts >= self.settings.max_attempts:
-                self.lifecycle.fail(connection, task, f"transient: {exc} (after {attempts} attempts)",
+                self.lifecycle.fail(unit.connection, task, f"transient: {exc} (after {attempts} attempts)",
                                     int(_ms_since(began)))
                 decided["delay"] = -1
-            if delivery.transactional:
-                self._settle(delivery, decided["delay"], connection)
+            delivery.settle(ACK if decided["delay"] < 0 else Settlement("nack", decided["delay"]), unit)
 
         self._transaction(change, task, delivery, "recording the retry")
-        if not delivery.transactional:
-            self._settle(delivery, decided["delay"], None)
         attempts = int(decided["attempts"])
         if decided["delay"] < 0:
             log.error("failed after %d attempts: %s", attempts, one_line(str(exc), 500))
@@ -293,14 +283,11 @@ class TaskPipeline:
         so a backlog does not come back all at once."""
         delay = exc.retry_in * random.uniform(1.0, 2.0) + random.uniform(0.0, 1.0)
 
-        def change(connection: Connection) -> None:
-            self.lifecycle.release(connection, task, f"waiting: {exc}")
-            if delivery.transactional:
-                delivery.release(connection, delay)
+        def change(unit: UnitOfWork) -> None:
+            self.lifecycle.release(unit.connection, task, f"waiting: {exc}")
+            delivery.settle(Settlement("release", delay), unit)
 
         self._transaction(change, task, delivery, "handing the task back while a peer is down")
-        if not delivery.transactional:
-            self._settle_alone(delivery, "release", delay)
         log.debug("waiting %.1fs: %s", delay, exc)
         with self._lock:
             self.waiting_until = max(self.waiting_until, time.monotonic() + delay)
@@ -311,14 +298,11 @@ class TaskPipeline:
         log.error("failed: %s", one_line(reason, 500))
         duration = int(_ms_since(began)) if began else None
 
-        def change(connection: Connection) -> None:
-            self.lifecycle.fail(connection, task, reason, duration)
-            if delivery.transactional:
-                delivery.ack(connection)
+        def change(unit: UnitOfWork) -> None:
+            self.lifecycle.fail(unit.connection, task, reason, duration)
+            delivery.settle(ACK, unit)
 
         self._transaction(change, task, delivery, "recording the failure")
-        if not delivery.transactional:
-            self._settle_alone(delivery, "ack")
         TASKS_FAILED.labels(reason=kind).inc()
         return Outcome.FAILED
 
@@ -326,49 +310,32 @@ class TaskPipeline:
         """Keep the message once in dead_letters and end it; its task (when it can be recorded) fails."""
         source = type(self.queue).__name__
 
-        def change(connection: Connection) -> None:
-            kept = self.lifecycle.dead_letter(connection, source, delivery.message_id, delivery.body, error, task)
+        def change(unit: UnitOfWork) -> None:
+            kept = self.lifecycle.dead_letter(unit.connection, source, delivery.message_id, delivery.body, error,
+                                              task)
             if task is not None:
-                self.lifecycle.fail(connection, task, f"dead_letter: {error}")
+                self.lifecycle.fail(unit.connection, task, f"dead_letter: {error}")
             if kept:
                 log.error("message dead-lettered: %s", one_line(error, 500))
-            if delivery.transactional:
-                delivery.ack(connection)
+            delivery.settle(ACK, unit)
 
         self._transaction(change, task, delivery, "dead-lettering")
-        if not delivery.transactional:
-            self._settle_alone(delivery, "ack")
         TASKS_FAILED.labels(reason="dead_letter").inc()
         return Outcome.DEAD_LETTER
 
     # ------------------------------------------------------------------ settling
-    def _transaction(self, change: Callable[[Connection], None], task: Task | None, delivery: Delivery,
+    def _transaction(self, change: Callable[[UnitOfWork], None], task: Task | None, delivery: Delivery,
                      doing: str) -> None:
-        """Run a lifecycle change in one transaction; a database fault releases the task instead."""
+        """Run a lifecycle change and the delivery's settlement as one unit of work; a database fault
+        releases the task instead."""
         try:
-            with self.lifecycle.transaction() as connection:
-                change(connection)
+            with self.lifecycle.unit_of_work() as unit:
+                change(unit)
         except Exception as exc:
             if is_infrastructure_fault(exc):
                 raise self._released(task, delivery, exc, doing) from None
             raise
         self.faults.ok()
-
-    @staticmethod
-    def _settle(delivery: Delivery, delay: float, connection: Connection | None) -> None:
-        """ack (delay < 0: finished) or nack after `delay` seconds."""
-        if delay < 0:
-            delivery.ack(connection)
-        else:
-            delivery.nack(delay, connection)
-
-    def _settle_alone(self, delivery: Delivery, how: str, delay: float = 0.0) -> None:
-        """Settle a non-transactional delivery after the commit: if that fails, the ledger already says what
-        happened and a redelivery is harmless (skipped, or run again)."""
-        try:
-            delivery.ack() if how == "ack" else delivery.release(delay=delay)
-        except Exception as exc:
-            log.warning("settling the message failed (%s); it will be redelivered", describe_exception(exc))
 
     def _released(self, task: Task | None, delivery: Delivery, exc: BaseException, doing: str) -> TaskReleased:
         """A database fault: release the task and tell the worker to back off. When the database cannot take
@@ -385,13 +352,7 @@ class TaskPipeline:
 
     def _release_now(self, task: Task | None, delivery: Delivery) -> bool:
         try:
-            with self.lifecycle.transaction() as connection:
-                if task is not None:
-                    self.lifecycle.release(connection, task)
-                if delivery.transactional:
-                    delivery.release(connection=connection)
-            if not delivery.transactional:
-                delivery.release()
+            self._hand_back(task, delivery)
             return True
         except Exception as exc:
             if not is_infrastructure_fault(exc):
@@ -412,16 +373,17 @@ class TaskPipeline:
 
     def release_on_shutdown(self, delivery: Delivery) -> None:
         try:
-            with self.lifecycle.transaction() as connection:
-                if delivery.task is not None:
-                    self.lifecycle.release(connection, delivery.task)
-                if delivery.transactional:
-                    delivery.release(connection=connection)
-            if not delivery.transactional:
-                delivery.release()
+            self._hand_back(delivery.task, delivery)
         except Exception as exc:
             log.warning("could not release task %s (%s); its lease will expire instead",
                         delivery.task and delivery.task.task_id, describe_exception(exc))
+
+    def _hand_back(self, task: Task | None, delivery: Delivery) -> None:
+        """The task queued again in the ledger and its message released, unrun: nothing counted."""
+        with self.lifecycle.unit_of_work() as unit:
+            if task is not None:
+                self.lifecycle.release(unit.connection, task)
+            delivery.settle(Settlement("release"), unit)
 
     def _backoff(self, attempt: int) -> float:
         base = self.settings.retry_base_delay.total_seconds()

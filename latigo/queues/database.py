@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from latigo.errors import describe_exception as _describe
-from latigo.interfaces import Delivery, QueueGauges, TaskQueue
+from latigo.interfaces import Delivery, QueueGauges, Settlement, TaskQueue, UnitOfWork
 from latigo.lifecycle import TaskLifecycle
 from latigo.storage.db import is_sqlite, utc_from_db, write_transaction
 from latigo.storage.faults import is_infrastructure_fault
@@ -86,8 +86,6 @@ class DatabaseDelivery(Delivery):
     """A claimed queue row. Settling it touches the row only while it still carries this claim (owner and
     delivery count), so an executor whose lease expired cannot settle another executor's delivery."""
 
-    transactional = True
-
     def __init__(self, queue: DatabaseTaskQueue, task_id: str, body: str, deliveries: int,
                  started: Started | None = None) -> None:
         self._queue, self.task_id, self.attempt = queue, task_id, deliveries
@@ -105,6 +103,10 @@ class DatabaseDelivery(Delivery):
 
     def _claim(self) -> dict[str, Any]:
         return {"task_id": self.task_id, "owner": self._queue.owner, "deliveries": self.attempt}
+
+    def settle(self, settlement: Settlement, unit: UnitOfWork) -> None:
+        """Inside the ledger's transaction: the message's removal (or return) commits with the task's state."""
+        settlement.apply(self, unit.connection)
 
     def ack(self, connection: Connection | None = None) -> None:
         self._finish(_ACK, self._claim(), connection)
