@@ -31,23 +31,22 @@ depends_on: Union[str, Sequence[str], None] = None
 
 TOTAL = 'total-anomaly-confidence'
 
-MERGE = """
-ON CONFLICT (project, model) DO UPDATE SET
-    newest_window_end = {greatest}(COALESCE({m}.newest_window_end, EXCLUDED.newest_window_end),
-                                   COALESCE(EXCLUDED.newest_window_end, {m}.newest_window_end)),
-    outcome = CASE WHEN EXCLUDED.outcome_window_end IS NOT NULL AND ({m}.outcome_window_end IS NULL
-                        OR EXCLUDED.outcome_window_end >= {m}.outcome_window_end)
-                   THEN EXCLUDED.outcome ELSE {m}.outcome END,
-    outcome_window_end = {greatest}(COALESCE({m}.outcome_window_end, EXCLUDED.outcome_window_end),
-                                    COALESCE(EXCLUDED.outcome_window_end, {m}.outcome_window_end)),
-    last_done_end = {greatest}(COALESCE({m}.last_done_end, EXCLUDED.last_done_end),
-                               COALESCE(EXCLUDED.last_done_end, {m}.last_done_end)),
-    confidence = CASE WHEN EXCLUDED.confidence_at IS NOT NULL AND ({m}.confidence_at IS NULL
-                           OR EXCLUDED.confidence_at >= {m}.confidence_at)
-                      THEN EXCLUDED.confidence ELSE {m}.confidence END,
-    confidence_at = {greatest}(COALESCE({m}.confidence_at, EXCLUDED.confidence_at),
-                               COALESCE(EXCLUDED.confidence_at, {m}.confidence_at))
-"""
+
+def _newest(column: str) -> str:
+    """`column` set to the later of the row's and the statement's (either may be NULL)."""
+    return (f"{column} = {{greatest}}(COALESCE({{m}}.{column}, EXCLUDED.{column}), "
+            f"COALESCE(EXCLUDED.{column}, {{m}}.{column}))")
+
+
+def _with_newest(column: str, at: str) -> str:
+    """`column` taken from the statement when its `at` is at least the row's."""
+    return (f"{column} = CASE WHEN EXCLUDED.{at} IS NOT NULL AND ({{m}}.{at} IS NULL OR EXCLUDED.{at} >= {{m}}.{at}) "
+            f"THEN EXCLUDED.{column} ELSE {{m}}.{column} END")
+
+
+MERGE = "\nON CONFLICT (project, model) DO UPDATE SET\n    " + ",\n    ".join((
+    _newest("newest_window_end"), _with_newest("outcome", "outcome_window_end"), _newest("outcome_window_end"),
+    _newest("last_done_end"), _with_newest("confidence", "confidence_at"), _newest("confidence_at"))) + "\n"
 """How a row already there takes a statement's news: each newest value wins (so a writer that commits
 second with older news does not undo the first)."""
 
