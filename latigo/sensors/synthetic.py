@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 SAMPLE = timedelta(minutes=1)
 DAY_MINUTES = 1440.0
+LONGEST_DRIFT_DAYS = 7
+"""A group's slow drift repeats every 3 to this many days."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,7 @@ class SyntheticSensors(SensorInformationProvider, SensorDataProvider):
     def _samples(self, name: str, minutes: pd.DatetimeIndex) -> np.ndarray:
         group, member = _group_and_member(name)
         rng = np.random.default_rng([self.settings.seed, group])
-        phase, drift_period = rng.uniform(0, 2 * np.pi), rng.uniform(3, 7) * DAY_MINUTES
+        phase, drift_period = rng.uniform(0, 2 * np.pi), rng.uniform(3, LONGEST_DRIFT_DAYS) * DAY_MINUTES
         member_rng = np.random.default_rng([self.settings.seed, group, member])
         gain, offset = member_rng.uniform(0.5, 1.5), member_rng.uniform(-1, 1)
         t = minutes.as_unit("s").asi8 // 60  # minutes since the epoch

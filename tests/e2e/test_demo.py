@@ -116,3 +116,15 @@ def test_a_second_run_in_the_same_directory_is_fresh_and_a_foreign_directory_is_
     out, _ = process.communicate(timeout=60)
     assert process.returncode == 2 and "holds files that are not an earlier demo's (notes.txt)" in out
     assert (tmp_path / "foreign" / "notes.txt").read_text() == "mine"
+
+
+def test_latigo_anomalies_reports_the_injected_anomaly_and_nothing_else(demo):
+    """The only episode is the injected one, and it has ended: normal buckets never cross the threshold (an
+    "ongoing" episode at the newest bucket once appeared on data that holds none)."""
+    directory, _, summary, _ = demo
+    start, end = (datetime.fromisoformat(summary[k]) for k in ("anomaly_start", "anomaly_end"))
+    output = latigo_ok(directory / "latigo.yaml", "anomalies", "--since", "24h", "--json")
+    episodes = json.loads(output)
+    assert [(e["model"], e["end"] is not None) for e in episodes] == [("demo-model-0", True)], episodes
+    assert start <= datetime.fromisoformat(episodes[0]["start"]) < end
+    assert datetime.fromisoformat(episodes[0]["end"]) < end
