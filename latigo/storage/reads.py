@@ -10,24 +10,31 @@ range, or by an index prefix.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row
 
+from latigo.storage import task_hours
 from latigo.storage.db import utc_from_db
 from latigo.storage.tables import (
     DEAD_LETTERS,
+    MODEL_SUMMARY,
+    SCHEDULE_STATE,
     TASK_QUEUE,
     TASKS,
     PredictionValue,
     TaskRecord,
+    UtcDateTime,
 )
+from latigo.types import ModelRef
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 """The states tasks.state holds (latigo.lifecycle, which changes them, stands above storage)."""
+CHUNK = 500
+"""Models or series per IN list."""
 
 _tasks = TASKS.c
 
@@ -157,6 +164,17 @@ def oldest_queued(connection: Connection) -> datetime | None:
         sa.select(sa.func.min(TaskRecord.enqueued_at)).where(TaskRecord.state == QUEUED)).scalar())
 
 
+def _finished(state: str, since: datetime) -> Any:
+    """Tasks of a final state finished since `since`: a range of the tasks(state, finished_at) index."""
+    return sa.and_(_tasks.state == state, _tasks.finished_at >= since)
+
+
+def finished_count(connection: Connection, state: str, since: datetime) -> int:
+    """Tasks of a final state finished since `since`."""
+    return int(connection.execute(sa.select(sa.func.count()).select_from(TASKS)
+                                  .where(_finished(state, since))).scalar_one() or 0)
+
+
 def newest_failures(connection: Connection, limit: int, projects: Sequence[str] = (),
                     models: Sequence[str] = ()) -> Sequence[Row[Any]]:
     """The failed tasks (whole ledger rows) of `projects` and `models` (by name or project/name), newest
@@ -166,6 +184,89 @@ def newest_failures(connection: Connection, limit: int, projects: Sequence[str] 
         if models else sa.true()
     return connection.execute(sa.select(TaskRecord).where(TaskRecord.state == FAILED, of_projects, of_models)
                               .order_by(TaskRecord.finished_at.desc()).limit(limit)).all()
+
+
+def failures_since(connection: Connection, since: datetime, limit: int) -> Sequence[Row[Any]]:
+    """(project, model, window_start, error, finished_at, runs, attempts) of the tasks failed since `since`,
+    newest first."""
+    return connection.execute(
+        sa.select(_tasks.project, _tasks.model, _tasks.window_start, _tasks.error, _tasks.finished_at, _tasks.runs,
+                  _tasks.attempts)
+        .where(_finished(FAILED, since)).order_by(_tasks.finished_at.desc()).limit(limit)).all()
+
+
+def _reason_expression(connection: Connection) -> Any:
+    """The text before the first ':' of tasks.error (the whole error when it has none)."""
+    error = sa.func.coalesce(_tasks.error, "")
+    if connection.dialect.name == "postgresql":
+        return sa.func.split_part(error, ":", 1)
+    colon = sa.func.instr(error, ":")
+    return sa.case((colon > 0, sa.func.substr(error, 1, colon - 1)), else_=error)
+
+
+def failure_heads(connection: Connection, since: datetime) -> Sequence[Row[Any]]:
+    """(reason, n, last) per text before the first ':' of the errors of the tasks failed since `since`, the
+    most frequent first (50 at most)."""
+    reason = _reason_expression(connection).label("reason")
+    return connection.execute(
+        sa.select(reason, sa.func.count().label("n"), sa.func.max(_tasks.finished_at).label("last"))
+        .where(_finished(FAILED, since)).group_by(reason).order_by(sa.desc("n")).limit(50)).all()
+
+
+def newest_failed_with(connection: Connection, since: datetime, prefix: str | None,
+                       limit: int) -> Sequence[Row[Any]]:
+    """(project, model, window_start, error) of the newest tasks failed since `since` whose error starts
+    with `prefix` (None: any error)."""
+    condition = _finished(FAILED, since)
+    if prefix is not None:
+        condition = sa.and_(condition, sa.func.substr(_tasks.error, 1, len(prefix)) == prefix)
+    return connection.execute(
+        sa.select(_tasks.project, _tasks.model, _tasks.window_start, _tasks.error).where(condition)
+        .order_by(_tasks.finished_at.desc()).limit(limit)).all()
+
+
+def executors_finished(connection: Connection, since: datetime) -> Sequence[Row[Any]]:
+    """(executor, tasks done or failed, last finished_at) since `since`."""
+    return connection.execute(
+        sa.select(_tasks.executor, sa.func.count(), sa.func.max(_tasks.finished_at))
+        .where(_tasks.state.in_((DONE, FAILED)), _tasks.finished_at >= since, _tasks.executor.is_not(None))
+        .group_by(_tasks.executor).limit(1000)).all()
+
+
+def executors_running(connection: Connection, since: datetime) -> Sequence[Row[Any]]:
+    """(executor, tasks running, last started_at) of the tasks started since `since`."""
+    return connection.execute(
+        sa.select(_tasks.executor, sa.func.count(), sa.func.max(_tasks.started_at))
+        .where(_tasks.state == RUNNING, _tasks.started_at >= since, _tasks.executor.is_not(None))
+        .group_by(_tasks.executor).limit(1000)).all()
+
+
+def _of(table: Any, ref: ModelRef) -> Any:
+    return sa.and_(table.c.project == ref.project, table.c.model == ref.name)
+
+
+def newest_task(connection: Connection, ref: ModelRef) -> Row[Any] | None:
+    """(state, window_end) of the model's newest task: one probe of tasks(project, model, window_end)."""
+    return connection.execute(
+        sa.select(_tasks.state, _tasks.window_end).where(_of(TASKS, ref))
+        .order_by(_tasks.window_end.desc()).limit(1)).first()
+
+
+def last_done_end(connection: Connection, ref: ModelRef) -> Any:
+    """The end of the model's newest done window (as the database gives it): one backward probe."""
+    return connection.execute(
+        sa.select(_tasks.window_end).where(_of(TASKS, ref), _tasks.state == DONE)
+        .order_by(_tasks.window_end.desc()).limit(1)).scalar()
+
+
+def model_tasks(connection: Connection, ref: ModelRef, limit: int) -> Sequence[Row[Any]]:
+    """The model's newest tasks: (window_start, window_end, state, runs, attempts, lost, executor,
+    finished_at, duration_ms, rows, error, revision)."""
+    return connection.execute(
+        sa.select(_tasks.window_start, _tasks.window_end, _tasks.state, _tasks.runs, _tasks.attempts,
+                  _tasks.lost, _tasks.executor, _tasks.finished_at, _tasks.duration_ms, _tasks.rows,
+                  _tasks.error, _tasks.revision)
+        .where(_of(TASKS, ref)).order_by(_tasks.window_end.desc()).limit(limit)).all()
 
 
 # ---------------------------------------------------------------------------------------------- queue, letters
@@ -187,6 +288,34 @@ def dead_letter_count(connection: Connection, cap: int | None = None) -> int:
     return int(connection.execute(sa.select(sa.func.count()).select_from(capped)).scalar_one() or 0)
 
 
+# ---------------------------------------------------------------------------------------------- per model
+
+def model_summaries(connection: Connection, project: str = "") -> Iterable[Row[Any]]:
+    """Every row of model_summary (of `project`): one scan, kept by the triggers on tasks (alembic 0008)."""
+    statement = sa.select(MODEL_SUMMARY)
+    if project:
+        statement = statement.where(MODEL_SUMMARY.c.project == project)
+    return connection.execute(statement)
+
+
+def schedule_ends(connection: Connection, refs: Sequence[ModelRef] | None = None) -> Iterator[tuple[str, str, Any]]:
+    """(project, model, last window enqueued's end) of every model scheduled (or of `refs`, CHUNK a read)."""
+    schedule = SCHEDULE_STATE.c
+    columns = sa.select(schedule.project, schedule.model, schedule.last_window_end)
+    if refs is None:
+        yield from ((p, m, end) for p, m, end in connection.execute(columns))
+        return
+    for chunk in chunks(list(refs)):
+        keys = [tuple(ref) for ref in chunk]
+        yield from ((p, m, end) for p, m, end in connection.execute(
+            columns.where(sa.tuple_(schedule.project, schedule.model).in_(keys))))
+
+
+def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+    for index in range(0, len(items), size):
+        yield items[index:index + size]
+
+
 # ---------------------------------------------------------------------------------------------- predictions
 
 EXACT_COUNT_BELOW = 1_000_000
@@ -205,3 +334,73 @@ def prediction_rows(connection: Connection) -> tuple[int, bool]:
         if estimate >= EXACT_COUNT_BELOW:
             return int(estimate), True
     return connection.execute(sa.select(sa.func.count()).select_from(PredictionValue)).scalar_one(), False
+
+
+_series_table = sa.table("series", sa.column("id"), sa.column("project"), sa.column("model"), sa.column("output"),
+                         sa.column("tag"))
+_values_table = sa.table("prediction_values", sa.column("series_id"), sa.column("ts"), sa.column("value"))
+"""Untyped: SQLite's text timestamps are parsed by utc_from_db, several times faster than the column type's
+processing; bounds are bound as the column type stores them."""
+
+
+def series_of(connection: Connection, models: Sequence[ModelRef], output: str) -> dict[int, tuple[ModelRef, str]]:
+    """{series id: (model, tag)} of one output group, along the series(project, model, output, tag) index."""
+    found: dict[int, tuple[ModelRef, str]] = {}
+    series = _series_table
+    for chunk in chunks(list(models)):
+        for sid, project, model, tag in connection.execute(
+                sa.select(series.c.id, series.c.project, series.c.model, series.c.tag)
+                .where(sa.tuple_(series.c.project, series.c.model).in_([tuple(ref) for ref in chunk]),
+                       series.c.output == output)):
+            found[sid] = (ModelRef(project, model), tag)
+    return found
+
+
+def _latest_value(column: Any, since: Any) -> Any:
+    return (sa.select(column).where(_values_table.c.series_id == _series_table.c.id, _values_table.c.ts >= since)
+            .order_by(_values_table.c.ts.desc()).limit(1).scalar_subquery())
+
+
+def latest_values(connection: Connection, refs: Sequence[ModelRef], output: str,
+                  since: datetime) -> Iterator[tuple[str, str, Any, Any]]:
+    """(project, model, ts, value): per series of `output` of these models, its newest value since `since`
+    (one probe of the key each)."""
+    bound = sa.bindparam("since", since, type_=UtcDateTime)
+    s = _series_table
+    statement = sa.select(s.c.project, s.c.model, s.c.id, _latest_value(_values_table.c.ts, bound).label("ts"),
+                          _latest_value(_values_table.c.value, bound).label("value")).where(
+        sa.tuple_(s.c.project, s.c.model).in_([tuple(ref) for ref in refs]), s.c.output == output)
+    return ((p, m, ts, v) for p, m, _sid, ts, v in connection.execute(statement))
+
+
+def bucketed_values(connection: Connection, series_ids: Sequence[int], since: datetime, until: datetime,
+                    bucket: timedelta) -> dict[int, list[tuple[datetime, float]]]:
+    """Per series, the maximum of each `bucket` between since and until (at the bucket's last timestamp),
+    oldest first, read along prediction_values' key (series_id, ts)."""
+    values = _values_table
+    seconds = max(int(bucket.total_seconds()), 1)
+    key = task_hours.bucket(connection, values.c.ts, seconds)
+    low, high = sa.bindparam("since", since, type_=UtcDateTime), sa.bindparam("until", until, type_=UtcDateTime)
+    out: dict[int, list[tuple[datetime, float]]] = {}
+    for chunk in chunks(list(series_ids)):
+        statement = (sa.select(values.c.series_id, sa.func.max(values.c.ts).label("ts"),
+                               sa.func.max(values.c.value).label("value"))
+                     .where(values.c.series_id.in_(chunk), values.c.ts >= low, values.c.ts < high)
+                     .group_by(values.c.series_id, key))
+        for sid, ts, value in connection.execute(statement):
+            stamp = utc_from_db(ts)
+            if stamp is not None:
+                out.setdefault(sid, []).append((stamp, float(value)))
+    for points in out.values():
+        points.sort()
+    return out
+
+
+def first_value_at(connection: Connection, series_ids: Sequence[int], since: datetime) -> datetime | None:
+    """The oldest timestamp since `since` of these series (the first CHUNK of them)."""
+    if not series_ids:
+        return None
+    values = _values_table
+    return utc_from_db(connection.execute(sa.select(sa.func.min(values.c.ts)).where(
+        values.c.series_id.in_(list(series_ids)[:CHUNK]),
+        values.c.ts >= sa.bindparam("since", since, type_=UtcDateTime))).scalar())
