@@ -10,6 +10,7 @@ range, or by an index prefix.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -80,6 +81,7 @@ _DONE_END = f"(SELECT t.window_end {_OF_KNOWN}\n        AND t.state = 'done' ORD
 def _newest(indent: int) -> str:
     """The probe of a known model's newest task."""
     return f"{_OF_KNOWN}\n{' ' * indent}ORDER BY t.window_end DESC LIMIT 1"
+
 
 
 _LAST_DONE = sa.text(_models_in_ledger(lateral=False) + f"""
@@ -404,3 +406,84 @@ def first_value_at(connection: Connection, series_ids: Sequence[int], since: dat
     return utc_from_db(connection.execute(sa.select(sa.func.min(values.c.ts)).where(
         values.c.series_id.in_(list(series_ids)[:CHUNK]),
         values.c.ts >= sa.bindparam("since", since, type_=UtcDateTime))).scalar())
+
+
+# ---------------------------------------------------------------------------------------------- anomalies
+
+_SERIES = sa.text("SELECT id, project, model FROM series WHERE output = :output AND tag = :output")
+_VALUES = sa.text("SELECT ts, value FROM prediction_values WHERE series_id = :series AND ts >= :since ORDER BY ts")
+_TAG_PEAKS = sa.text(
+    "SELECT s.tag, max(v.value) FROM series s JOIN prediction_values v ON v.series_id = s.id "
+    "WHERE s.project = :project AND s.model = :model AND s.output = :output AND v.ts >= :start AND v.ts <= :end "
+    "GROUP BY s.tag ORDER BY max(v.value) DESC LIMIT :limit")
+_EDGES = sa.text("""
+WITH above AS (
+    SELECT p.series_id, p.ts, p.value FROM prediction_values p
+    WHERE p.series_id IN (SELECT id FROM series WHERE output = :output AND tag = :output) AND p.ts >= :since
+    AND p.value > :threshold)
+SELECT a.series_id, a.ts, a.value, extract(epoch FROM a.ts - b.ts) AS gap, b.value AS previous,
+       n.ts IS NULL AS newest, n.ts AS next_ts, n.value AS next_value
+FROM above a
+LEFT JOIN LATERAL (SELECT q.ts, q.value FROM prediction_values q WHERE q.series_id = a.series_id
+                   AND q.ts < a.ts AND q.ts >= :since ORDER BY q.ts DESC LIMIT 1) AS b ON true
+LEFT JOIN LATERAL (SELECT q.ts, q.value FROM prediction_values q WHERE q.series_id = a.series_id
+                   AND q.ts > a.ts ORDER BY q.ts LIMIT 1) AS n ON true
+ORDER BY a.series_id, a.ts
+""")
+"""PostgreSQL: the buckets above the threshold (one filtered scan of the totals) and, by two probes of the
+key each, the bucket before and after: a day at 9,000 models is 1.3 M buckets, of which Python sees the
+few around an episode."""
+_STAMPS = sa.text("SELECT series_id, ts FROM prediction_values WHERE series_id IN :ids AND ts >= :since "
+                  "ORDER BY series_id, ts")
+_ROOMY = ("SET LOCAL work_mem = '64MB'", "SET LOCAL jit = off")
+"""One sort of a day's totals in memory, not on disk; no JIT compiling for a statement that runs once."""
+
+
+def whole_series(connection: Connection, output: str) -> list[tuple[int, str, str]]:
+    """(id, project, model) of every series whose output and tag are both `output` (a model's total)."""
+    return [(sid, project, model) for sid, project, model in connection.execute(_SERIES, {"output": output}).all()]
+
+
+def series_values(connection: Connection, series_id: int, since: datetime) -> list[tuple[datetime, float]]:
+    """(ts, value) of one series from `since` on, oldest first."""
+    values = _VALUES.bindparams(sa.bindparam("since", type_=UtcDateTime)).columns(ts=UtcDateTime(), value=sa.Double())
+    return [(ts, value) for ts, value in connection.execute(values, {"series": series_id, "since": since}).all()]
+
+
+def tag_peaks(connection: Connection, ref: ModelRef, output: str, start: datetime, end: datetime,
+              limit: int) -> list[tuple[str, float]]:
+    """(tag, its highest value of `output` between start and end), highest first."""
+    peaks = _TAG_PEAKS.bindparams(sa.bindparam("start", type_=UtcDateTime), sa.bindparam("end", type_=UtcDateTime))
+    return [(tag, float(value)) for tag, value in connection.execute(
+        peaks, {"project": ref.project, "model": ref.name, "output": output, "start": start, "end": end,
+                "limit": limit}).all()]
+
+
+def edges_above(connection: Connection, output: str, since: datetime, threshold: float) -> Sequence[Row[Any]]:
+    """PostgreSQL: (series_id, ts, value, gap seconds, previous value, newest, next_ts, next_value) of each
+    bucket of the `output` series above `threshold` since `since` (_EDGES), in a roomy transaction."""
+    with _transaction(connection):
+        for setting in _ROOMY:
+            connection.exec_driver_sql(setting)
+        edges = _EDGES.bindparams(sa.bindparam("since", type_=UtcDateTime)).columns(
+            ts=UtcDateTime(), next_ts=UtcDateTime())
+        return connection.execute(edges, {"output": output, "since": since, "threshold": threshold}).all()
+
+
+@contextlib.contextmanager
+def _transaction(connection: Connection) -> Iterator[None]:
+    """The caller's transaction when one is open (SET LOCAL lasts until it ends), else one of our own."""
+    if connection.in_transaction():
+        yield
+    else:
+        with connection.begin():
+            yield
+
+
+def series_stamps(connection: Connection, ids: Sequence[int], since: datetime) -> dict[int, list[datetime]]:
+    """Per series of `ids`, its timestamps from `since` on, oldest first."""
+    statement = _STAMPS.bindparams(sa.bindparam("ids", expanding=True), sa.bindparam("since", type_=UtcDateTime))
+    stamps: dict[int, list[datetime]] = {}
+    for series_id, ts in connection.execute(statement, {"ids": list(ids), "since": since}):
+        stamps.setdefault(series_id, []).append(ts)
+    return stamps
