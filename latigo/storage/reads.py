@@ -23,11 +23,10 @@ from latigo.storage.db import utc_from_db
 from latigo.storage.tables import (
     DEAD_LETTERS,
     MODEL_SUMMARY,
+    PREDICTION_VALUES_TABLE,
     SCHEDULE_STATE,
     TASK_QUEUE,
     TASKS,
-    PredictionValue,
-    TaskRecord,
     UtcDateTime,
 )
 from latigo.types import ModelRef
@@ -131,13 +130,13 @@ every call is what would make status slow as the ledger grows (30 days at 9,000 
 
 def count_in_state(connection: Connection, state: str) -> int:
     """Tasks in one state: a range of the tasks(state, finished_at) index."""
-    return int(connection.execute(sa.select(sa.func.count()).select_from(TaskRecord)
-                                  .where(TaskRecord.state == state)).scalar_one() or 0)
+    return int(connection.execute(sa.select(sa.func.count()).select_from(TASKS)
+                                  .where(_tasks.state == state)).scalar_one() or 0)
 
 
 def state_counts(connection: Connection) -> dict[str, int]:
     """Tasks per ledger state, counted."""
-    rows = connection.execute(sa.select(TaskRecord.state, sa.func.count()).group_by(TaskRecord.state)).all()
+    rows = connection.execute(sa.select(_tasks.state, sa.func.count()).group_by(_tasks.state)).all()
     return {state: count for state, count in rows}
 
 
@@ -163,7 +162,7 @@ def task_counts(engine: Engine) -> dict[str, int]:
 def oldest_queued(connection: Connection) -> datetime | None:
     """When the longest-waiting queued task was enqueued."""
     return utc_from_db(connection.execute(
-        sa.select(sa.func.min(TaskRecord.enqueued_at)).where(TaskRecord.state == QUEUED)).scalar())
+        sa.select(sa.func.min(_tasks.enqueued_at)).where(_tasks.state == QUEUED)).scalar())
 
 
 def _finished(state: str, since: datetime) -> Any:
@@ -181,11 +180,11 @@ def newest_failures(connection: Connection, limit: int, projects: Sequence[str] 
                     models: Sequence[str] = ()) -> Sequence[Row[Any]]:
     """The failed tasks (whole ledger rows) of `projects` and `models` (by name or project/name), newest
     first."""
-    of_projects = TaskRecord.project.in_(projects) if projects else sa.true()
-    of_models = sa.or_(TaskRecord.model.in_(models), (TaskRecord.project + "/" + TaskRecord.model).in_(models)) \
+    of_projects = _tasks.project.in_(projects) if projects else sa.true()
+    of_models = sa.or_(_tasks.model.in_(models), (_tasks.project + "/" + _tasks.model).in_(models)) \
         if models else sa.true()
-    return connection.execute(sa.select(TaskRecord).where(TaskRecord.state == FAILED, of_projects, of_models)
-                              .order_by(TaskRecord.finished_at.desc()).limit(limit)).all()
+    return connection.execute(sa.select(TASKS).where(_tasks.state == FAILED, of_projects, of_models)
+                              .order_by(_tasks.finished_at.desc()).limit(limit)).all()
 
 
 def failures_since(connection: Connection, since: datetime, limit: int) -> Sequence[Row[Any]]:
@@ -243,21 +242,22 @@ def executors_running(connection: Connection, since: datetime) -> Sequence[Row[A
         .group_by(_tasks.executor).limit(1000)).all()
 
 
-def _of(table: Any, ref: ModelRef) -> Any:
-    return sa.and_(table.c.project == ref.project, table.c.model == ref.name)
+def _of(ref: ModelRef) -> Any:
+    """The model's tasks: a prefix of the tasks(project, model, window_end) index."""
+    return sa.and_(_tasks.project == ref.project, _tasks.model == ref.name)
 
 
 def newest_task(connection: Connection, ref: ModelRef) -> Row[Any] | None:
     """(state, window_end) of the model's newest task: one probe of tasks(project, model, window_end)."""
     return connection.execute(
-        sa.select(_tasks.state, _tasks.window_end).where(_of(TASKS, ref))
+        sa.select(_tasks.state, _tasks.window_end).where(_of(ref))
         .order_by(_tasks.window_end.desc()).limit(1)).first()
 
 
 def last_done_end(connection: Connection, ref: ModelRef) -> Any:
     """The end of the model's newest done window (as the database gives it): one backward probe."""
     return connection.execute(
-        sa.select(_tasks.window_end).where(_of(TASKS, ref), _tasks.state == DONE)
+        sa.select(_tasks.window_end).where(_of(ref), _tasks.state == DONE)
         .order_by(_tasks.window_end.desc()).limit(1)).scalar()
 
 
@@ -268,7 +268,7 @@ def model_tasks(connection: Connection, ref: ModelRef, limit: int) -> Sequence[R
         sa.select(_tasks.window_start, _tasks.window_end, _tasks.state, _tasks.runs, _tasks.attempts,
                   _tasks.lost, _tasks.executor, _tasks.finished_at, _tasks.duration_ms, _tasks.rows,
                   _tasks.error, _tasks.revision)
-        .where(_of(TASKS, ref)).order_by(_tasks.window_end.desc()).limit(limit)).all()
+        .where(_of(ref)).order_by(_tasks.window_end.desc()).limit(limit)).all()
 
 
 # ---------------------------------------------------------------------------------------------- queue, letters
@@ -335,7 +335,7 @@ def prediction_rows(connection: Connection) -> tuple[int, bool]:
             "ON c.oid = i.inhrelid WHERE i.inhparent = CAST('prediction_values' AS regclass)")).scalar_one()
         if estimate >= EXACT_COUNT_BELOW:
             return int(estimate), True
-    return connection.execute(sa.select(sa.func.count()).select_from(PredictionValue)).scalar_one(), False
+    return connection.execute(sa.select(sa.func.count()).select_from(PREDICTION_VALUES_TABLE)).scalar_one(), False
 
 
 _series_table = sa.table("series", sa.column("id"), sa.column("project"), sa.column("model"), sa.column("output"),

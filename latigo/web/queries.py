@@ -388,7 +388,6 @@ def _hourly(connection: Connection, now: datetime, kept: HourlyCounts | None = N
 
 # ---------------------------------------------------------------------------------------------- models
 
-
 def _set_confidence(rows: dict[ModelRef, ModelRow], found: Iterable[Any]) -> None:
     for row_project, model, ts, value in found:
         ts, row = utc_from_db(ts), rows.get(ModelRef(row_project, model))
