@@ -32,8 +32,8 @@ from latigo.logs import logs_above_bars
 from latigo.models.local import machines_for_groups
 from latigo.scheduler import Scheduler
 from latigo.sensors.synthetic import LONGEST_DRIFT_DAYS
-from latigo.status import task_counts
 from latigo.storage import migrations
+from latigo.storage.reads import task_counts
 from latigo.storage.tables import Prediction, TaskRecord
 from latigo.types import DEFAULT_PROJECT, ModelRef, TimeRange
 

@@ -9,13 +9,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
-from latigo.lifecycle import CANCELLED, DONE, FAILED, QUEUED, RUNNING
+from latigo.lifecycle import FAILED
 from latigo.peer_status import peers_down
+from latigo.storage import reads
 from latigo.storage.db import utc_from_db
-from latigo.storage.tables import DeadLetter, PredictionValue, QueuedTask, TaskRecord
 from latigo.types import ModelRef
 
 
@@ -157,119 +156,6 @@ def _age(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s"
 
 
-EXACT_COUNT_BELOW = 1_000_000
-"""Below this many rows (by PostgreSQL's statistics) status counts them exactly; above, it reports the
-statistics: counting tens of millions of rows on every call is what made status slow."""
-
-
-def prediction_rows(connection: Connection) -> tuple[int, bool]:
-    """(stored prediction rows, whether that is PostgreSQL's estimate rather than a count)."""
-    if connection.dialect.name == "postgresql":
-        # A partition never analysed yet (reltuples -1) is sized from its file: about 56 bytes a row.
-        estimate = connection.execute(sa.text(
-            "SELECT coalesce(sum(CASE WHEN c.reltuples >= 0 THEN c.reltuples "
-            "ELSE pg_relation_size(c.oid) / 56.0 END), 0) FROM pg_class c JOIN pg_inherits i "
-            "ON c.oid = i.inhrelid WHERE i.inhparent = CAST('prediction_values' AS regclass)")).scalar_one()
-        if estimate >= EXACT_COUNT_BELOW:
-            return int(estimate), True
-    return connection.execute(sa.select(sa.func.count()).select_from(PredictionValue)).scalar_one(), False
-
-
-MODELS_IN_LEDGER = """
-WITH RECURSIVE known(project, model) AS (
-    SELECT * FROM (SELECT project, model FROM tasks ORDER BY project, model LIMIT 1) AS first
-    UNION ALL
-    SELECT (SELECT t.project FROM tasks t WHERE (t.project, t.model) > (known.project, known.model)
-            ORDER BY t.project, t.model LIMIT 1),
-           (SELECT t.model FROM tasks t WHERE (t.project, t.model) > (known.project, known.model)
-            ORDER BY t.project, t.model LIMIT 1)
-    FROM known WHERE known.model IS NOT NULL
-)"""
-"""Every (project, model) in the ledger, walked along the tasks(project, model, window_end) index one probe
-each (a skip scan): milliseconds for thousands of models, whatever the size of the ledger."""
-
-_LAST_DONE = sa.text(MODELS_IN_LEDGER + """
-SELECT known.project, known.model,
-       (SELECT t.window_end FROM tasks t WHERE t.project = known.project AND t.model = known.model
-        AND t.state = 'done' ORDER BY t.window_end DESC LIMIT 1) AS window_end
-FROM known WHERE known.model IS NOT NULL
-""")
-
-
-MODELS_IN_LEDGER_LATERAL = """
-WITH RECURSIVE known(project, model) AS (
-    (SELECT project, model FROM tasks ORDER BY project, model LIMIT 1)
-    UNION ALL
-    SELECT next.project, next.model FROM known CROSS JOIN LATERAL (
-        SELECT t.project, t.model FROM tasks t WHERE (t.project, t.model) > (known.project, known.model)
-        ORDER BY t.project, t.model LIMIT 1) AS next
-)"""
-"""MODELS_IN_LEDGER with one probe per model instead of two (PostgreSQL's LATERAL)."""
-
-_MODEL_LEDGER = sa.text(MODELS_IN_LEDGER_LATERAL + """
-SELECT known.project, known.model,
-       (SELECT t.window_end FROM tasks t WHERE t.project = known.project AND t.model = known.model
-        AND t.state = 'done' ORDER BY t.window_end DESC LIMIT 1) AS done_end,
-       newest.state, newest.window_end
-FROM known LEFT JOIN LATERAL (
-    SELECT t.state, t.window_end FROM tasks t WHERE t.project = known.project AND t.model = known.model
-    ORDER BY t.window_end DESC LIMIT 1) AS newest ON true
-WHERE known.model IS NOT NULL
-""")
-
-
-def model_ledger(connection: Connection) -> list[tuple[str, str, Any, str | None, Any]]:
-    """Per (project, model): its newest done window's end, its newest task's state and window end (each one
-    probe of the tasks(project, model, window_end) index, after the skip scan)."""
-    if connection.dialect.name == "sqlite":  # no LATERAL: the same probes as subqueries
-        statement = sa.text(MODELS_IN_LEDGER + """
-SELECT known.project, known.model,
-       (SELECT t.window_end FROM tasks t WHERE t.project = known.project AND t.model = known.model
-        AND t.state = 'done' ORDER BY t.window_end DESC LIMIT 1),
-       (SELECT t.state FROM tasks t WHERE t.project = known.project AND t.model = known.model
-        ORDER BY t.window_end DESC LIMIT 1),
-       (SELECT t.window_end FROM tasks t WHERE t.project = known.project AND t.model = known.model
-        ORDER BY t.window_end DESC LIMIT 1)
-FROM known WHERE known.model IS NOT NULL""")
-        return [tuple(row) for row in connection.execute(statement).all()]
-    return [tuple(row) for row in connection.execute(_MODEL_LEDGER).all()]
-
-
-def last_done_windows(connection: Connection) -> list[tuple[str, str, Any]]:
-    """Per (project, model), the end of its newest done window, read backwards from the skip scan's probe."""
-    return [(project, model, end) for project, model, end in connection.execute(_LAST_DONE).all()
-            if end is not None]
-
-
-EXACT_LEDGER_BELOW = 500_000
-"""Above this many ledger rows (PostgreSQL's statistics), `done` is estimated: the other states are few
-and counted through the (state, finished_at) index, done is the rest. Counting millions of done tasks on
-every call is what would make status slow as the ledger grows (30 days at 9,000 models is 13 M rows)."""
-
-
-def ledger_counts(connection: Connection) -> tuple[dict[str, int], bool]:
-    """(tasks per state, whether `done` is an estimate)."""
-    if connection.dialect.name == "postgresql":
-        total = connection.execute(sa.text(
-            "SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = CAST('tasks' AS regclass)")).scalar_one()
-        if total >= EXACT_LEDGER_BELOW:
-            others = {state: connection.execute(sa.select(sa.func.count()).select_from(TaskRecord)
-                                                .where(TaskRecord.state == state)).scalar_one()
-                      for state in (QUEUED, RUNNING, FAILED, CANCELLED)}
-            counts = {state: count for state, count in others.items() if count}
-            counts[DONE] = max(int(total) - sum(others.values()), 0)
-            return counts, True
-    rows = connection.execute(sa.select(TaskRecord.state, sa.func.count()).group_by(TaskRecord.state)).all()
-    return {state: count for state, count in rows}, False
-
-
-def task_counts(engine: Engine) -> dict[str, int]:
-    """Tasks per ledger state."""
-    with engine.connect() as connection:
-        rows = connection.execute(sa.select(TaskRecord.state, sa.func.count()).group_by(TaskRecord.state)).all()
-    return {state: count for state, count in rows}
-
-
 def collect_status(engine: Engine, failures: int = 10, now: datetime | None = None,
                    projects: tuple[str, ...] = (), models: tuple[str, ...] = (),
                    late_after: timedelta = timedelta(minutes=65)) -> StatusReport:
@@ -278,23 +164,15 @@ def collect_status(engine: Engine, failures: int = 10, now: datetime | None = No
     failing when its newest task failed."""
     now = now or datetime.now(timezone.utc)
     with engine.connect() as c:
-        tasks, tasks_estimated = ledger_counts(c)
-        queue_size = c.execute(sa.select(sa.func.count()).select_from(QueuedTask)).scalar_one()
-        available = c.execute(sa.select(sa.func.count()).select_from(QueuedTask)
-                              .where(QueuedTask.available_at <= sa.literal(now, QueuedTask.available_at.type))
-                              ).scalar_one()
-        oldest = c.execute(sa.select(sa.func.min(TaskRecord.enqueued_at)).where(TaskRecord.state == QUEUED)).scalar()
-        rows, estimated = prediction_rows(c)
-        letters = c.execute(sa.select(sa.func.count()).select_from(DeadLetter)).scalar_one()
-        of_projects = TaskRecord.project.in_(projects) if projects else sa.true()
-        of_models = sa.or_(TaskRecord.model.in_(models), (TaskRecord.project + "/" + TaskRecord.model).in_(models)) \
-            if models else sa.true()
-        failed = c.execute(sa.select(TaskRecord).where(TaskRecord.state == FAILED, of_projects, of_models)
-                           .order_by(TaskRecord.finished_at.desc()).limit(failures)).all()
-        ledger = [row for row in model_ledger(c) if (not projects or row[0] in projects)
+        tasks, tasks_estimated = reads.ledger_counts(c)
+        queue_size, available = reads.queue_sizes(c, now)
+        oldest = reads.oldest_queued(c)
+        rows, estimated = reads.prediction_rows(c)
+        letters = reads.dead_letter_count(c)
+        failed = reads.newest_failures(c, failures, projects, models)
+        ledger = [row for row in reads.model_ledger(c) if (not projects or row[0] in projects)
                   and (not models or row[1] in models or f"{row[0]}/{row[1]}" in models)]
         down = peers_down(c, now)
-    oldest = utc_from_db(oldest)
     last = [(project, model, done) for project, model, done, _state, _end in ledger if done is not None]
     return StatusReport(
         tasks=tasks, queue_size=queue_size, queue_available=available,
@@ -313,7 +191,7 @@ def collect_status(engine: Engine, failures: int = 10, now: datetime | None = No
     )
 
 
-def _model_status(row: tuple[str, str, Any, str | None, Any], now: datetime, late_after: timedelta) -> ModelStatus:
+def _model_status(row: reads.LedgerRow, now: datetime, late_after: timedelta) -> ModelStatus:
     project, model, done, state, newest_end = row
     done, newest_end = utc_from_db(done), utc_from_db(newest_end)
     return ModelStatus(project, model, done.isoformat() if done else None, state,

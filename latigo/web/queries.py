@@ -1,9 +1,9 @@
-"""The reads behind `latigo web`, on a read-only engine of their own.
+"""What `latigo web` shows, read on a read-only engine of its own: the pipeline's health, the models'
+rows (filtered, ranked, paged) and a model's page, as the dataclasses the pages render.
 
-Every query is bounded: by LIMIT, by a time range of at most 24 hours, or by an index prefix. The ledger is
-read along tasks(state, finished_at) and tasks(model, window_end); predictions only for the models and the
-range shown, through series(model, output, tag) and prediction_values' key (series_id, ts) — never a scan of
-the predictions.
+The statements are latigo.storage.reads' (shared with `latigo status` and `latigo anomalies`); this module
+decides which to ask and puts the answers together. Every read is bounded: by LIMIT, by a time range of at
+most 24 hours, or by an index prefix; predictions are read only for the models and the range shown.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ from latigo.errors import ConfigError
 from latigo.lifecycle import DONE, FAILED, QUEUED, RUNNING
 from latigo.peer_status import PeerDownReport, peers_down
 from latigo.settings import DatabaseSettings
-from latigo.storage import task_hours
+from latigo.storage import reads, task_hours
 from latigo.storage.db import utc_from_db
-from latigo.storage.tables import DeadLetter, ModelSummary, ScheduleState, TaskRecord, UtcDateTime
 from latigo.types import ModelRef
 
 TOTAL_CONFIDENCE = "total-anomaly-confidence"
@@ -54,12 +53,7 @@ COUNT_CAP = 100_000
 """Counts of rows that are normally few (dead letters) stop here."""
 RECENT_FAILURES = 10
 MODEL_TASKS = 25
-CHUNK = 500
 STATEMENT_TIMEOUT_MS = 15_000
-
-_tasks = TaskRecord.__table__
-_letters = DeadLetter.__table__
-_schedule = ScheduleState.__table__
 
 
 # ---------------------------------------------------------------------------------------------- the engine
@@ -302,55 +296,26 @@ class ModelDetail:
 
 # ---------------------------------------------------------------------------------------------- pipeline
 
-def _count(connection: Connection, statement: Any) -> int:
-    return int(connection.execute(statement).scalar_one() or 0)
-
-
-def _capped_count(connection: Connection, selectable: Any, cap: int = COUNT_CAP) -> int:
-    return _count(connection, sa.select(sa.func.count()).select_from(selectable.limit(cap).subquery()))
-
-
-def _reason_expression(connection: Connection) -> Any:
-    """The text before the first ':' of tasks.error (the whole error when it has none)."""
-    error = sa.func.coalesce(_tasks.c.error, "")
-    if connection.dialect.name == "postgresql":
-        return sa.func.split_part(error, ":", 1)
-    colon = sa.func.instr(error, ":")
-    return sa.case((colon > 0, sa.func.substr(error, 1, colon - 1)), else_=error)
-
-
 def reason_of(error: str | None) -> str:
     head = (error or "").split(":", 1)[0].strip()
     return head if head in REASONS else "other"
 
 
-def _finished(state: str, since: datetime) -> Any:
-    """Tasks of a final state finished since `since`: a range of the tasks(state, finished_at) index."""
-    return sa.and_(_tasks.c.state == state, _tasks.c.finished_at >= since)
-
-
 def pipeline_health(connection: Connection, now: datetime, hourly: HourlyCounts | None = None) -> Health:
     hour, day = now - timedelta(hours=1), now - timedelta(hours=MAX_HOURS)
-    count = sa.select(sa.func.count()).select_from(_tasks)
-    backlog = _count(connection, count.where(_tasks.c.state == QUEUED))
-    running = _count(connection, count.where(_tasks.c.state == RUNNING))
-    oldest = connection.execute(sa.select(sa.func.min(_tasks.c.enqueued_at)).where(_tasks.c.state == QUEUED)).scalar()
     health = Health(
-        now=now, backlog=backlog, running=running, oldest_queued=utc_from_db(oldest),
-        done_last_hour=_count(connection, count.where(_finished(DONE, hour))),
-        failed_last_hour=_count(connection, count.where(_finished(FAILED, hour))),
-        failed_24h=_count(connection, count.where(_finished(FAILED, day))),
-        dead_letters=_capped_count(connection, sa.select(_letters.c.id)),
+        now=now, backlog=reads.count_in_state(connection, QUEUED), running=reads.count_in_state(connection, RUNNING),
+        oldest_queued=reads.oldest_queued(connection),
+        done_last_hour=reads.finished_count(connection, DONE, hour),
+        failed_last_hour=reads.finished_count(connection, FAILED, hour),
+        failed_24h=reads.finished_count(connection, FAILED, day),
+        dead_letters=reads.dead_letter_count(connection, COUNT_CAP),
     )
     health.reasons = _reasons(connection, day)
     health.recent_failures = [
         FailureRow(ModelRef(r.project, r.model), r.window_start, reason_of(r.error), r.error or "", r.finished_at,
                    r.runs, r.attempts)
-        for r in connection.execute(
-            sa.select(_tasks.c.project, _tasks.c.model, _tasks.c.window_start, _tasks.c.error, _tasks.c.finished_at,
-                      _tasks.c.runs,
-                      _tasks.c.attempts)
-            .where(_finished(FAILED, day)).order_by(_tasks.c.finished_at.desc()).limit(RECENT_FAILURES))]
+        for r in reads.failures_since(connection, day, RECENT_FAILURES)]
     health.executors = _executors(connection, hour)
     health.hourly = _hourly(connection, now, hourly)
     health.peers_down = peers_down(connection, now)
@@ -358,26 +323,16 @@ def pipeline_health(connection: Connection, now: datetime, hourly: HourlyCounts 
 
 
 def _reasons(connection: Connection, since: datetime) -> list[ReasonCount]:
-    reason = _reason_expression(connection).label("reason")
-    rows = connection.execute(
-        sa.select(reason, sa.func.count().label("n"), sa.func.max(_tasks.c.finished_at).label("last"))
-        .where(_finished(FAILED, since)).group_by(reason).order_by(sa.desc("n")).limit(50)).all()
     merged: dict[str, ReasonCount] = {}
-    for row in rows:
+    for row in reads.failure_heads(connection, since):
         name = reason_of(row.reason + ":")
         last = utc_from_db(row.last)
         entry = merged.setdefault(name, ReasonCount(name, 0, last))
         entry.count += row.n
         entry.last_at = max(filter(None, (entry.last_at, last)), default=None)
     for entry in merged.values():
-        condition = _finished(FAILED, since)
-        if entry.reason != "other":
-            prefix = entry.reason + ":"
-            condition = sa.and_(condition, sa.func.substr(_tasks.c.error, 1, len(prefix)) == prefix)
-        example = connection.execute(
-            sa.select(_tasks.c.project, _tasks.c.model, _tasks.c.window_start, _tasks.c.error).where(condition)
-            .order_by(_tasks.c.finished_at.desc()).limit(1 if entry.reason != "other" else 50)).all()
-        for project, model, start, error in example:
+        prefix, limit = (entry.reason + ":", 1) if entry.reason != "other" else (None, 50)
+        for project, model, start, error in reads.newest_failed_with(connection, since, prefix, limit):
             if entry.reason != "other" or reason_of(error) == "other":
                 entry.example_model = ModelRef(project, model)
                 entry.example_window, entry.example_error = start, error or ""
@@ -387,17 +342,9 @@ def _reasons(connection: Connection, since: datetime) -> list[ReasonCount]:
 
 def _executors(connection: Connection, since: datetime) -> list[ExecutorSeen]:
     seen: dict[str, ExecutorSeen] = {}
-    finished = connection.execute(
-        sa.select(_tasks.c.executor, sa.func.count(), sa.func.max(_tasks.c.finished_at))
-        .where(_tasks.c.state.in_((DONE, FAILED)), _tasks.c.finished_at >= since, _tasks.c.executor.is_not(None))
-        .group_by(_tasks.c.executor).limit(1000)).all()
-    for name, count, last in finished:
+    for name, count, last in reads.executors_finished(connection, since):
         seen[name] = ExecutorSeen(name, utc_from_db(last) or since, count, 0)
-    started = connection.execute(
-        sa.select(_tasks.c.executor, sa.func.count(), sa.func.max(_tasks.c.started_at))
-        .where(_tasks.c.state == RUNNING, _tasks.c.started_at >= since, _tasks.c.executor.is_not(None))
-        .group_by(_tasks.c.executor).limit(1000)).all()
-    for name, count, last in started:
+    for name, count, last in reads.executors_running(connection, since):
         started_at = utc_from_db(last) or since
         entry = seen.setdefault(name, ExecutorSeen(name, started_at, 0, 0))
         entry.running = count
@@ -441,26 +388,6 @@ def _hourly(connection: Connection, now: datetime, kept: HourlyCounts | None = N
 
 # ---------------------------------------------------------------------------------------------- models
 
-
-_series_table = sa.table("series", sa.column("id"), sa.column("project"), sa.column("model"), sa.column("output"),
-                         sa.column("tag"))
-_values_table = sa.table("prediction_values", sa.column("series_id"), sa.column("ts"), sa.column("value"))
-
-
-def _latest_value(column: Any, since: Any) -> Any:
-    return (sa.select(column).where(_values_table.c.series_id == _series_table.c.id, _values_table.c.ts >= since)
-            .order_by(_values_table.c.ts.desc()).limit(1).scalar_subquery())
-
-
-def _latest_values(refs: Sequence[ModelRef], output: str, since: datetime) -> Any:
-    """Per series of `output` of these models, its newest value since `since` (one probe of the key each)."""
-    bound = sa.bindparam("since", since, type_=UtcDateTime)
-    s = _series_table
-    return sa.select(s.c.project, s.c.model, s.c.id, _latest_value(_values_table.c.ts, bound).label("ts"),
-                     _latest_value(_values_table.c.value, bound).label("value")).where(
-        sa.tuple_(s.c.project, s.c.model).in_([tuple(ref) for ref in refs]), s.c.output == output)
-
-
 def _set_confidence(rows: dict[ModelRef, ModelRow], found: Iterable[Any]) -> None:
     for row_project, model, ts, value in found:
         ts, row = utc_from_db(ts), rows.get(ModelRef(row_project, model))
@@ -468,25 +395,12 @@ def _set_confidence(rows: dict[ModelRef, ModelRow], found: Iterable[Any]) -> Non
             row.confidence, row.confidence_at = value, ts
 
 
-def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
-    for index in range(0, len(items), size):
-        yield items[index:index + size]
-
-
-def _of(table: Any, ref: ModelRef) -> Any:
-    return sa.and_(table.c.project == ref.project, table.c.model == ref.name)
-
-
 def summarised_rows(connection: Connection, since: datetime, project: str = "") -> dict[ModelRef, ModelRow]:
     """Every model (of `project`) from model_summary, which the database keeps as tasks are enqueued and
     finished: one scan instead of four index probes per model. The newest task is shown by its outcome,
     or as queued while it has none (queued or running: the model page reads the ledger itself)."""
-    summary = ModelSummary.__table__
-    statement = sa.select(summary)
-    if project:
-        statement = statement.where(summary.c.project == project)
     rows: dict[ModelRef, ModelRow] = {}
-    for r in connection.execute(statement):
+    for r in reads.model_summaries(connection, project):
         ref = ModelRef(r.project, r.model)
         newest, outcome_end = r.newest_window_end, r.outcome_window_end
         pending = newest is not None and (outcome_end is None or newest > outcome_end)
@@ -505,28 +419,19 @@ def model_rows(connection: Connection, now: datetime, refs: Sequence[ModelRef] |
     since = now - timedelta(hours=MAX_HOURS)
     if refs is None:
         rows = summarised_rows(connection, since, project)
-        for row_project, model, end in connection.execute(
-                sa.select(_schedule.c.project, _schedule.c.model, _schedule.c.last_window_end)):
+        for row_project, model, end in reads.schedule_ends(connection):
             if ModelRef(row_project, model) in rows:
                 rows[ModelRef(row_project, model)].scheduled_until = end
         return list(rows.values())
     for ref in refs:
-        newest = connection.execute(
-            sa.select(_tasks.c.state, _tasks.c.window_end).where(_of(_tasks, ref))
-            .order_by(_tasks.c.window_end.desc()).limit(1)).first()
-        done = connection.execute(
-            sa.select(_tasks.c.window_end).where(_of(_tasks, ref), _tasks.c.state == DONE)
-            .order_by(_tasks.c.window_end.desc()).limit(1)).scalar()
-        rows[ref] = ModelRow(ref, last_done_end=done, newest_state=newest.state if newest else None,
+        newest = reads.newest_task(connection, ref)
+        rows[ref] = ModelRow(ref, last_done_end=reads.last_done_end(connection, ref),
+                             newest_state=newest.state if newest else None,
                              newest_window_end=newest.window_end if newest else None)
-    for chunk in _chunks(list(rows)):
-        keys = [tuple(ref) for ref in chunk]
-        for row_project, model, end in connection.execute(
-                sa.select(_schedule.c.project, _schedule.c.model, _schedule.c.last_window_end)
-                .where(sa.tuple_(_schedule.c.project, _schedule.c.model).in_(keys))):
+    for chunk in reads.chunks(list(rows)):
+        for row_project, model, end in reads.schedule_ends(connection, chunk):
             rows[ModelRef(row_project, model)].scheduled_until = end
-        _set_confidence(rows, ((p, m, ts, v) for p, m, _sid, ts, v in connection.execute(
-            _latest_values(chunk, TOTAL_CONFIDENCE, since))))
+        _set_confidence(rows, reads.latest_values(connection, chunk, TOTAL_CONFIDENCE, since))
     return list(rows.values())
 
 
@@ -541,44 +446,6 @@ def rank(rows: list[ModelRow], now: datetime | None = None,
     stale = sorted((r for r in rest if r.failing or r.late(now, late_after)), key=lambda r: r.ref)
     flagged = set(id(r) for r in stale)
     return above + stale + sorted((r for r in rest if id(r) not in flagged), key=lambda r: r.ref)
-
-
-def _series(connection: Connection, models: Sequence[ModelRef], output: str) -> dict[int, tuple[ModelRef, str]]:
-    """{series id: (model, tag)} of one output group, along the series(project, model, output, tag) index."""
-    found: dict[int, tuple[ModelRef, str]] = {}
-    series = _series_table
-    for chunk in _chunks(list(models)):
-        for sid, project, model, tag in connection.execute(
-                sa.select(series.c.id, series.c.project, series.c.model, series.c.tag)
-                .where(sa.tuple_(series.c.project, series.c.model).in_([tuple(ref) for ref in chunk]),
-                       series.c.output == output)):
-            found[sid] = (ModelRef(project, model), tag)
-    return found
-
-
-def bucketed_values(connection: Connection, series_ids: Sequence[int], since: datetime, until: datetime,
-                    bucket: timedelta) -> dict[int, list[tuple[datetime, float]]]:
-    """Per series, the maximum of each `bucket` between since and until (at the bucket's last timestamp),
-    read along prediction_values' key (series_id, ts)."""
-    # ts untyped in the result: SQLite's text is parsed by _utc (fromisoformat), several times faster than the
-    # column type's processing; the bounds are bound as the column type stores them.
-    values = sa.table("prediction_values", sa.column("series_id"), sa.column("ts"), sa.column("value"))
-    seconds = max(int(bucket.total_seconds()), 1)
-    key = task_hours.bucket(connection, values.c.ts, seconds)
-    low, high = sa.bindparam("since", since, type_=UtcDateTime), sa.bindparam("until", until, type_=UtcDateTime)
-    out: dict[int, list[tuple[datetime, float]]] = {}
-    for chunk in _chunks(list(series_ids)):
-        statement = (sa.select(values.c.series_id, sa.func.max(values.c.ts).label("ts"),
-                               sa.func.max(values.c.value).label("value"))
-                     .where(values.c.series_id.in_(chunk), values.c.ts >= low, values.c.ts < high)
-                     .group_by(values.c.series_id, key))
-        for sid, ts, value in connection.execute(statement):
-            stamp = utc_from_db(ts)
-            if stamp is not None:
-                out.setdefault(sid, []).append((stamp, float(value)))
-    for points in out.values():
-        points.sort()
-    return out
 
 
 def snapshot(engine: Engine, now: datetime | None = None, hourly: HourlyCounts | None = None) -> Snapshot:
@@ -610,8 +477,8 @@ def view(engine: Engine, taken: Snapshot, which: ModelFilter | None = None, limi
     shown = [replace(row, spark=[]) for row in ranked[first:first + limit]]
     if shown:
         with engine.connect() as connection:
-            series = _series(connection, [r.ref for r in shown], TOTAL_CONFIDENCE)
-            values = bucketed_values(connection, list(series), since, now + timedelta(seconds=1), SPARK_BUCKET)
+            series = reads.series_of(connection, [r.ref for r in shown], TOTAL_CONFIDENCE)
+            values = reads.bucketed_values(connection, list(series), since, now + timedelta(seconds=1), SPARK_BUCKET)
         by_ref = {r.ref: r for r in shown}
         for sid, points in values.items():
             row = by_ref[series[sid][0]]
@@ -633,25 +500,16 @@ RANGES = (6, 12, MAX_HOURS)
 values (a model predicted for 3 hours is not drawn in the last eighth of a 24-hour axis)."""
 
 
-def _first_value_at(connection: Connection, series_ids: Sequence[int], since: datetime) -> datetime | None:
-    values = sa.table("prediction_values", sa.column("series_id"), sa.column("ts"))
-    if not series_ids:
-        return None
-    return utc_from_db(connection.execute(sa.select(sa.func.min(values.c.ts)).where(
-        values.c.series_id.in_(list(series_ids)[:CHUNK]),
-        values.c.ts >= sa.bindparam("since", since, type_=UtcDateTime))).scalar())
-
-
 def model_detail(engine: Engine, ref: ModelRef, output: str | None = None, hours: int | None = None,
                  now: datetime | None = None) -> ModelDetail:
     now = now or datetime.now(timezone.utc)
     with engine.connect() as connection:
-        per_output = {o: _series(connection, [ref], o) for o in TAG_OUTPUTS}
+        per_output = {o: reads.series_of(connection, [ref], o) for o in TAG_OUTPUTS}
         outputs = [o for o in TAG_OUTPUTS if per_output[o]]
         shown = output if output in outputs else (outputs[0] if outputs else None)
-        totals = _series(connection, [ref], TOTAL_CONFIDENCE)
+        totals = reads.series_of(connection, [ref], TOTAL_CONFIDENCE)
         if hours is None:
-            first = _first_value_at(connection, list(totals) or list(per_output.get(shown or "") or ()),
+            first = reads.first_value_at(connection, list(totals) or list(per_output.get(shown or "") or ()),
                                     now - timedelta(hours=MAX_HOURS))
             hours = next((h for h in RANGES if first is not None and first >= now - timedelta(hours=h)), MAX_HOURS)
         hours = min(max(int(hours), 1), MAX_HOURS)
@@ -660,14 +518,10 @@ def model_detail(engine: Engine, ref: ModelRef, output: str | None = None, hours
         lines: dict[str, list[tuple[datetime, float]]] = {}
         if shown:
             tags = per_output[shown]
-            values = bucketed_values(connection, list(tags), since, until, bucket)
+            values = reads.bucketed_values(connection, list(tags), since, until, bucket)
             lines = {tags[sid][1]: values.get(sid, []) for sid in sorted(tags, key=lambda s: tags[s][1])}
-        total_values = bucketed_values(connection, list(totals), since, until, bucket)
+        total_values = reads.bucketed_values(connection, list(totals), since, until, bucket)
         total = max(total_values.values(), key=len, default=[])
-        tasks = [TaskRow(*r) for r in connection.execute(
-            sa.select(_tasks.c.window_start, _tasks.c.window_end, _tasks.c.state, _tasks.c.runs, _tasks.c.attempts,
-                      _tasks.c.lost, _tasks.c.executor, _tasks.c.finished_at, _tasks.c.duration_ms, _tasks.c.rows,
-                      _tasks.c.error, _tasks.c.revision)
-            .where(_of(_tasks, ref)).order_by(_tasks.c.window_end.desc()).limit(MODEL_TASKS))]
+        tasks = [TaskRow(*r) for r in reads.model_tasks(connection, ref, MODEL_TASKS)]
         row = model_rows(connection, now, [ref])[0] if tasks else None
     return ModelDetail(ref, shown, outputs, lines, total, tasks, since, now, row, hours)
