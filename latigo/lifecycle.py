@@ -14,7 +14,6 @@ or after an infrastructure fault counts in neither.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -27,6 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from latigo.errors import describe_exception, one_line
+from latigo.storage import ledger_statements as sql
 from latigo.storage.db import write_transaction
 from latigo.storage.partitions import Partitions
 from latigo.storage.predictions import FollowUp, MissingPartition, write_predictions
@@ -52,33 +52,10 @@ _tasks = TASKS
 _letters = DEAD_LETTERS
 _schedule = SCHEDULE_STATE
 
-# The two changes every task makes, written out once: building them with the expression language on each
-# call cost more than running them.
-_STARTING = (
-    "SET state = 'running', runs = runs + 1, executor = :executor, started_at = :now, "
-    "lost = lost + CASE WHEN tasks.state = 'running' THEN 1 ELSE 0 END"
-)
-"""What a start changes; a task found `running` was started by an executor that never finished it."""
-_STARTABLE = "tasks.state IN ('queued', 'running')"
-_START = sa.text(
-    f"UPDATE tasks {_STARTING} WHERE task_id = :task_id AND {_STARTABLE} RETURNING attempts, lost"
-).bindparams(sa.bindparam("now", type_=UtcDateTime))
-_START_CLAIMED = (
-    "WITH claimed AS ({claim}), started AS ("
-    f"UPDATE tasks {_STARTING} FROM claimed WHERE tasks.task_id = claimed.task_id AND {_STARTABLE} "
-    "RETURNING tasks.task_id, tasks.attempts, tasks.lost) "
-    "SELECT claimed.task_id, claimed.body, claimed.deliveries, started.attempts, started.lost "
-    "FROM claimed LEFT JOIN started ON started.task_id = claimed.task_id"
-)
-"""PostgreSQL: _START joined to the queue's claim (an UPDATE ... RETURNING task_id, body, deliveries)."""
 _PRUNE_VALUES_SQLITE = sa.text(
     "DELETE FROM prediction_values WHERE (series_id, ts) IN "
     "(SELECT series_id, ts FROM prediction_values WHERE ts < :cutoff LIMIT :limit)"
 ).bindparams(sa.bindparam("cutoff", type_=UtcDateTime))
-_FINISH = sa.text(
-    "UPDATE tasks SET state = 'done', rows = :rows, duration_ms = :duration_ms, finished_at = :now, "
-    "error = :note, revision = :revision WHERE task_id = :task_id"
-).bindparams(sa.bindparam("now", type_=UtcDateTime))
 
 
 def utcnow() -> datetime:
@@ -217,7 +194,7 @@ class TaskLifecycle:
         """Mark the task running unless it is finished. A task found `running` was started by an executor
         that never finished it: that run counts as lost."""
         now = utcnow()
-        row = connection.execute(_START, {"task_id": task.task_id, "executor": executor, "now": now}).first()
+        row = connection.execute(sql.START, {"task_id": task.task_id, "executor": executor, "now": now}).first()
         if row is not None:
             return Started(True, QUEUED, row.attempts, row.lost)
         state = connection.execute(sa.select(_tasks.c.state).where(_tasks.c.task_id == task.task_id)).scalar()
@@ -228,15 +205,15 @@ class TaskLifecycle:
                                                    "started_at": now}))
         return Started(True, QUEUED)
 
-    def claim_and_start(self, connection: Connection, claim: str, params: Mapping[str, Any],
+    def claim_and_start(self, connection: Connection, params: Mapping[str, Any],
                         executor: str) -> tuple[Any, Started | None] | None:
-        """PostgreSQL: the database queue's claim (its SQL text: an UPDATE ... RETURNING task_id, body,
-        deliveries) and the start of the task it claims, in one statement: one round trip on every task
-        instead of two. Returns the claimed row and the start, or None when nothing was claimed. The start
-        is None when the task was neither queued nor running (or is unknown to the ledger): the caller
+        """PostgreSQL: the database queue's claim and the start of the task it claims, in one statement
+        (CLAIM_AND_START_POSTGRESQL): one round trip on every task instead of two. `params` are the claim's
+        (owner, lease seconds). Returns the claimed row and the start, or None when nothing was claimed. The
+        start is None when the task was neither queued nor running (or is unknown to the ledger): the caller
         then calls start(), which finds out why in the same transaction."""
-        statement = _claim_and_start_statement(claim)
-        row = connection.execute(statement, {**params, "executor": executor, "now": utcnow()}).first()
+        row = connection.execute(sql.CLAIM_AND_START_POSTGRESQL,
+                                 {**params, "executor": executor, "now": utcnow()}).first()
         if row is None:
             return None
         started = Started(True, QUEUED, row.attempts, row.lost) if row.attempts is not None else None
@@ -252,9 +229,10 @@ class TaskLifecycle:
     def finish(self, connection: Connection, task: Task, frame: PredictionFrame, duration_ms: int) -> int:
         """The task's predictions and its `done` mark, in the caller's transaction; returns the rows."""
         def done(rows: int) -> FollowUp:
-            return _FINISH, {"task_id": task.task_id, "rows": rows, "duration_ms": duration_ms, "now": utcnow(),
-                             "note": one_line(frame.note) if frame.note else None,
-                             "revision": frame.revision[:64] or None}
+            return FollowUp(sql.FINISH, {"task_id": task.task_id, "rows": rows, "duration_ms": duration_ms,
+                                         "now": utcnow(), "note": one_line(frame.note) if frame.note else None,
+                                         "revision": frame.revision[:64] or None},
+                            with_rows=sql.ROWS_AND_DONE_POSTGRESQL)
 
         try:
             return write_predictions(connection, frame, then=done)
@@ -362,11 +340,6 @@ class TaskLifecycle:
             total += count
             if count < batch_size:
                 return total
-
-
-@functools.lru_cache(maxsize=8)
-def _claim_and_start_statement(claim: str) -> sa.TextClause:
-    return sa.text(_START_CLAIMED.format(claim=claim)).bindparams(sa.bindparam("now", type_=UtcDateTime))
 
 
 class Enqueued(NamedTuple):

@@ -31,6 +31,7 @@ from latigo.interfaces import Delivery, QueueGauges, Settlement, TaskQueue, Unit
 from latigo.lifecycle import TaskLifecycle
 from latigo.storage.db import is_sqlite, utc_from_db, write_transaction
 from latigo.storage.faults import is_infrastructure_fault
+from latigo.storage.ledger_statements import queue_statements
 from latigo.storage.tables import TASK_QUEUE, UtcDateTime
 from latigo.storage.upsert import insert_new
 from latigo.types import Started, Task
@@ -43,43 +44,6 @@ _table = TASK_QUEUE
 
 def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-@dataclass(frozen=True)
-class _Statements:
-    """The queue's hot-path SQL for one dialect, written out once (see the lifecycle's _START)."""
-
-    claim: Any
-    nack: Any
-    release: Any
-    renew: Any
-
-
-def _statements(later: str, now: str, sqlite: bool) -> _Statements:
-    """`later`/`now`: the dialect's "now + :seconds" and "now" expressions."""
-    skip_locked = "" if sqlite else " FOR UPDATE SKIP LOCKED"
-    guard = "task_id = :task_id AND lease_owner = :owner AND deliveries = :deliveries"
-    texts = {
-        "claim": f"UPDATE task_queue SET available_at = {later}, lease_owner = :owner, deliveries = deliveries + 1 "
-                 f"WHERE task_id = (SELECT task_id FROM task_queue WHERE available_at <= {now} "
-                 f"ORDER BY available_at LIMIT 1{skip_locked}) RETURNING task_id, body, deliveries",
-        "nack": f"UPDATE task_queue SET available_at = {later}, lease_owner = NULL WHERE {guard}",
-        "release": f"UPDATE task_queue SET available_at = {later}, lease_owner = NULL, deliveries = deliveries - 1 "
-                   f"WHERE {guard}",
-        "renew": f"UPDATE task_queue SET available_at = {later} WHERE {guard}",
-    }
-    typed = [sa.bindparam("until", type_=UtcDateTime), sa.bindparam("now", type_=UtcDateTime)] if sqlite else []
-    statements = {}
-    for name, text in texts.items():
-        statement = sa.text(text)
-        used = [param for param in typed if f":{param.key}" in text]
-        statements[name] = statement.bindparams(*used) if used else statement
-    return _Statements(**statements)
-
-
-_POSTGRESQL = _statements("now() + make_interval(secs => :seconds)", "now()", sqlite=False)
-_SQLITE = _statements(":until", ":now", sqlite=True)
-_ACK = sa.text("DELETE FROM task_queue WHERE task_id = :task_id AND lease_owner = :owner AND deliveries = :deliveries")
 
 
 class DatabaseDelivery(Delivery):
@@ -109,7 +73,7 @@ class DatabaseDelivery(Delivery):
         settlement.apply(self, unit.connection)
 
     def ack(self, connection: Connection | None = None) -> None:
-        self._finish(_ACK, self._claim(), connection)
+        self._finish(self._queue.sql.ack, self._claim(), connection)
 
     def nack(self, delay: float = 0.0, connection: Connection | None = None) -> None:
         self._finish(self._queue.sql.nack, {**self._claim(), **self._queue.after(delay)}, connection)
@@ -161,7 +125,7 @@ class DatabaseTaskQueue(TaskQueue):
         self.lifecycle = lifecycle
         """When given, a claim also starts the task in the ledger, in the same transaction."""
         self._sqlite = is_sqlite(engine)
-        self.sql = _SQLITE if self._sqlite else _POSTGRESQL
+        self.sql = queue_statements(engine)
         self._wakeup = threading.Condition()
         self._listener: _Listener | None = None
         self._notifications = 0
@@ -233,7 +197,7 @@ class DatabaseTaskQueue(TaskQueue):
         with write_transaction(self.engine) as connection:
             started = None
             if start and self.lifecycle is not None and not self._sqlite:
-                claimed = self.lifecycle.claim_and_start(connection, self.sql.claim.text, params, self.owner)
+                claimed = self.lifecycle.claim_and_start(connection, params, self.owner)
                 if claimed is None:
                     return None
                 row, started = claimed
