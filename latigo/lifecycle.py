@@ -181,12 +181,15 @@ class TaskLifecycle:
         return [Task(model, TimeRange(start, end), project) for project, model, start, end in rows]
 
     def cancel(self, connection: Connection, which: TaskFilter) -> list[str]:
-        """Queued tasks become cancelled (an executor that receives one skips it); returns their ids."""
-        return list(connection.execute(
+        """Queued tasks become cancelled, and their rows in the database queue that no executor holds go
+        with them (a broker's message stays, and the executor that receives it skips it); returns their ids."""
+        ids = list(connection.execute(
             sa.update(_tasks).where(which.where(), _tasks.c.state == QUEUED)
             .values(state=CANCELLED, finished_at=utcnow(), error="cancelled by hand")
             .returning(_tasks.c.task_id)
         ).scalars())
+        sql.remove_unclaimed(connection, ids)
+        return ids
 
     # ------------------------------------------------------------------ executing
 

@@ -8,6 +8,10 @@ else's delivery. PostgreSQL claims with FOR UPDATE SKIP LOCKED and wakes idle
 executors with LISTEN/NOTIFY; SQLite claims inside a short BEGIN IMMEDIATE.
 The claim also starts the task in the ledger, and the executor's finish removes
 the row in the transaction that stores the results: two transactions per task.
+
+The queue table belongs to the ledger, whose hot statements join it to `tasks`:
+every statement run here is the ledger's (latigo.storage.ledger_statements), and
+this module is the transport around them: leases, wake-ups and deliveries.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from latigo.errors import describe_exception as _describe
@@ -31,15 +34,12 @@ from latigo.interfaces import Delivery, QueueGauges, Settlement, TaskQueue, Unit
 from latigo.lifecycle import TaskLifecycle
 from latigo.storage.db import is_sqlite, utc_from_db, write_transaction
 from latigo.storage.faults import is_infrastructure_fault
-from latigo.storage.ledger_statements import queue_statements
-from latigo.storage.tables import TASK_QUEUE, UtcDateTime
-from latigo.storage.upsert import insert_new
+from latigo.storage.ledger_statements import NOTIFY, insert_queue_rows, queue_counts, queue_size, queue_statements
 from latigo.types import Started, Task
 
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "latigo_tasks"
-_table = TASK_QUEUE
 
 
 def default_owner() -> str:
@@ -157,9 +157,9 @@ class DatabaseTaskQueue(TaskQueue):
         now = datetime.now(timezone.utc)
         rows = [{"task_id": t.task_id, "body": t.to_json(), "enqueued_at": now, "deliveries": 0,
                  "available_at": now} for t in tasks]
-        new = insert_new(connection, _table, rows, "task_id")
+        new = insert_queue_rows(connection, rows)
         if new and not self._sqlite:
-            connection.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+            connection.execute(NOTIFY, {"channel": NOTIFY_CHANNEL})
         return len(new)
 
     # ------------------------------------------------------------------ consuming
@@ -211,20 +211,16 @@ class DatabaseTaskQueue(TaskQueue):
         return delivery
 
     def gauges(self) -> QueueGauges:
-        now = sa.func.now() if not self._sqlite else sa.literal(datetime.now(timezone.utc), UtcDateTime)
         with self.engine.connect() as connection:
-            waiting = connection.execute(
-                sa.select(sa.func.count()).select_from(_table).where(_table.c.available_at <= now)).scalar_one()
-            total, oldest = connection.execute(
-                sa.select(sa.func.count(), sa.func.min(_table.c.enqueued_at)).select_from(_table)).one()
-        oldest = utc_from_db(oldest)
+            waiting, total, enqueued = queue_counts(connection)
+        oldest = utc_from_db(enqueued)
         age = (datetime.now(timezone.utc) - oldest).total_seconds() if oldest else None
         return QueueGauges(waiting=waiting, in_queue=total, oldest_age_seconds=age)
 
     def size(self) -> int:
         """Every task still in the queue, leased ones included."""
         with self.engine.connect() as connection:
-            return connection.execute(sa.select(sa.func.count()).select_from(_table)).scalar_one()
+            return queue_size(connection)
 
     # ------------------------------------------------------------------ wake-ups
     def _ensure_listener(self) -> None:

@@ -15,11 +15,14 @@ ROWS_AND_DONE) are repeated on purpose; tests/unit/test_ledger_statements.py hol
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
-from latigo.storage.tables import UtcDateTime
+from latigo.storage.tables import TASK_QUEUE, UtcDateTime
+from latigo.storage.upsert import insert_new
 
 # ---------------------------------------------------------------------------------------------- the ledger
 
@@ -128,3 +131,43 @@ QUEUE_SQLITE = QueueStatements(
 def queue_statements(connection_or_engine: Any) -> QueueStatements:
     """The queue's statements for the dialect of a connection or engine."""
     return QUEUE_SQLITE if connection_or_engine.dialect.name == "sqlite" else QUEUE_POSTGRESQL
+
+
+NOTIFY = sa.text("SELECT pg_notify(:channel, '')")
+"""PostgreSQL: wake the executors LISTENing on the queue's channel."""
+
+_queue = TASK_QUEUE
+
+
+def insert_queue_rows(connection: Connection, rows: list[dict[str, Any]]) -> list[str]:
+    """Queue rows for task ids not in the queue yet (pages of multi-row INSERT ... ON CONFLICT DO NOTHING);
+    returns the new ids."""
+    return insert_new(connection, _queue, rows, "task_id")
+
+
+def remove_unclaimed(connection: Connection, task_ids: list[str]) -> int:
+    """The queue rows of these tasks that no executor holds (cancelled tasks); returns how many."""
+    removed = 0
+    for index in range(0, len(task_ids), 1000):
+        chunk = task_ids[index:index + 1000]
+        result = connection.execute(sa.delete(_queue).where(_queue.c.task_id.in_(chunk),
+                                                            _queue.c.lease_owner.is_(None)))
+        removed += max(result.rowcount or 0, 0)
+    return removed
+
+
+def queue_counts(connection: Connection) -> tuple[int, int, datetime | None]:
+    """Rows claimable now (the database's clock on PostgreSQL, this host's on SQLite), rows in all, and
+    the oldest one's enqueue time (as the database returns it)."""
+    sqlite = connection.dialect.name == "sqlite"
+    now = sa.literal(datetime.now(timezone.utc), UtcDateTime) if sqlite else sa.func.now()
+    waiting = connection.execute(
+        sa.select(sa.func.count()).select_from(_queue).where(_queue.c.available_at <= now)).scalar_one()
+    total, oldest = connection.execute(sa.select(sa.func.count(), sa.func.min(_queue.c.enqueued_at))
+                                       .select_from(_queue)).one()
+    return waiting, total, oldest
+
+
+def queue_size(connection: Connection) -> int:
+    """Every row in the queue, claimed ones included."""
+    return connection.execute(sa.select(sa.func.count()).select_from(_queue)).scalar_one()

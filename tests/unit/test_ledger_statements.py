@@ -8,8 +8,8 @@ from latigo.storage.predictions import _PG_UNNEST
 
 def test_rows_and_done_is_the_predictions_upsert_and_the_done_mark():
     finish = str(sql.FINISH.compile(dialect=postgresql.dialect()))
-    assert sql.ROWS_AND_DONE_POSTGRESQL == (f"WITH written AS ({_PG_UNNEST} RETURNING 1), follow_up AS ({finish}) "
-                                            "SELECT count(*) FROM written")
+    combined = f"WITH written AS ({_PG_UNNEST} RETURNING 1), follow_up AS ({finish}) SELECT count(*) FROM written"
+    assert combined == sql.ROWS_AND_DONE_POSTGRESQL
 
 
 def test_claim_and_start_is_the_queue_claim_and_the_start():
