@@ -1,9 +1,12 @@
-"""The one owner of task state: every change of a task's state in the ledger, and its SQL.
+"""The one owner of task state: every change of a task's state in the ledger.
 
 The scheduler, the executor, the queues and the CLI call these; none of them writes the ledger itself.
 Every change takes the caller's connection, so it joins the caller's transaction: the database queue
 claims and starts a task in one transaction, and the executor writes the predictions, marks the task
-done and removes the queue row in another — two transactions per task.
+done and removes the queue row in another — two transactions per task. The hot-path statements, and
+the database queue's, are written out whole in latigo.storage.ledger_statements; the rows themselves
+are the prediction store's (latigo.storage.prediction_store), which `finish` hands the `done` mark to,
+and pruning past retention is latigo.retention's.
 
 States: queued → running → done | failed, back to queued on a retry or a release, cancelled by hand.
 `attempts` counts runs where the model ran and failed in a way worth retrying (capped by
@@ -19,7 +22,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -28,14 +31,12 @@ from sqlalchemy.engine import Connection, Engine
 from latigo.errors import describe_exception, one_line
 from latigo.storage import ledger_statements as sql
 from latigo.storage.db import write_transaction
-from latigo.storage.partitions import Partitions
-from latigo.storage.predictions import FollowUp, MissingPartition, write_predictions
+from latigo.storage.prediction_store import PredictionStore
+from latigo.storage.predictions import FollowUp
 from latigo.storage.tables import (
     DEAD_LETTERS,
-    MODEL_SUMMARY,
     SCHEDULE_STATE,
     TASKS,
-    UtcDateTime,
 )
 from latigo.storage.upsert import dialect_insert, insert_new
 from latigo.types import ModelRef, PredictionFrame, Started, Task, TimeRange
@@ -51,12 +52,6 @@ MAX_NAME_LENGTH = 255
 _tasks = TASKS
 _letters = DEAD_LETTERS
 _schedule = SCHEDULE_STATE
-
-_PRUNE_VALUES_SQLITE = sa.text(
-    "DELETE FROM prediction_values WHERE (series_id, ts) IN "
-    "(SELECT series_id, ts FROM prediction_values WHERE ts < :cutoff LIMIT :limit)"
-).bindparams(sa.bindparam("cutoff", type_=UtcDateTime))
-
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -111,9 +106,10 @@ class LedgerUnit:
 class TaskLifecycle:
     """Task state changes; see the module docstring."""
 
-    def __init__(self, engine: Engine, partition_size: timedelta = timedelta(days=1)) -> None:
+    def __init__(self, engine: Engine, predictions: PredictionStore | None = None) -> None:
         self.engine = engine
-        self.partitions = Partitions(engine, partition_size)
+        self.predictions = predictions or PredictionStore(engine)
+        """Where finish writes a task's rows (with its `done` mark)."""
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -222,13 +218,6 @@ class TaskLifecycle:
         started = Started(True, QUEUED, row.attempts, row.lost) if row.attempts is not None else None
         return row, started
 
-    def ready_for(self, frame: PredictionFrame) -> None:
-        """Before the finishing transaction: the partitions the frame's rows go to exist (on PostgreSQL;
-        created in their own short transaction, never inside a task's)."""
-        if frame.rows:
-            stamps = [row.ts for row in frame.rows]
-            self.partitions.ensure(min(stamps), max(stamps) + timedelta(microseconds=1))
-
     def finish(self, connection: Connection, task: Task, frame: PredictionFrame, duration_ms: int) -> int:
         """The task's predictions and its `done` mark, in the caller's transaction; returns the rows."""
         def done(rows: int) -> FollowUp:
@@ -237,11 +226,7 @@ class TaskLifecycle:
                                          "revision": frame.revision[:64] or None},
                             with_rows=sql.ROWS_AND_DONE_POSTGRESQL)
 
-        try:
-            return write_predictions(connection, frame, then=done)
-        except MissingPartition:
-            self.partitions.forget()  # dropped by retention elsewhere: the next attempt creates it
-            raise
+        return self.predictions.write(connection, frame, then=done)
 
     def retry_later(self, connection: Connection, task: Task, error: str) -> int:
         """The model ran and failed in a way worth retrying: back to queued, one attempt more; returns
@@ -280,86 +265,12 @@ class TaskLifecycle:
                                                        error=one_line(error), received_at=utcnow(), **named))
         return _rowcount(inserted) > 0
 
-    # ------------------------------------------------------------------ retention
-
-    def prune(self, retention: Retention, batch_size: int = 5000, now: datetime | None = None) -> dict[str, int]:
-        """Delete finished tasks, dead letters and the schedule state of models gone for longer than
-        their retention, in batches (no long lock, no huge transaction). Returns rows deleted per table."""
-        now = now or utcnow()
-        deleted = {"predictions": 0, "tasks": 0, "dead_letters": 0, "schedule_state": 0, "model_summary": 0}
-        if retention.predictions is not None:
-            deleted["predictions"] = self._prune_predictions(now - retention.predictions, batch_size)
-        if retention.tasks is not None:
-            deleted["tasks"] = self._prune(_tasks, _tasks.c.task_id, sa.and_(
-                _tasks.c.state.in_(tuple(FINAL)), _tasks.c.finished_at < now - retention.tasks), batch_size)
-            if deleted["tasks"]:
-                deleted["model_summary"] = self._prune_summary()
-        if retention.dead_letters is not None:
-            deleted["dead_letters"] = self._prune(
-                _letters, _letters.c.id, _letters.c.received_at < now - retention.dead_letters, batch_size)
-        if retention.schedule_state is not None:
-            deleted["schedule_state"] = self._prune_schedule(now - retention.schedule_state, batch_size)
-        return deleted
-
-    def _prune_predictions(self, cutoff: datetime, batch_size: int) -> int:
-        """PostgreSQL: drop the partitions that end before the cutoff (no DELETE, no bloat); returns how
-        many partitions. SQLite: delete the rows in batches; returns how many rows."""
-        if self.partitions.enabled:
-            return len(self.partitions.drop_before(cutoff))
-        total = 0
-        while True:
-            with write_transaction(self.engine) as connection:
-                count = _rowcount(connection.execute(_PRUNE_VALUES_SQLITE, {"cutoff": cutoff, "limit": batch_size}))
-            total += count
-            if count < batch_size:
-                return total
-
-    def _prune_summary(self) -> int:
-        """The overview's rows of models whose every task was pruned (gone from the ledger, gone from the
-        overview, as before the summary): one probe of the tasks index per model."""
-        summary = MODEL_SUMMARY
-        with write_transaction(self.engine) as connection:
-            return _rowcount(connection.execute(sa.delete(summary).where(~sa.exists().where(
-                _tasks.c.project == summary.c.project, _tasks.c.model == summary.c.model))))
-
-    def _prune_schedule(self, cutoff: datetime, batch_size: int) -> int:
-        """Schedule state of models gone (not scheduled since `cutoff`), keyed by (project, model)."""
-        total = 0
-        while True:
-            with write_transaction(self.engine) as connection:
-                key = sa.tuple_(_schedule.c.project, _schedule.c.model)
-                stale = sa.select(_schedule.c.project, _schedule.c.model).where(_schedule.c.updated_at < cutoff)
-                count = _rowcount(connection.execute(sa.delete(_schedule).where(key.in_(stale.limit(batch_size)))))
-            total += count
-            if count < batch_size:
-                return total
-
-    def _prune(self, table: sa.Table, key: sa.Column, condition: Any, batch_size: int) -> int:
-        total = 0
-        while True:
-            with write_transaction(self.engine) as connection:
-                batch = sa.select(key).where(condition).limit(batch_size).scalar_subquery()
-                count = _rowcount(connection.execute(sa.delete(table).where(key.in_(batch))))
-            total += count
-            if count < batch_size:
-                return total
-
 
 class Enqueued(NamedTuple):
     new: int
     """Tasks the ledger did not know."""
     to_send: list[Task]
     """Tasks to put on the queue."""
-
-
-@dataclass(frozen=True)
-class Retention:
-    """How long finished rows are kept; None keeps them forever."""
-
-    predictions: timedelta | None = timedelta(days=400)
-    tasks: timedelta | None = timedelta(days=30)
-    dead_letters: timedelta | None = timedelta(days=30)
-    schedule_state: timedelta | None = timedelta(days=30)
 
 
 def _new_row(task: Task, state: str, now: datetime) -> dict[str, Any]:

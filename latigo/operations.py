@@ -9,6 +9,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from latigo import retention
 from latigo.factory import Components
 from latigo.lifecycle import TaskFilter
 from latigo.scheduler import retention_of
@@ -64,7 +65,7 @@ def list_tasks(components: Components, which: TaskFilter, limit: int = 100) -> l
 
 
 def prune(components: Components) -> dict[str, int]:
-    return components.lifecycle.prune(retention_of(components.config.retention))
+    return retention.prune(components.prediction_store, retention_of(components.config.retention))
 
 
 def _iso(value: datetime | None) -> str | None:
