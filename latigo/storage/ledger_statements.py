@@ -1,12 +1,13 @@
-"""The task ledger's SQL: every statement on the executor's hot path, each written out whole, by name.
+"""The task ledger's SQL and its database queue's: every hot-path statement written out whole, by name.
 
 The ledger (latigo.lifecycle) owns the `tasks` table and the database queue's `task_queue` table beside it.
 On PostgreSQL its two hot statements span both tables, or the ledger and the predictions: the claim starts
 the task in the same statement (one round trip), and the predictions' upsert carries the task's `done` mark.
 Each is written here as the text the database receives, never put together at runtime from another
-module's text, so what runs can be read, reviewed and EXPLAINed as it stands; where a dialect needs its own
-variant, each variant is written whole. The queue (latigo.queues.database) runs these statements and has
-no SQL of its own.
+module's text, so what runs can be read, reviewed and EXPLAINed as it stands; where a dialect needs its
+own variant, each variant is written whole. They are text rather than the expression language: building
+them on every call cost more than running them. The queue (latigo.queues.database) runs these statements
+and the few helpers below (enqueue, cancel, counts) and has no SQL of its own.
 
 The texts that also stand alone elsewhere (the claim inside CLAIM_AND_START, the predictions' upsert inside
 ROWS_AND_DONE) are repeated on purpose; tests/unit/test_ledger_statements.py holds them equal.
