@@ -71,7 +71,7 @@ def fill(engine: sa.Engine, provider: BenchModels, hours: int, end: datetime, wo
             lifecycle.enqueue(c, chunk)
             lifecycle.advance_schedule(c, chunk)
     enqueued = time.monotonic() - began
-    lifecycle.partitions.ensure(windows[0].start, end + timedelta(seconds=1))
+    lifecycle.predictions.partitions.ensure(windows[0].start, end + timedelta(seconds=1))
     todo = [t for t in tasks if not (t.ref in late and t.window.end > end - timedelta(hours=3))]
     rows = [0]
     lock = threading.Lock()

@@ -41,7 +41,7 @@ def frames(rows: int, buckets: int, models: int = 200) -> list[PredictionFrame]:
 
 def latigo_rate(engine, data) -> float:
     lifecycle = TaskLifecycle(engine)
-    lifecycle.ready_for(PredictionFrame("m", [PredictionRow("o", "t", data[0].rows[0].ts, 0.0),
+    lifecycle.predictions.ready_for(PredictionFrame("m", [PredictionRow("o", "t", data[0].rows[0].ts, 0.0),
                                               PredictionRow("o", "t", data[-1].rows[-1].ts, 0.0)]))
     started = time.perf_counter()
     for frame in data:

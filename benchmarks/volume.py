@@ -55,7 +55,8 @@ import sqlalchemy as sa
 from _support import PG_ADMIN_URL
 
 from latigo.config import DatabaseSettings
-from latigo.lifecycle import Retention, TaskLifecycle
+from latigo.lifecycle import TaskLifecycle
+from latigo.retention import Retention, prune
 from latigo.status import collect_status
 from latigo.storage import migrations
 from latigo.storage.db import create_engine_for
@@ -213,7 +214,7 @@ def make_series(engine: sa.Engine, models: int) -> int:
 
 def load(engine: sa.Engine, shape: Shape) -> float:
     """COPY every window's rows (all series), one window per transaction; returns seconds."""
-    TaskLifecycle(engine).partitions.ensure(shape.t0, shape.end + DAY)
+    TaskLifecycle(engine).predictions.partitions.ensure(shape.t0, shape.end + DAY)
     ids = [row[0] for row in run(engine, "SELECT id FROM series ORDER BY id")]
     prefixes = [f"{i}\t" for i in ids]
     rng = random.Random(14)
@@ -329,11 +330,11 @@ def prepare_tasks(engine: sa.Engine, frames: list[tuple[Task, PredictionFrame]])
 def write_rate(engine: sa.Engine, frames: list[tuple[Task, PredictionFrame]]) -> float:
     """Rows per second through latigo's executor path, one transaction per task."""
     lifecycle = TaskLifecycle(engine)
-    lifecycle.ready_for(frames[0][1])  # a partition created now would be a one-off: not timed
+    lifecycle.predictions.ready_for(frames[0][1])  # a partition created now would be a one-off: not timed
     started = time.perf_counter()
     rows = 0
     for task, frame in frames:
-        lifecycle.ready_for(frame)
+        lifecycle.predictions.ready_for(frame)
         with lifecycle.transaction() as connection:
             rows += lifecycle.finish(connection, task, frame, 50)
     return rows / (time.perf_counter() - started)
@@ -574,8 +575,8 @@ def measure(databases: Databases, shape: Shape, args: argparse.Namespace, tasks:
     retention = Retention(predictions=now - oldest.span.end, tasks=None, dead_letters=None, schedule_state=None)
     lifecycle = TaskLifecycle(full)
     with statement_times(full) as statements:
-        deleted, drop_seconds = timed(f"TaskLifecycle.prune of {oldest.name} ({oldest_rows:,} rows)",
-                                      lambda: lifecycle.prune(retention, now=now))
+        deleted, drop_seconds = timed(f"retention.prune of {oldest.name} ({oldest_rows:,} rows)",
+                                      lambda: prune(lifecycle.predictions, retention, now=now))
     for took, statement in statements[:2]:
         print(f"    {took:6.2f} s  {statement[:150]}")
     if deleted["predictions"] != 1:

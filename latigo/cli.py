@@ -266,11 +266,11 @@ def anomalies(args: argparse.Namespace, config: Config) -> int:
 def _partitions_ahead(engine, config: Config) -> None:
     from datetime import datetime, timezone
 
-    from latigo.storage.partitions import Partitions
+    from latigo.storage.prediction_store import PredictionStore
 
-    partitions = Partitions(engine, config.predictions.partition_size)
-    created = partitions.ensure_ahead(datetime.now(timezone.utc), behind=config.scheduler.catch_up_limit,
-                                      ahead=config.predictions.partitions_ahead)
+    store = PredictionStore(engine, config.predictions.partition_size)
+    created = store.ensure_ahead(datetime.now(timezone.utc), behind=config.scheduler.catch_up_limit,
+                                 ahead=config.predictions.partitions_ahead)
     if created:
         print(f"created {created} prediction partitions")
 

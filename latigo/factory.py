@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from latigo.prediction_metadata import MetadataPublisher
     from latigo.settings import Config
     from latigo.sinks import SinkSet
+    from latigo.storage.prediction_store import PredictionStore
 
 REGISTRY: dict[str, dict[str, str]] = {
     "task_queue": {
@@ -125,7 +126,13 @@ class Components:
     def lifecycle(self) -> TaskLifecycle:
         from latigo.lifecycle import TaskLifecycle
 
-        return TaskLifecycle(self.engine, self.config.predictions.partition_size)
+        return TaskLifecycle(self.engine, self.prediction_store)
+
+    @cached_property
+    def prediction_store(self) -> PredictionStore:
+        from latigo.storage.prediction_store import PredictionStore
+
+        return PredictionStore(self.engine, self.config.predictions.partition_size)
 
     @cached_property
     def task_queue(self) -> TaskQueue:

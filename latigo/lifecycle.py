@@ -1,9 +1,12 @@
-"""The one owner of task state: every change of a task's state in the ledger, and its SQL.
+"""The one owner of task state: every change of a task's state in the ledger.
 
 The scheduler, the executor, the queues and the CLI call these; none of them writes the ledger itself.
 Every change takes the caller's connection, so it joins the caller's transaction: the database queue
 claims and starts a task in one transaction, and the executor writes the predictions, marks the task
-done and removes the queue row in another — two transactions per task.
+done and removes the queue row in another — two transactions per task. The hot-path statements, and
+the database queue's, are written out whole in latigo.storage.ledger_statements; the rows themselves
+are the prediction store's (latigo.storage.prediction_store), which `finish` hands the `done` mark to,
+and pruning past retention is latigo.retention's.
 
 States: queued → running → done | failed, back to queued on a retry or a release, cancelled by hand.
 `attempts` counts runs where the model ran and failed in a way worth retrying (capped by
@@ -14,28 +17,26 @@ or after an infrastructure fault counts in neither.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from latigo.errors import describe_exception, one_line
+from latigo.storage import ledger_statements as sql
 from latigo.storage.db import write_transaction
-from latigo.storage.partitions import Partitions
-from latigo.storage.predictions import FollowUp, MissingPartition, write_predictions
+from latigo.storage.prediction_store import PredictionStore
+from latigo.storage.predictions import FollowUp
 from latigo.storage.tables import (
     DEAD_LETTERS,
-    MODEL_SUMMARY,
     SCHEDULE_STATE,
     TASKS,
-    UtcDateTime,
 )
 from latigo.storage.upsert import dialect_insert, insert_new
 from latigo.types import ModelRef, PredictionFrame, Started, Task, TimeRange
@@ -51,35 +52,6 @@ MAX_NAME_LENGTH = 255
 _tasks = TASKS
 _letters = DEAD_LETTERS
 _schedule = SCHEDULE_STATE
-
-# The two changes every task makes, written out once: building them with the expression language on each
-# call cost more than running them.
-_STARTING = (
-    "SET state = 'running', runs = runs + 1, executor = :executor, started_at = :now, "
-    "lost = lost + CASE WHEN tasks.state = 'running' THEN 1 ELSE 0 END"
-)
-"""What a start changes; a task found `running` was started by an executor that never finished it."""
-_STARTABLE = "tasks.state IN ('queued', 'running')"
-_START = sa.text(
-    f"UPDATE tasks {_STARTING} WHERE task_id = :task_id AND {_STARTABLE} RETURNING attempts, lost"
-).bindparams(sa.bindparam("now", type_=UtcDateTime))
-_START_CLAIMED = (
-    "WITH claimed AS ({claim}), started AS ("
-    f"UPDATE tasks {_STARTING} FROM claimed WHERE tasks.task_id = claimed.task_id AND {_STARTABLE} "
-    "RETURNING tasks.task_id, tasks.attempts, tasks.lost) "
-    "SELECT claimed.task_id, claimed.body, claimed.deliveries, started.attempts, started.lost "
-    "FROM claimed LEFT JOIN started ON started.task_id = claimed.task_id"
-)
-"""PostgreSQL: _START joined to the queue's claim (an UPDATE ... RETURNING task_id, body, deliveries)."""
-_PRUNE_VALUES_SQLITE = sa.text(
-    "DELETE FROM prediction_values WHERE (series_id, ts) IN "
-    "(SELECT series_id, ts FROM prediction_values WHERE ts < :cutoff LIMIT :limit)"
-).bindparams(sa.bindparam("cutoff", type_=UtcDateTime))
-_FINISH = sa.text(
-    "UPDATE tasks SET state = 'done', rows = :rows, duration_ms = :duration_ms, finished_at = :now, "
-    "error = :note, revision = :revision WHERE task_id = :task_id"
-).bindparams(sa.bindparam("now", type_=UtcDateTime))
-
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -134,9 +106,10 @@ class LedgerUnit:
 class TaskLifecycle:
     """Task state changes; see the module docstring."""
 
-    def __init__(self, engine: Engine, partition_size: timedelta = timedelta(days=1)) -> None:
+    def __init__(self, engine: Engine, predictions: PredictionStore | None = None) -> None:
         self.engine = engine
-        self.partitions = Partitions(engine, partition_size)
+        self.predictions = predictions or PredictionStore(engine)
+        """Where finish writes a task's rows (with its `done` mark)."""
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -204,12 +177,15 @@ class TaskLifecycle:
         return [Task(model, TimeRange(start, end), project) for project, model, start, end in rows]
 
     def cancel(self, connection: Connection, which: TaskFilter) -> list[str]:
-        """Queued tasks become cancelled (an executor that receives one skips it); returns their ids."""
-        return list(connection.execute(
+        """Queued tasks become cancelled, and their rows in the database queue that no executor holds go
+        with them (a broker's message stays, and the executor that receives it skips it); returns their ids."""
+        ids = list(connection.execute(
             sa.update(_tasks).where(which.where(), _tasks.c.state == QUEUED)
             .values(state=CANCELLED, finished_at=utcnow(), error="cancelled by hand")
             .returning(_tasks.c.task_id)
         ).scalars())
+        sql.remove_unclaimed(connection, ids)
+        return ids
 
     # ------------------------------------------------------------------ executing
 
@@ -217,7 +193,7 @@ class TaskLifecycle:
         """Mark the task running unless it is finished. A task found `running` was started by an executor
         that never finished it: that run counts as lost."""
         now = utcnow()
-        row = connection.execute(_START, {"task_id": task.task_id, "executor": executor, "now": now}).first()
+        row = connection.execute(sql.START, {"task_id": task.task_id, "executor": executor, "now": now}).first()
         if row is not None:
             return Started(True, QUEUED, row.attempts, row.lost)
         state = connection.execute(sa.select(_tasks.c.state).where(_tasks.c.task_id == task.task_id)).scalar()
@@ -228,39 +204,29 @@ class TaskLifecycle:
                                                    "started_at": now}))
         return Started(True, QUEUED)
 
-    def claim_and_start(self, connection: Connection, claim: str, params: Mapping[str, Any],
+    def claim_and_start(self, connection: Connection, params: Mapping[str, Any],
                         executor: str) -> tuple[Any, Started | None] | None:
-        """PostgreSQL: the database queue's claim (its SQL text: an UPDATE ... RETURNING task_id, body,
-        deliveries) and the start of the task it claims, in one statement: one round trip on every task
-        instead of two. Returns the claimed row and the start, or None when nothing was claimed. The start
-        is None when the task was neither queued nor running (or is unknown to the ledger): the caller
+        """PostgreSQL: the database queue's claim and the start of the task it claims, in one statement
+        (CLAIM_AND_START_POSTGRESQL): one round trip on every task instead of two. `params` are the claim's
+        (owner, lease seconds). Returns the claimed row and the start, or None when nothing was claimed. The
+        start is None when the task was neither queued nor running (or is unknown to the ledger): the caller
         then calls start(), which finds out why in the same transaction."""
-        statement = _claim_and_start_statement(claim)
-        row = connection.execute(statement, {**params, "executor": executor, "now": utcnow()}).first()
+        row = connection.execute(sql.CLAIM_AND_START_POSTGRESQL,
+                                 {**params, "executor": executor, "now": utcnow()}).first()
         if row is None:
             return None
         started = Started(True, QUEUED, row.attempts, row.lost) if row.attempts is not None else None
         return row, started
 
-    def ready_for(self, frame: PredictionFrame) -> None:
-        """Before the finishing transaction: the partitions the frame's rows go to exist (on PostgreSQL;
-        created in their own short transaction, never inside a task's)."""
-        if frame.rows:
-            stamps = [row.ts for row in frame.rows]
-            self.partitions.ensure(min(stamps), max(stamps) + timedelta(microseconds=1))
-
     def finish(self, connection: Connection, task: Task, frame: PredictionFrame, duration_ms: int) -> int:
         """The task's predictions and its `done` mark, in the caller's transaction; returns the rows."""
         def done(rows: int) -> FollowUp:
-            return _FINISH, {"task_id": task.task_id, "rows": rows, "duration_ms": duration_ms, "now": utcnow(),
-                             "note": one_line(frame.note) if frame.note else None,
-                             "revision": frame.revision[:64] or None}
+            return FollowUp(sql.FINISH, {"task_id": task.task_id, "rows": rows, "duration_ms": duration_ms,
+                                         "now": utcnow(), "note": one_line(frame.note) if frame.note else None,
+                                         "revision": frame.revision[:64] or None},
+                            with_rows=sql.ROWS_AND_DONE_POSTGRESQL)
 
-        try:
-            return write_predictions(connection, frame, then=done)
-        except MissingPartition:
-            self.partitions.forget()  # dropped by retention elsewhere: the next attempt creates it
-            raise
+        return self.predictions.write(connection, frame, then=done)
 
     def retry_later(self, connection: Connection, task: Task, error: str) -> int:
         """The model ran and failed in a way worth retrying: back to queued, one attempt more; returns
@@ -299,91 +265,12 @@ class TaskLifecycle:
                                                        error=one_line(error), received_at=utcnow(), **named))
         return _rowcount(inserted) > 0
 
-    # ------------------------------------------------------------------ retention
-
-    def prune(self, retention: Retention, batch_size: int = 5000, now: datetime | None = None) -> dict[str, int]:
-        """Delete finished tasks, dead letters and the schedule state of models gone for longer than
-        their retention, in batches (no long lock, no huge transaction). Returns rows deleted per table."""
-        now = now or utcnow()
-        deleted = {"predictions": 0, "tasks": 0, "dead_letters": 0, "schedule_state": 0, "model_summary": 0}
-        if retention.predictions is not None:
-            deleted["predictions"] = self._prune_predictions(now - retention.predictions, batch_size)
-        if retention.tasks is not None:
-            deleted["tasks"] = self._prune(_tasks, _tasks.c.task_id, sa.and_(
-                _tasks.c.state.in_(tuple(FINAL)), _tasks.c.finished_at < now - retention.tasks), batch_size)
-            if deleted["tasks"]:
-                deleted["model_summary"] = self._prune_summary()
-        if retention.dead_letters is not None:
-            deleted["dead_letters"] = self._prune(
-                _letters, _letters.c.id, _letters.c.received_at < now - retention.dead_letters, batch_size)
-        if retention.schedule_state is not None:
-            deleted["schedule_state"] = self._prune_schedule(now - retention.schedule_state, batch_size)
-        return deleted
-
-    def _prune_predictions(self, cutoff: datetime, batch_size: int) -> int:
-        """PostgreSQL: drop the partitions that end before the cutoff (no DELETE, no bloat); returns how
-        many partitions. SQLite: delete the rows in batches; returns how many rows."""
-        if self.partitions.enabled:
-            return len(self.partitions.drop_before(cutoff))
-        total = 0
-        while True:
-            with write_transaction(self.engine) as connection:
-                count = _rowcount(connection.execute(_PRUNE_VALUES_SQLITE, {"cutoff": cutoff, "limit": batch_size}))
-            total += count
-            if count < batch_size:
-                return total
-
-    def _prune_summary(self) -> int:
-        """The overview's rows of models whose every task was pruned (gone from the ledger, gone from the
-        overview, as before the summary): one probe of the tasks index per model."""
-        summary = MODEL_SUMMARY
-        with write_transaction(self.engine) as connection:
-            return _rowcount(connection.execute(sa.delete(summary).where(~sa.exists().where(
-                _tasks.c.project == summary.c.project, _tasks.c.model == summary.c.model))))
-
-    def _prune_schedule(self, cutoff: datetime, batch_size: int) -> int:
-        """Schedule state of models gone (not scheduled since `cutoff`), keyed by (project, model)."""
-        total = 0
-        while True:
-            with write_transaction(self.engine) as connection:
-                key = sa.tuple_(_schedule.c.project, _schedule.c.model)
-                stale = sa.select(_schedule.c.project, _schedule.c.model).where(_schedule.c.updated_at < cutoff)
-                count = _rowcount(connection.execute(sa.delete(_schedule).where(key.in_(stale.limit(batch_size)))))
-            total += count
-            if count < batch_size:
-                return total
-
-    def _prune(self, table: sa.Table, key: sa.Column, condition: Any, batch_size: int) -> int:
-        total = 0
-        while True:
-            with write_transaction(self.engine) as connection:
-                batch = sa.select(key).where(condition).limit(batch_size).scalar_subquery()
-                count = _rowcount(connection.execute(sa.delete(table).where(key.in_(batch))))
-            total += count
-            if count < batch_size:
-                return total
-
-
-@functools.lru_cache(maxsize=8)
-def _claim_and_start_statement(claim: str) -> sa.TextClause:
-    return sa.text(_START_CLAIMED.format(claim=claim)).bindparams(sa.bindparam("now", type_=UtcDateTime))
-
 
 class Enqueued(NamedTuple):
     new: int
     """Tasks the ledger did not know."""
     to_send: list[Task]
     """Tasks to put on the queue."""
-
-
-@dataclass(frozen=True)
-class Retention:
-    """How long finished rows are kept; None keeps them forever."""
-
-    predictions: timedelta | None = timedelta(days=400)
-    tasks: timedelta | None = timedelta(days=30)
-    dead_letters: timedelta | None = timedelta(days=30)
-    schedule_state: timedelta | None = timedelta(days=30)
 
 
 def _new_row(task: Task, state: str, now: datetime) -> dict[str, Any]:

@@ -9,10 +9,11 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from latigo import retention
 from latigo.factory import Components
 from latigo.lifecycle import TaskFilter
 from latigo.scheduler import retention_of
-from latigo.storage.tables import TASKS, QueuedTask
+from latigo.storage.tables import TASKS
 
 
 @dataclass
@@ -45,16 +46,11 @@ def retry_tasks(components: Components, which: TaskFilter) -> int:
 
 
 def cancel_tasks(components: Components, which: TaskFilter) -> int:
-    """Queued tasks are cancelled; the database queue's rows go with them (an Event Hub message stays,
+    """Queued tasks are cancelled (the ledger removes their database queue rows; a broker's message stays,
     and the executor that receives it skips it)."""
     lifecycle = components.lifecycle
     with lifecycle.transaction() as connection:
         ids = lifecycle.cancel(connection, which)
-        if components.config.task_queue.type == "database":
-            for index in range(0, len(ids), 1000):
-                chunk = ids[index:index + 1000]
-                connection.execute(sa.delete(QueuedTask).where(QueuedTask.task_id.in_(chunk),
-                                                              QueuedTask.lease_owner.is_(None)))
     return len(ids)
 
 
@@ -69,7 +65,7 @@ def list_tasks(components: Components, which: TaskFilter, limit: int = 100) -> l
 
 
 def prune(components: Components) -> dict[str, int]:
-    return components.lifecycle.prune(retention_of(components.config.retention))
+    return retention.prune(components.prediction_store, retention_of(components.config.retention))
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -24,10 +24,12 @@ import sqlalchemy as sa
 
 from latigo.errors import ConfigError, LatigoError, describe_exception
 from latigo.interfaces import ModelInformationProvider, TaskQueue
-from latigo.lifecycle import CANCELLED, DONE, FAILED, MAX_NAME_LENGTH, QUEUED, Retention, TaskFilter, TaskLifecycle
+from latigo.lifecycle import CANCELLED, DONE, FAILED, MAX_NAME_LENGTH, QUEUED, TaskFilter, TaskLifecycle
 from latigo.observability import DATABASE_FAULTS, DATABASE_READY
+from latigo.retention import Retention, prune
 from latigo.settings import RetentionSettings, SchedulerSettings
 from latigo.storage.faults import is_infrastructure_fault
+from latigo.storage.prediction_store import PredictionStore
 from latigo.storage.tables import ScheduleState
 from latigo.types import DEFAULT_PROJECT, ModelRef, Task, TimeRange, ensure_utc, parse_timestamp
 
@@ -189,8 +191,8 @@ class Scheduler:
         """Enqueue every due window of every current model; returns the number of new tasks."""
         now = now or self.clock()
         if self.partitions_ahead is not None:
-            self.lifecycle.partitions.ensure_ahead(now, behind=self.settings.catch_up_limit + self.settings.interval,
-                                                   ahead=self.partitions_ahead)
+            self.lifecycle.predictions.ensure_ahead(now, behind=self.settings.catch_up_limit + self.settings.interval,
+                                                    ahead=self.partitions_ahead)
         refs = self._schedulable(self.models.get_model_list())
         states = self._load_state()
         tasks: list[Task] = []
@@ -367,12 +369,12 @@ class Chore:
             log.info("%s: %s", self.name, said)
 
 
-def retention_chore(lifecycle: TaskLifecycle, settings: RetentionSettings) -> Chore:
-    def prune() -> str:
-        deleted = lifecycle.prune(retention_of(settings))
+def retention_chore(store: PredictionStore, settings: RetentionSettings) -> Chore:
+    def past_retention() -> str:
+        deleted = prune(store, retention_of(settings))
         return ", ".join(f"{count} {table}" for table, count in deleted.items() if count)
 
-    return Chore("pruning past retention", settings.prune_interval, prune)
+    return Chore("pruning past retention", settings.prune_interval, past_retention)
 
 
 def retention_of(settings: RetentionSettings) -> Retention:

@@ -60,7 +60,7 @@ def build_chores(components: Components) -> list[Chore]:
     """Retention, the settled hours' counts (the overview's chart), planner statistics on PostgreSQL, and
     anomaly alerts when a webhook is configured."""
     config = components.config
-    chores = [retention_chore(components.lifecycle, config.retention),
+    chores = [retention_chore(components.prediction_store, config.retention),
               Chore("counting settled hours", task_hours.SETTLED_AFTER, lambda: task_hours.keep_settled_hours(
                   components.engine))]
     if components.engine.dialect.name == "postgresql":

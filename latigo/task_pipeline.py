@@ -232,7 +232,7 @@ class TaskPipeline:
         except TransientError as exc:
             return self._retry_later(task, delivery, exc, began)
         try:
-            self.lifecycle.ready_for(frame)
+            self.lifecycle.predictions.ready_for(frame)
             with self.lifecycle.unit_of_work() as unit:
                 rows = self.lifecycle.finish(unit.connection, task, frame, int(_ms_since(began)))
                 delivery.settle(ACK, unit)

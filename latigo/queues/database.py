@@ -8,6 +8,10 @@ else's delivery. PostgreSQL claims with FOR UPDATE SKIP LOCKED and wakes idle
 executors with LISTEN/NOTIFY; SQLite claims inside a short BEGIN IMMEDIATE.
 The claim also starts the task in the ledger, and the executor's finish removes
 the row in the transaction that stores the results: two transactions per task.
+
+The queue table belongs to the ledger, whose hot statements join it to `tasks`:
+every statement run here is the ledger's (latigo.storage.ledger_statements), and
+this module is the transport around them: leases, wake-ups and deliveries.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from latigo.errors import describe_exception as _describe
@@ -31,55 +34,16 @@ from latigo.interfaces import Delivery, QueueGauges, Settlement, TaskQueue, Unit
 from latigo.lifecycle import TaskLifecycle
 from latigo.storage.db import is_sqlite, utc_from_db, write_transaction
 from latigo.storage.faults import is_infrastructure_fault
-from latigo.storage.tables import TASK_QUEUE, UtcDateTime
-from latigo.storage.upsert import insert_new
+from latigo.storage.ledger_statements import NOTIFY, insert_queue_rows, queue_counts, queue_size, queue_statements
 from latigo.types import Started, Task
 
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "latigo_tasks"
-_table = TASK_QUEUE
 
 
 def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-@dataclass(frozen=True)
-class _Statements:
-    """The queue's hot-path SQL for one dialect, written out once (see the lifecycle's _START)."""
-
-    claim: Any
-    nack: Any
-    release: Any
-    renew: Any
-
-
-def _statements(later: str, now: str, sqlite: bool) -> _Statements:
-    """`later`/`now`: the dialect's "now + :seconds" and "now" expressions."""
-    skip_locked = "" if sqlite else " FOR UPDATE SKIP LOCKED"
-    guard = "task_id = :task_id AND lease_owner = :owner AND deliveries = :deliveries"
-    texts = {
-        "claim": f"UPDATE task_queue SET available_at = {later}, lease_owner = :owner, deliveries = deliveries + 1 "
-                 f"WHERE task_id = (SELECT task_id FROM task_queue WHERE available_at <= {now} "
-                 f"ORDER BY available_at LIMIT 1{skip_locked}) RETURNING task_id, body, deliveries",
-        "nack": f"UPDATE task_queue SET available_at = {later}, lease_owner = NULL WHERE {guard}",
-        "release": f"UPDATE task_queue SET available_at = {later}, lease_owner = NULL, deliveries = deliveries - 1 "
-                   f"WHERE {guard}",
-        "renew": f"UPDATE task_queue SET available_at = {later} WHERE {guard}",
-    }
-    typed = [sa.bindparam("until", type_=UtcDateTime), sa.bindparam("now", type_=UtcDateTime)] if sqlite else []
-    statements = {}
-    for name, text in texts.items():
-        statement = sa.text(text)
-        used = [param for param in typed if f":{param.key}" in text]
-        statements[name] = statement.bindparams(*used) if used else statement
-    return _Statements(**statements)
-
-
-_POSTGRESQL = _statements("now() + make_interval(secs => :seconds)", "now()", sqlite=False)
-_SQLITE = _statements(":until", ":now", sqlite=True)
-_ACK = sa.text("DELETE FROM task_queue WHERE task_id = :task_id AND lease_owner = :owner AND deliveries = :deliveries")
 
 
 class DatabaseDelivery(Delivery):
@@ -109,7 +73,7 @@ class DatabaseDelivery(Delivery):
         settlement.apply(self, unit.connection)
 
     def ack(self, connection: Connection | None = None) -> None:
-        self._finish(_ACK, self._claim(), connection)
+        self._finish(self._queue.sql.ack, self._claim(), connection)
 
     def nack(self, delay: float = 0.0, connection: Connection | None = None) -> None:
         self._finish(self._queue.sql.nack, {**self._claim(), **self._queue.after(delay)}, connection)
@@ -161,7 +125,7 @@ class DatabaseTaskQueue(TaskQueue):
         self.lifecycle = lifecycle
         """When given, a claim also starts the task in the ledger, in the same transaction."""
         self._sqlite = is_sqlite(engine)
-        self.sql = _SQLITE if self._sqlite else _POSTGRESQL
+        self.sql = queue_statements(engine)
         self._wakeup = threading.Condition()
         self._listener: _Listener | None = None
         self._notifications = 0
@@ -193,9 +157,9 @@ class DatabaseTaskQueue(TaskQueue):
         now = datetime.now(timezone.utc)
         rows = [{"task_id": t.task_id, "body": t.to_json(), "enqueued_at": now, "deliveries": 0,
                  "available_at": now} for t in tasks]
-        new = insert_new(connection, _table, rows, "task_id")
+        new = insert_queue_rows(connection, rows)
         if new and not self._sqlite:
-            connection.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+            connection.execute(NOTIFY, {"channel": NOTIFY_CHANNEL})
         return len(new)
 
     # ------------------------------------------------------------------ consuming
@@ -233,7 +197,7 @@ class DatabaseTaskQueue(TaskQueue):
         with write_transaction(self.engine) as connection:
             started = None
             if start and self.lifecycle is not None and not self._sqlite:
-                claimed = self.lifecycle.claim_and_start(connection, self.sql.claim.text, params, self.owner)
+                claimed = self.lifecycle.claim_and_start(connection, params, self.owner)
                 if claimed is None:
                     return None
                 row, started = claimed
@@ -247,20 +211,16 @@ class DatabaseTaskQueue(TaskQueue):
         return delivery
 
     def gauges(self) -> QueueGauges:
-        now = sa.func.now() if not self._sqlite else sa.literal(datetime.now(timezone.utc), UtcDateTime)
         with self.engine.connect() as connection:
-            waiting = connection.execute(
-                sa.select(sa.func.count()).select_from(_table).where(_table.c.available_at <= now)).scalar_one()
-            total, oldest = connection.execute(
-                sa.select(sa.func.count(), sa.func.min(_table.c.enqueued_at)).select_from(_table)).one()
-        oldest = utc_from_db(oldest)
+            waiting, total, enqueued = queue_counts(connection)
+        oldest = utc_from_db(enqueued)
         age = (datetime.now(timezone.utc) - oldest).total_seconds() if oldest else None
         return QueueGauges(waiting=waiting, in_queue=total, oldest_age_seconds=age)
 
     def size(self) -> int:
         """Every task still in the queue, leased ones included."""
         with self.engine.connect() as connection:
-            return connection.execute(sa.select(sa.func.count()).select_from(_table)).scalar_one()
+            return queue_size(connection)
 
     # ------------------------------------------------------------------ wake-ups
     def _ensure_listener(self) -> None:

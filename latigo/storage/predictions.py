@@ -7,7 +7,8 @@ transaction, so a rolled-back task leaves no half-made series behind.
 PostgreSQL: a task's few hundred rows go in one INSERT ... SELECT from unnest() of four arrays joined to
 `series` (one round trip once the series exist, and a plan whose cost does not grow with the rows, unlike
 a VALUES list; when some series do not exist yet, they are inserted and the statement runs again); the
-task's `done` mark rides in the same statement (write_predictions' `then`).
+task's `done` mark rides in the same statement (write_predictions' `then`, whose owner writes the
+combined statement out whole: latigo.storage.ledger_statements).
 Large frames: series ids are read once, then COPY of (series_id, ts, value) into a session-temporary
 staging table and one merge. SQLite: the same upserts, by executemany. Never one
 statement per row on the hot path.
@@ -15,13 +16,12 @@ statement per row on the hot path.
 
 from __future__ import annotations
 
-import functools
 import io
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from psycopg2.extras import execute_values
@@ -67,8 +67,14 @@ class MissingPartition(Exception):
     """A value fell outside every partition (dropped by retention meanwhile): create it and retry."""
 
 
-FollowUp = tuple[sa.TextClause, Mapping[str, Any]]
-"""A statement (an UPDATE or DELETE without RETURNING) and its parameters, run after the rows are written."""
+class FollowUp(NamedTuple):
+    """A statement (an UPDATE or DELETE without RETURNING) and its parameters, run after the rows are written."""
+
+    statement: sa.TextClause
+    params: Mapping[str, Any]
+    with_rows: str | None = None
+    """PostgreSQL: _PG_UNNEST and `statement` as one statement, written out whole by the follow-up's owner
+    (psycopg2's placeholders; it returns how many rows were written); None runs them one after the other."""
 
 
 def write_predictions(connection: Connection, frame: PredictionFrame,
@@ -87,7 +93,7 @@ def write_predictions(connection: Connection, frame: PredictionFrame,
     elif unique:
         _copy_merge(connection, frame.ref, unique)
     if follow_up is not None:
-        connection.execute(*follow_up)
+        connection.execute(follow_up.statement, follow_up.params)
     return len(unique)
 
 
@@ -98,11 +104,10 @@ def _values_upsert(connection: Connection, ref: ModelRef, rows: Mapping[Key, flo
               "stamps": _array_literal(key[2].isoformat() for key in rows),
               "values": "{" + ",".join(_copy_float(value) for value in rows.values()) + "}"}
     with _raw_cursor(connection) as cursor:
-        if follow_up is None:
+        if follow_up is None or follow_up.with_rows is None:
             written = _pg_insert_unnest(cursor, _PG_UNNEST, params)
         else:
-            statement, follow_up_params = follow_up
-            _pg_insert_unnest(cursor, _with_follow_up(statement, connection.dialect), {**follow_up_params, **params})
+            _pg_insert_unnest(cursor, follow_up.with_rows, {**follow_up.params, **params})
             written = cursor.fetchone()[0]
         new_series = written < len(rows)
         if new_series:  # some series are new: create them, then write again (idempotent)
@@ -110,16 +115,10 @@ def _values_upsert(connection: Connection, ref: ModelRef, rows: Mapping[Key, flo
             written = _pg_insert_unnest(cursor, _PG_UNNEST, params)
     if written != len(rows):
         raise RuntimeError(f"{len(rows) - written} of {len(rows)} prediction rows of {str(ref)!r} found no series")
-    if new_series and follow_up is not None:  # it ran before these rows were there: again, for what reads them
-        connection.execute(*follow_up)  # (model_summary's trigger reads the window's newest confidence)
-
-
-@functools.lru_cache(maxsize=8)
-def _with_follow_up(statement: sa.TextClause, dialect: Any) -> str:
-    """_PG_UNNEST and a follow-up statement as one: the rows, then the follow-up (a data-modifying CTE runs
-    to completion whether or not it is read), returning how many rows were written."""
-    follow_up = str(statement.compile(dialect=dialect))  # psycopg2's %(name)s placeholders
-    return f"WITH written AS ({_PG_UNNEST} RETURNING 1), follow_up AS ({follow_up}) SELECT count(*) FROM written"
+    if follow_up is not None and (new_series or follow_up.with_rows is None):
+        # Run apart, or it ran before these rows were there: again, for what reads them (model_summary's
+        # trigger reads the window's newest confidence).
+        connection.execute(follow_up.statement, follow_up.params)
 
 
 @contextmanager

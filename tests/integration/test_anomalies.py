@@ -35,7 +35,7 @@ def store(engine, model, totals, tags=None):
         rows += [PredictionRow("anomaly-confidence", tag, T0 + i * STEP, v) for i, v in enumerate(values)]
     frame = PredictionFrame(model, rows)
     lifecycle = TaskLifecycle(engine)
-    lifecycle.ready_for(frame)
+    lifecycle.predictions.ready_for(frame)
     with write_transaction(engine) as connection:
         from latigo.storage.predictions import write_predictions
 
@@ -148,7 +148,7 @@ def test_the_database_finds_the_same_episodes_as_the_rows_read_one_by_one(engine
         name = f"m-{index}"
         frame = PredictionFrame(name, [PredictionRow("total-anomaly-confidence", "total-anomaly-confidence", ts, v)
                                        for ts, v in kept])
-        TaskLifecycle(engine).ready_for(frame)
+        TaskLifecycle(engine).predictions.ready_for(frame)
         with write_transaction(engine) as connection:
             from latigo.storage.predictions import write_predictions
 

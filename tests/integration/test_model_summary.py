@@ -34,7 +34,7 @@ def frame(t, value):
 @pytest.fixture
 def lifecycle(engine):
     lifecycle = TaskLifecycle(engine)
-    lifecycle.partitions.ensure(T0 - timedelta(days=1), T0 + timedelta(days=2))
+    lifecycle.predictions.partitions.ensure(T0 - timedelta(days=1), T0 + timedelta(days=2))
     return lifecycle
 
 
@@ -138,15 +138,15 @@ def test_the_overview_models_match_the_ledger_read(engine, lifecycle):
 
 
 def test_a_model_whose_every_task_was_pruned_leaves_the_summary(engine, lifecycle):
-    from latigo.lifecycle import Retention
+    from latigo.retention import Retention, prune
 
     old, kept = task(0, model="gone"), task(0, model="kept")
     with lifecycle.transaction() as c:
         lifecycle.enqueue(c, [old, kept])
     run(lifecycle, old, value=0.1)
     assert summary(engine, model="kept") is not None  # still queued: never pruned
-    deleted = lifecycle.prune(Retention(tasks=timedelta(seconds=0)), now=datetime.now(timezone.utc)
-                              + timedelta(minutes=1))
+    deleted = prune(lifecycle.predictions, Retention(tasks=timedelta(seconds=0)), now=datetime.now(timezone.utc)
+                    + timedelta(minutes=1))
     assert (deleted["tasks"], deleted["model_summary"]) == (1, 1)
     assert summary(engine, model="gone") is None
     assert summary(engine, model="kept").newest_window_end == window(0).end

@@ -332,7 +332,7 @@ def fill_predictions(engine: sa.engine.Engine) -> None:
         rows += [PredictionRow("model-output", "tag-a", ts, 5.0) for ts in stamps]  # not a confidence
         frame = PredictionFrame(model, rows)
         task = Task(model, window)
-        lifecycle.ready_for(frame)
+        lifecycle.predictions.ready_for(frame)
         with lifecycle.transaction() as connection:
             assert lifecycle.start(connection, task, "test:1").run
             lifecycle.finish(connection, task, frame, 1200)

@@ -5,7 +5,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
-from latigo.lifecycle import Retention, TaskLifecycle
+from latigo.lifecycle import TaskLifecycle
+from latigo.retention import Retention, prune
 from latigo.storage.db import write_transaction
 from latigo.storage.partitions import Partitions
 from latigo.storage.predictions import COPY_FROM_ROWS, MissingPartition, write_predictions
@@ -78,7 +79,7 @@ def test_a_row_outside_every_partition_is_reported_as_such_not_lost(engine):
     with pytest.raises(MissingPartition), write_transaction(engine) as c:
         write_predictions(c, far)
     lifecycle = TaskLifecycle(engine)
-    lifecycle.ready_for(far)
+    lifecycle.predictions.ready_for(far)
     with write_transaction(engine) as c:
         assert write_predictions(c, far) == 1
     assert len(stored(engine)) == 1
@@ -87,11 +88,11 @@ def test_a_row_outside_every_partition_is_reported_as_such_not_lost(engine):
 def test_retention_drops_whole_partitions_on_postgresql_and_deletes_rows_on_sqlite(engine):
     lifecycle = TaskLifecycle(engine)
     old = PredictionFrame("m", [PredictionRow("o", "t", T0 + timedelta(hours=h), 1.0) for h in range(48)])
-    lifecycle.ready_for(old)
+    lifecycle.predictions.ready_for(old)
     with write_transaction(engine) as c:
         write_predictions(c, old)
-    deleted = lifecycle.prune(Retention(predictions=timedelta(days=1), tasks=None, dead_letters=None,
-                                        schedule_state=None), now=T0 + timedelta(days=2, hours=1))
+    deleted = prune(lifecycle.predictions, Retention(predictions=timedelta(days=1), tasks=None, dead_letters=None,
+                                                     schedule_state=None), now=T0 + timedelta(days=2, hours=1))
     kept = sorted(ts for (_, _, _, ts) in stored(engine))
     if engine.dialect.name == "postgresql":
         assert deleted["predictions"] == 2  # the partitions of 2025-12-31 and 2026-01-01, whole

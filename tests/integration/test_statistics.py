@@ -28,7 +28,7 @@ def fill(engine: sa.Engine, models: int = 60, windows: int = 30) -> None:
                 lifecycle.start(c, task, "exec")
                 frame = PredictionFrame(task.model, [PredictionRow("total-anomaly-confidence",
                                                                    "total-anomaly-confidence", task.window.start, 0.5)])
-                lifecycle.ready_for(frame)
+                lifecycle.predictions.ready_for(frame)
                 lifecycle.finish(c, task, frame, 1)
 
 

@@ -32,7 +32,7 @@ def populated(engine):
         delivery = queue.get(timeout=1)
         frame = PredictionFrame(delivery.task.model, [PredictionRow("model-output", "A", delivery.task.window.start,
                                                                     1.0)])
-        lifecycle.ready_for(frame)
+        lifecycle.predictions.ready_for(frame)
         with lifecycle.transaction() as c:
             lifecycle.finish(c, delivery.task, frame, 5)
             delivery.ack(c)
@@ -84,7 +84,7 @@ def many(engine):
             lifecycle.enqueue(c, [task])
             lifecycle.start(c, task, "exec")
             frame = PredictionFrame(name, [PredictionRow("model-output", "A", task.window.start, 1.0)])
-            lifecycle.ready_for(frame)
+            lifecycle.predictions.ready_for(frame)
             lifecycle.finish(c, task, frame, 5)
             if i < 30:
                 failing = Task(name, newest)

@@ -37,7 +37,7 @@ def finish_at(engine, lifecycle, finished, fail=False, model="m"):
 @pytest.fixture
 def lifecycle(engine):
     lifecycle = TaskLifecycle(engine)
-    lifecycle.partitions.ensure(W0 - timedelta(days=1), W0 + timedelta(days=2))
+    lifecycle.predictions.partitions.ensure(W0 - timedelta(days=1), W0 + timedelta(days=2))
     return lifecycle
 
 

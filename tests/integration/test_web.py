@@ -92,7 +92,7 @@ def fill(engine: sa.Engine) -> Filled:
                 lifecycle.fail(c, task, failure, 12)
             return
         frame = _frame(model, task.window, total, tags)
-        lifecycle.ready_for(frame)
+        lifecycle.predictions.ready_for(frame)
         with lifecycle.transaction() as c:
             lifecycle.finish(c, task, frame, 40)
 
