@@ -35,8 +35,10 @@ from latigo.interfaces import (
 from latigo.models.gordo import GordoModels, check_models, format_check_report
 from latigo.models.gordo_kubernetes import SERVICE_ACCOUNT_DIR, GordoKubernetes, resolve_kubernetes
 from latigo.models.gordo_settings import GordoSettings, with_pool_for
+from latigo.models.window_joining import WindowJoiner
 from latigo.prediction_metadata import MetadataApiClient, MetadataApiSettings
-from latigo.types import ModelInfo, ModelRef, ModelStatus, PredictionFrame
+from latigo.timegrid import predicted_buckets
+from latigo.types import ModelInfo, ModelRef, ModelStatus, PredictionFrame, TimeRange
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,7 @@ class GordoProjects(ModelInformationProvider, ModelExecutionProvider, CheckableP
         if settings.discover == "metadata_api" and not settings.metadata_api_url:
             raise ConfigError("gordo: discover: metadata_api needs metadata_api_url "
                               "(and metadata_api_subscription_key)")
+        self._joiner = WindowJoiner(self._execute_range, self._share, settings.windows_per_request)
         self.skipped: dict[str, str] = {}
         """Projects left out of the last listing, with the reason."""
         if not settings.discover:
@@ -203,7 +206,17 @@ class GordoProjects(ModelInformationProvider, ModelExecutionProvider, CheckableP
     # ------------------------------------------------ ModelExecutionProvider
 
     def execute_model(self, model: ModelRef, start: datetime, end: datetime) -> PredictionFrame:
-        return self.client(model.project).execute_model(model.name, start, end)
+        """The window's rows; consecutive windows of the model that wait at the same time share one request
+        (windows_per_request)."""
+        return self._joiner.execute(model, TimeRange(start, end))
+
+    def _execute_range(self, model: ModelRef, span: TimeRange) -> PredictionFrame:
+        return self.client(model.project).execute_model(model.name, span.start, span.end)
+
+    def _share(self, model: ModelRef, frame: PredictionFrame, window: TimeRange) -> PredictionFrame:
+        """The rows of the buckets that complete in `window` (as executing the window alone selects them)."""
+        buckets = predicted_buckets(window, self.client(model.project).get_model_info(model.name).resolution)
+        return frame.within(buckets) if buckets is not None else frame.with_rows([])
 
     def get_model_status(self, model: ModelRef) -> ModelStatus:
         return self.client(model.project).get_model_status(model.name)

@@ -55,6 +55,10 @@ class GordoSettings(AzureAdSettings):
     look_ahead: bool = True
     """Read data after a window to interpolate a gap that reaches the window's end, as Gordo would over a
     longer range."""
+    windows_per_request: int = field(default=8, metadata={"min": 1})
+    """Consecutive windows of one model that an executor holds at once (a backlog draining) go to the server
+    in one request, at most this many; 1: one request per window. Each window's rows are the same either
+    way (latigo/models/window_joining.py)."""
     revision_refresh: timedelta = timedelta(minutes=5)
     parallelism: int = field(default=10, metadata={"min": 1})
     """Concurrent metadata requests when listing models."""
