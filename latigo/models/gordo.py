@@ -1,8 +1,9 @@
 """Gordo: latigo's production model server — one project's adapter, composed of its parts.
 
 `GordoModels` is what latigo's `gordo` provider (latigo.models.gordo_projects.GordoProjects) keeps per
-project: the models of ModelInformationProvider and ModelExecutionProvider by name within the project,
-each call handed to the part that does it:
+project: the methods of ModelInformationProvider and ModelExecutionProvider for the models of one project
+(named without it; GordoProjects turns a ModelRef into project and name), each handed to the part that
+does it:
 
 - gordo_client: the HTTP side — connections, token, timeouts, the revision every request is pinned to;
 - gordo_information: the model listing, expected models and each model's metadata (cached per revision);
