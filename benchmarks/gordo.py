@@ -4,8 +4,9 @@ The same warm `gordo run-server` (models built by Gordo's own builder: pca-model
 row-filter-model; tests/support/gordo_real.py), the same sensor data in one real influxd, the same
 30-minute windows (those of the default schedule), every model in every window:
 
-- latigo's executor on its default config (concurrency 8, parquet; the queue and the ledger in a fresh
-  PostgreSQL database per round, predictions stored there), and with `use_parquet: false` (JSON).
+- latigo's executor on its default config (concurrency 8, parquet, consecutive windows of a model that it
+  holds at once joined in one request; the queue and the ledger in a fresh PostgreSQL database per round,
+  predictions stored there), with `use_parquet: false` (JSON) and with `windows_per_request: 1`.
 - gordo-client 6.3.0 as a live client in its own venv (tests/support/gordo_real_scripts/live_client.py):
   one `Client.predict(start, end)` per window for all the models (its default: JSON, 10 threads), and
   with `use_parquet=True`.
@@ -17,12 +18,14 @@ the shared machine falls on all of them. Printed per variant: wall time per mode
 the rounds) and the server's CPU per model-window (utime + stime of every process in gunicorn's process
 group, from /proc, summed over the rounds), and both as ratios to gordo-client's default.
 
-What bounds the ratios: with one request per model-window, most of the server's CPU is the model's own
-`anomaly()` (about 38 of 60 ms for a 3-row pca-model request, profiled in-process); parquet saves the
-rest of JSON's cost (JSON in, a JSON answer the server parses and re-encodes once more to add the
-revision: about 43 against 30 ms per request), and gordo-client's revision and metadata GETs before
-each predict cost the server about 2 ms. Concurrent requests to one gunicorn worker (the executor's 8)
-cost it more CPU per request than one at a time.
+What bounds the ratios: most of the server's CPU per request is the model's own `anomaly()`, whatever
+the number of rows (about 38 of 60 ms for a 3-row pca-model request, profiled in-process), which joined
+windows pay once per request; parquet saves the rest of JSON's cost (JSON in, a JSON answer the server
+parses and re-encodes once more to add the revision: about 43 against 30 ms per request), and
+gordo-client's revision and metadata GETs before each predict cost the server about 2 ms. Concurrent
+requests to one gunicorn worker (the executor's 8) cost it more CPU per request than one at a time. How
+many windows join depends on how many of a model's windows the executor holds at once: its 8 slots over
+the benchmark's 3 models.
 
     python benchmarks/gordo.py [--windows 12] [--rounds 3] [--window-minutes 30] [--server-workers 1]
 """
@@ -250,6 +253,8 @@ def main() -> None:
                 executor_variant("latigo executor (default: parquet, 8 threads)", server, influxd, windows, models),
                 executor_variant("latigo executor (use_parquet: false)", server, influxd, windows, models,
                                  use_parquet=False),
+                executor_variant("latigo executor (windows_per_request: 1)", server, influxd, windows, models,
+                                 windows_per_request=1),
                 gordo_client_variant("gordo-client (default: JSON)", server, influxd, windows, models, directory,
                                      use_parquet=False, per_model=False),
                 gordo_client_variant("gordo-client (use_parquet)", server, influxd, windows, models, directory,
