@@ -182,15 +182,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, status: int, reason: str, project: str | None, upstream: str | None) -> None:
         body = _html(status, reason)
+        # Recorded before the answer goes out: a client that has its answer finds the exchange recorded.
+        self.server.proxy._record(self.command, self.path, project, upstream, status)
         self.send_response(status, reason)
         self.send_header("Content-Type", "text/html")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
-        self.server.proxy._record(self.command, self.path, project, upstream, status)
 
     def _relay(self, response: http.client.HTTPResponse, project: str | None, upstream: str) -> None:
+        self.server.proxy._record(self.command, self.path, project, upstream, response.status)  # as _answer
         self.send_response_only(response.status, response.reason)
         skip = self._connection_tokens(response.msg)
         for name, value in response.getheaders():
@@ -210,7 +212,6 @@ class _Handler(BaseHTTPRequestHandler):
             if chunked:
                 self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
-        self.server.proxy._record(self.command, self.path, project, upstream, response.status)
 
 
 @dataclass(frozen=True)
