@@ -249,14 +249,17 @@ def main() -> None:
             assert server.process is not None
             models = server.models
             directory = Path(tmp)
+            latigo_default = executor_variant("latigo executor (default: parquet, 8 threads)", server, influxd,
+                                              windows, models)
+            client_default = gordo_client_variant("gordo-client (default: JSON)", server, influxd, windows, models,
+                                                  directory, use_parquet=False, per_model=False)
             defaults = [
-                executor_variant("latigo executor (default: parquet, 8 threads)", server, influxd, windows, models),
+                latigo_default,
                 executor_variant("latigo executor (use_parquet: false)", server, influxd, windows, models,
                                  use_parquet=False),
                 executor_variant("latigo executor (windows_per_request: 1)", server, influxd, windows, models,
                                  windows_per_request=1),
-                gordo_client_variant("gordo-client (default: JSON)", server, influxd, windows, models, directory,
-                                     use_parquet=False, per_model=False),
+                client_default,
                 gordo_client_variant("gordo-client (use_parquet)", server, influxd, windows, models, directory,
                                      use_parquet=True, per_model=False),
             ]
@@ -278,9 +281,9 @@ def main() -> None:
                   flush=True)
             measure(variants, server.process.pid, args.rounds, len(windows) * len(models))
             report([("each at its defaults: latigo's executor, gordo-client one predict per window", defaults,
-                     defaults[2]),
+                     client_default),
                     ("one model-window at a time", one_at_a_time, one_at_a_time[3])])
-            goal = defaults[0], defaults[2]
+            goal = latigo_default, client_default
             print(f"\ndefault config: latigo {wall(goal[1]) / wall(goal[0]):.2f}x faster (goal >= 2.5x), "
                   f"{cpu(goal[0]) / cpu(goal[1]):.2f}x the server's CPU (goal <= 0.6x)")
     finally:
