@@ -5,15 +5,16 @@ A Gordo request costs its server about as much for 3 rows as for 30: most of it 
 backfill, the catch-up after a Gordo or sensor outage) an executor's workers hold several windows of one
 model at the same time; here they go to the server as one request:
 
-- at most one request per model is in flight from one executor: a window that arrives meanwhile waits,
-  and the windows that waited go together when it returns. In steady state (one window per model per
-  cycle) nothing waits and nothing changes;
+- a window that arrives while a request for its model is in flight from this executor waits, and the
+  windows that waited go together when it returns. In steady state (one window per model per cycle)
+  nothing waits and nothing changes;
 - only consecutive windows are joined (each starts where the one before it ends), at most `limit`;
 - the joined answer is shared out by the buckets that complete in each window, which is what each window
   alone gets (latigo.model_input: a bucket's value is the same in any longer range that holds it);
-- joining never changes an outcome: a window whose share is empty, and every window of a joined request
-  that failed for its data or its model (a PermanentError), is run again alone; a fault of the peer or
-  any other transient failure is every joined window's, as it would have been for each of them.
+- joining never changes an outcome: when a joined request fails, each of its windows runs alone in its
+  own thread, as it would have without joining (its own error, its own attempt, its own report to the
+  peer's breaker), and so does a window whose share is empty; only a PeerDown (the peer's breaker is
+  open: nothing was sent) is every joined window's answer at once.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from latigo.errors import PermanentError
+from latigo.peers import PeerDown
 from latigo.types import PredictionFrame, TimeRange
 
 K = TypeVar("K", bound=Hashable)
@@ -38,10 +39,9 @@ class _Waiting:
     window: TimeRange
     result: PredictionFrame | None = None
     error: BaseException | None = None
+    alone: bool = False
+    """Answered with "run it yourself": its thread executes the window alone."""
     done: bool = False
-
-    def settle(self, result: PredictionFrame | None = None, error: BaseException | None = None) -> None:
-        self.result, self.error, self.done = result, error, True
 
 
 class WindowJoiner(Generic[K]):
@@ -60,18 +60,20 @@ class WindowJoiner(Generic[K]):
         batch = self._wait_or_lead(key, mine)
         if batch is not None:
             try:
-                self._serve(key, batch)
+                self._serve(key, batch, mine)
             finally:
                 with self._changed:
                     self._busy.discard(key)
                     self._changed.notify_all()
+        if mine.alone:
+            return self._run(key, window)
         if mine.error is not None:
             raise mine.error
         assert mine.result is not None
         return mine.result
 
     def _wait_or_lead(self, key: K, mine: _Waiting) -> list[_Waiting] | None:
-        """None once another thread has served `mine`; else every window waiting for `key` (mine among
+        """None once another thread has answered `mine`; else every window waiting for `key` (mine among
         them), which this thread now serves."""
         with self._changed:
             self._waiting.setdefault(key, []).append(mine)
@@ -82,42 +84,52 @@ class WindowJoiner(Generic[K]):
             self._busy.add(key)
             return self._waiting.pop(key)
 
-    def _serve(self, key: K, batch: list[_Waiting]) -> None:
+    def _answer(self, waiting: _Waiting, result: PredictionFrame | None = None, error: BaseException | None = None,
+                alone: bool = False) -> None:
+        with self._changed:
+            waiting.result, waiting.error, waiting.alone, waiting.done = result, error, alone, True
+            self._changed.notify_all()
+
+    def _serve(self, key: K, batch: list[_Waiting], mine: _Waiting) -> None:
+        """Joined requests for the consecutive runs; the leader's own lone window runs here while the key is
+        busy (so that the next windows pile up behind it); every other lone window runs in its own thread."""
         try:
             for run in consecutive_runs(sorted(batch, key=lambda w: w.window.start), self.limit):
-                self._serve_run(key, run)
-        except BaseException as exc:  # interrupted: no waiting window is left without an answer
+                if len(run) > 1:
+                    self._serve_joined(key, run)
+                elif run[0] is not mine:
+                    self._answer(run[0], alone=True)
+            if not mine.done:
+                self._answer(mine, *self._outcome(key, mine.window))
+        except BaseException:  # interrupted: no waiting window is left without an answer
             for waiting in batch:
                 if not waiting.done:
-                    waiting.settle(error=exc)
+                    self._answer(waiting, alone=True)
             raise
 
-    def _serve_run(self, key: K, run: Sequence[_Waiting]) -> None:
-        if len(run) == 1:
-            self._alone(key, run[0])
-            return
+    def _serve_joined(self, key: K, run: Sequence[_Waiting]) -> None:
         try:
             frame = self._run(key, TimeRange(run[0].window.start, run[-1].window.end))
-        except PermanentError:  # the data or the model: each window's own outcome decides
+        except PeerDown as exc:  # nothing was sent: every window would hear the same alone
             for waiting in run:
-                self._alone(key, waiting)
+                self._answer(waiting, error=exc)
             return
-        except Exception as exc:
+        except Exception:  # each window's own call decides its outcome, as without joining
             for waiting in run:
-                waiting.settle(error=exc)
+                self._answer(waiting, alone=True)
             return
         for waiting in run:
             share = self._share(key, frame, waiting.window)
             if share.rows:
-                waiting.settle(share)
+                self._answer(waiting, share)
             else:
-                self._alone(key, waiting)
+                self._answer(waiting, alone=True)
 
-    def _alone(self, key: K, waiting: _Waiting) -> None:
+    def _outcome(self, key: K, window: TimeRange) -> tuple[PredictionFrame | None, BaseException | None]:
         try:
-            waiting.settle(self._run(key, waiting.window))
+            return self._run(key, window), None
         except Exception as exc:
-            waiting.settle(error=exc)
+            return None, exc
 
 
 def consecutive_runs(ordered: Sequence[_Waiting], limit: int) -> Iterator[list[_Waiting]]:

@@ -12,6 +12,7 @@ import pytest
 
 from latigo.errors import NoDataError, TransientError
 from latigo.models.window_joining import WindowJoiner
+from latigo.peers import PeerDown
 from latigo.types import PredictionFrame, PredictionRow, TimeRange
 
 T0 = datetime(2026, 3, 2, tzinfo=timezone.utc)
@@ -88,7 +89,9 @@ def test_only_consecutive_windows_are_joined_and_at_most_limit_of_them():
     joiner = WindowJoiner(model.run, share, limit=2)
     later = [("m", window(i)) for i in (1, 2, 3, 6)]
     results = pile_up(joiner, model, ("m", window(0)), later)
-    assert model.calls[1:] == [("m", TimeRange(window(1).start, window(2).end)), ("m", window(3)), ("m", window(6))]
+    # The joined pair first; the two lone windows each in their own thread, in either order.
+    assert model.calls[1] == ("m", TimeRange(window(1).start, window(2).end))
+    assert sorted(model.calls[2:], key=lambda c: c[1].start) == [("m", window(3)), ("m", window(6))]
     assert [r.rows for r in results[1:]] == [rows_for(w).rows for _, w in later]
 
 
@@ -103,19 +106,22 @@ def test_other_models_never_wait():
         assert blocked.result(10).rows == rows_for(window(0)).rows
 
 
-def test_a_joined_request_that_fails_for_its_data_is_run_window_by_window():
+@pytest.mark.parametrize("failure", [NoDataError("no complete row"), TransientError("gordo: connection reset")])
+def test_a_joined_request_that_fails_is_run_window_by_window_each_with_its_own_outcome(failure):
+    """As without joining: each window's own call, its own error (and attempt), its own report to the breaker."""
     joined = TimeRange(window(1).start, window(3).end)
-    model = Model(fail={joined: NoDataError("no complete row"), window(2): NoDataError("no complete row in w2")})
+    model = Model(fail={joined: failure, window(2): NoDataError("no complete row in w2")})
     joiner = WindowJoiner(model.run, share, limit=8)
     results = pile_up(joiner, model, ("m", window(0)), [("m", window(i)) for i in (1, 2, 3)])
-    assert [span for _, span in model.calls[1:]] == [joined, window(1), window(2), window(3)]
+    assert model.calls[1] == ("m", joined)
+    assert sorted(span.start for _, span in model.calls[2:]) == [window(i).start for i in (1, 2, 3)]
     assert results[1].rows == rows_for(window(1)).rows and results[3].rows == rows_for(window(3)).rows
     assert isinstance(results[2], NoDataError) and "w2" in str(results[2])
 
 
-def test_a_joined_request_that_fails_for_the_peer_is_every_window_s_failure_and_not_repeated():
+def test_a_joined_request_refused_by_the_open_breaker_is_every_window_s_answer_and_not_repeated():
     joined = TimeRange(window(1).start, window(2).end)
-    down = TransientError("gordo: connection refused")
+    down = PeerDown("gordo p at host", T0, 4.0, "connection refused")
     model = Model(fail={joined: down})
     joiner = WindowJoiner(model.run, share, limit=8)
     results = pile_up(joiner, model, ("m", window(0)), [("m", window(1)), ("m", window(2))])
