@@ -183,7 +183,7 @@ class HttpClient:
             if response is None:
                 continue
             status = response.status_code
-            self._report(status, method, url, probe)
+            self._report(status, method, url, probe, last=attempt > policy.max_retries)
             if status < 300 or status in accept:
                 return response
             if status == 401 and self._token is not None and not refreshed:
@@ -214,7 +214,8 @@ class HttpClient:
             response = self.session.request(method, url, headers=headers,
                                             timeout=(min(self.connect_timeout, timeout), timeout), **kwargs)
         except (requests.ConnectionError, requests.Timeout) as exc:
-            if self.peer is not None and self.peer.failed(f"{method} {_path(url)}: {type(exc).__name__}", probe):
+            last = attempt > policy.max_retries
+            if self.peer is not None and self.peer.failed(f"{method} {_path(url)}: {type(exc).__name__}", probe, last):
                 raise self.peer.down_error() from None
             if attempt <= policy.max_retries:
                 delay = policy.delay(attempt)
@@ -226,14 +227,15 @@ class HttpClient:
                                  f"{type(exc).__name__}") from None
         return response
 
-    def _report(self, status: int, method: str, url: str, probe: bool) -> None:
+    def _report(self, status: int, method: str, url: str, probe: bool, last: bool) -> None:
         """Tell the peer's breaker how the answer went: a gateway's 502/503/504 counts against the peer
-        (raising PeerDown once the breaker is open), any other answer is the peer answering."""
+        (raising PeerDown once the breaker is open; `last`: no retry follows, see CircuitBreaker.failed),
+        any other answer is the peer answering."""
         if self.peer is None:
             return
         if status not in GATEWAY_STATUS:
             self.peer.succeeded()
-        elif self.peer.failed(f"{method} {_path(url)} answered {status}", probe):
+        elif self.peer.failed(f"{method} {_path(url)} answered {status}", probe, last):
             raise self.peer.down_error()
 
     def close(self) -> None:

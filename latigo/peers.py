@@ -11,6 +11,11 @@ What stays a task's own transient failure: one model's 503 while others answer, 
 out. Successes in between keep the count below the threshold, so those keep the bounded retry by
 redelivery.
 
+A call's last failure that does not open the breaker by itself may wait for the verdict (`failed(...,
+wait=)`): when the peer has just gone away, the other calls in flight fail within moments and open it, and
+the waiting call then hands its task back like every later one instead of spending an attempt on the
+outage; a success meanwhile (or no verdict within the wait) makes it the call's own failure.
+
 Transitions are logged once, exported as `latigo_peer_up{peer}` and `latigo_peer_outage_seconds_total{peer}`,
 and passed to listeners (the executor records them in the database for `latigo status` and the web page).
 """
@@ -59,13 +64,18 @@ class CircuitBreaker:
     """One peer's breaker; thread-safe (every worker of an executor shares it)."""
 
     def __init__(self, peer: str, threshold: int = 5, base_delay: float = 1.0, max_delay: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, verdict_wait: float = 10.0) -> None:
         if threshold < 1:
             raise ValueError("threshold must be at least 1")
         self.peer, self.threshold = peer, threshold
         self.base_delay, self.max_delay = base_delay, max_delay
+        self.verdict_wait = verdict_wait
+        """Seconds a caller's last failure waits for the breaker's verdict (see failed)."""
         self._clock = clock
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        """Notified when the breaker opens and when a call succeeds (what a waiting failure waits for)."""
+        self._successes = 0
         self._failures = 0
         self._opened_at: float | None = None
         self._down_since: datetime | None = None
@@ -125,6 +135,8 @@ class CircuitBreaker:
     def succeeded(self) -> None:
         with self._lock:
             self._failures = 0
+            self._successes += 1
+            self._changed.notify_all()
             if self._opened_at is None:
                 return
             self._account()
@@ -137,33 +149,60 @@ class CircuitBreaker:
         PEER_UP.labels(peer=self.peer).set(1)
         _notify(listeners, state)
 
-    def failed(self, reason: str, probe: bool = False) -> bool:
-        """A connection-level failure (of the probe, when `probe`); True when the breaker is open afterwards."""
+    def failed(self, reason: str, probe: bool = False, last: bool = False) -> bool:
+        """A connection-level failure (of the probe, when `probe`); True when the breaker is open afterwards.
+
+        `last`: the caller gives up after this failure (it would become its task's). One that leaves the
+        breaker closed then waits up to `verdict_wait` seconds for it to open (True) or for any call to
+        succeed (False)."""
         with self._lock:
-            now = self._clock()
-            if self._opened_at is not None:
-                self._account()
-                if probe and self._probing:
-                    self._probing = False
-                    self._probes_failed += 1
-                    self._next_probe = now + self._delay()
-                    self._reason = reason
-                return True
-            self._failures += 1
-            if self._failures < self.threshold:
-                return False
-            self._opened_at, self._accounted = now, now
-            self._down_since = _utcnow()
-            self._reason = reason
-            self._probes_failed = 0
-            self._next_probe = now + self._delay()
-            state = PeerState(self.peer, self._down_since, reason, self._failures)
+            successes = self._successes
+            is_open, opened = self._count_failure(reason, probe)
+            if not is_open and last and self.verdict_wait > 0:
+                is_open = self._wait_for_verdict(successes, self.verdict_wait)
+        if opened is not None:
+            self._announce_open(opened)
+        return is_open
+
+    def _count_failure(self, reason: str, probe: bool) -> tuple[bool, PeerState | None]:
+        """(open afterwards, the state to announce when this failure opened it); under the lock."""
+        now = self._clock()
+        if self._opened_at is not None:
+            self._account()
+            if probe and self._probing:
+                self._probing = False
+                self._probes_failed += 1
+                self._next_probe = now + self._delay()
+                self._reason = reason
+            return True, None
+        self._failures += 1
+        if self._failures < self.threshold:
+            return False, None
+        self._opened_at, self._accounted = now, now
+        self._down_since = _utcnow()
+        self._reason = reason
+        self._probes_failed = 0
+        self._next_probe = now + self._delay()
+        self._changed.notify_all()
+        return True, PeerState(self.peer, self._down_since, reason, self._failures)
+
+    def _wait_for_verdict(self, successes: int, wait: float) -> bool:
+        """Under the lock: wait (real seconds) until the breaker opens or a call succeeds after `successes`."""
+        deadline = time.monotonic() + wait
+        while self._opened_at is None and self._successes == successes:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._changed.wait(left)
+        return self._opened_at is not None
+
+    def _announce_open(self, state: PeerState) -> None:
+        with self._lock:
             listeners = list(self._listeners)
         log.error("peer %s is down (%d connection failures in a row, last: %s): tasks that need it wait, "
-                  "one probe at a time", self.peer, self.threshold, reason)
+                  "one probe at a time", self.peer, self.threshold, state.reason)
         PEER_UP.labels(peer=self.peer).set(0)
         _notify(listeners, state)
-        return True
 
     def reset(self) -> None:
         """Closed, with no failures counted and no listeners, without telling anyone."""

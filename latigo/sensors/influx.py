@@ -131,7 +131,7 @@ def request(client: InfluxDBClient, settings: InfluxConnectionSettings, action: 
     try:
         response = client.request(*args, **kwargs)
     except (requests.ConnectionError, requests.Timeout) as exc:
-        if peer.failed(f"{action}: {type(exc).__name__}", probe):
+        if peer.failed(f"{action}: {type(exc).__name__}", probe, last=True):
             raise peer.down_error() from None
         raise classify_error(exc, action, settings) from None
     except Exception as exc:  # noqa: BLE001 - the server answered: translated, or re-raised as is

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from latigo.observability import REGISTRY
@@ -45,6 +48,41 @@ def test_successes_between_failures_keep_it_closed() -> None:
         b.failed("503")
         b.succeeded()
     assert not b.is_open
+
+
+def _last_failure_in_thread(b: CircuitBreaker) -> tuple[threading.Thread, list[bool]]:
+    verdict: list[bool] = []
+    thread = threading.Thread(target=lambda: verdict.append(b.failed("refused", last=True)))
+    thread.start()
+    time.sleep(0.2)
+    assert thread.is_alive(), "the last failure did not wait for the verdict"
+    return thread, verdict
+
+
+def test_a_last_failure_waits_and_is_the_outage_when_the_calls_in_flight_open_it() -> None:
+    """The first calls to meet an outage: their tasks are handed back like every later one."""
+    b = breaker(Clock(), "peer verdict open")
+    thread, verdict = _last_failure_in_thread(b)
+    b.failed("refused")
+    b.failed("refused")
+    thread.join(5)
+    assert verdict == [True] and b.is_open
+
+
+def test_a_last_failure_is_the_calls_own_when_another_call_succeeds_meanwhile() -> None:
+    b = breaker(Clock(), "peer verdict success")
+    thread, verdict = _last_failure_in_thread(b)
+    b.succeeded()
+    thread.join(5)
+    assert verdict == [False] and not b.is_open
+
+
+def test_a_last_failure_with_no_verdict_is_the_calls_own_after_the_wait() -> None:
+    b = CircuitBreaker("peer verdict none", threshold=3, clock=Clock(), verdict_wait=0.3)
+    began = time.monotonic()
+    assert b.failed("refused", last=True) is False
+    assert 0.3 <= time.monotonic() - began < 3
+    assert [b.failed("refused"), b.failed("refused")] == [False, True], "the waited failure counts"
 
 
 def test_one_probe_at_a_time_with_a_doubling_capped_backoff_then_closed_by_a_success() -> None:
