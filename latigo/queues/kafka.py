@@ -44,6 +44,9 @@ PAUSE_AFTER = 1.0
 """Seconds the hand-off may stay full before the partitions are paused (see _poll)."""
 TOPIC_LOOKUP = 5.0
 """Seconds between metadata requests while the consumer owns no partition (see _look_for_partitions)."""
+REJOIN_AFTER = 30.0
+"""Seconds a topic may be back (after this consumer saw it missing) with no partition of it assigned here
+before the consumer joins the group again (see _look_for_partitions)."""
 
 
 @dataclass
@@ -102,6 +105,10 @@ class _Session:
     pause across a rebalance, so the next poll says which it must be."""
     full_since: float | None = None
     """Since when the hand-off has been full."""
+    missing_seen: bool = False
+    """The topic was seen missing since this consumer last got partitions (a broker that lost it)."""
+    back_since: float | None = None
+    """Since when the topic is back, seen missing before, while this consumer still owns nothing."""
 
 
 class KafkaTaskQueue(TaskQueue):
@@ -203,9 +210,7 @@ class KafkaTaskQueue(TaskQueue):
         session.consumer = Consumer(config)
         with self._lock:
             self._session = session
-        session.consumer.subscribe([self.topic], on_assign=lambda c, ps: self._on_assign(session, ps),
-                                   on_revoke=lambda c, ps: self._on_revoke(session, ps),
-                                   on_lost=lambda c, ps: self._on_lost(session, ps))
+        self._subscribe(session)
         last_commit = last_lookup = time.monotonic()
         interval = self.settings.commit_interval.total_seconds()
         while not self._closed.is_set():
@@ -219,17 +224,38 @@ class KafkaTaskQueue(TaskQueue):
                 last_lookup = time.monotonic()
                 self._look_for_partitions(session)
 
+    def _subscribe(self, session: _Session) -> None:
+        session.consumer.subscribe([self.topic], on_assign=lambda c, ps: self._on_assign(session, ps),
+                                   on_revoke=lambda c, ps: self._on_revoke(session, ps),
+                                   on_lost=lambda c, ps: self._on_lost(session, ps))
+
     def _look_for_partitions(self, session: _Session) -> None:
         """Ask the brokers for the topic's metadata while this consumer owns nothing, to say so when the
-        topic is missing (librdkafka's own refresh finds it back and starts the rebalance)."""
+        topic is missing. librdkafka's own refresh normally finds it back and starts the rebalance; when
+        the group still gives this consumer nothing REJOIN_AFTER after the topic came back, the consumer
+        joins again, which makes the group assign once more (seen once: after a broker lost the topic and
+        it was created again, one executor was given nothing and the other never heard from the group,
+        for minutes)."""
         try:
             partitions = topic_partitions(session.consumer, self.topic, timeout=5.0)
         except LatigoError as exc:
             log.debug("%s", exc)
             return
         if partitions is None:
+            session.missing_seen, session.back_since = True, None
             log.warning("kafka topic %s does not exist at %s (any more?): waiting for it", self.topic,
                         self.config.where)
+            return
+        if not session.missing_seen:
+            return  # more consumers than partitions: owning none is this consumer's share
+        now = time.monotonic()
+        session.back_since = session.back_since or now
+        if now - session.back_since >= REJOIN_AFTER:
+            log.warning("kafka topic %s is back with %d partitions, none given to this consumer for %.0fs: "
+                        "joining the group again", self.topic, len(partitions), now - session.back_since)
+            session.missing_seen, session.back_since = False, None
+            session.consumer.unsubscribe()
+            self._subscribe(session)
 
     def _poll(self, session: _Session) -> list[Message]:
         """What the client has fetched, up to the room in the hand-off, without waiting; else one message
@@ -312,6 +338,8 @@ class KafkaTaskQueue(TaskQueue):
                     session.owned[tp.partition] = _Owned(PartitionTracker(str(tp.partition)),
                                                          committed=committed.get(tp.partition, -1))
                 session.paused = None
+                if partitions:
+                    session.missing_seen, session.back_since = False, None
                 self.rebalances += 1
             log.info("kafka topic %s: assigned partitions %s", self.topic, sorted(tp.partition for tp in partitions))
         except Exception:

@@ -297,3 +297,44 @@ def test_a_consumer_paused_by_a_full_hand_off_consumes_again_after_a_rebalance(m
                 taken[name] += 1
     assert taken["first"] > 0 and taken["second"] > 0, taken  # both consume their partitions
     assert seen == {t.task_id for t in tasks}
+
+
+def test_a_consumer_given_nothing_after_the_topic_came_back_joins_again_once(make_queue, tansu, monkeypatch,
+                                                                          caplog):
+    """Two consumers of a topic of one partition (one is given it, the other nothing), then a broker that
+    loses the topic (restarted, its storage in memory) and the topic created again. Having seen it missing,
+    the consumer given nothing joins the group again once REJOIN_AFTER later (a group that assigned from
+    metadata without the topic must assign again) and never again after; the tasks are each delivered once.
+    (Tasks are put by queues closed before the restart: a producer that knows the topic has Tansu create it.)"""
+    monkeypatch.setattr("latigo.queues.kafka.REJOIN_AFTER", 2.0)
+    caplog.set_level(logging.INFO, logger="latigo.queues.kafka")
+    name = f"one-{uuid.uuid4().hex[:8]}"
+    tansu.create_topic(name, 1)
+    put(make_queue(topic=name), tasks_for(["early"], 3))
+    consumers = [make_queue(topic=name), make_queue(topic=name)]
+    got = drain_all(consumers, 3, timeout=90)
+    tansu.restart()
+    assert wait_for(lambda: caplog.text.count("does not exist") >= 2, 90), caplog.text[-3000:]
+    tansu.create_topic(name, 1)
+    put(make_queue(topic=name), tasks_for(["later"], 3))
+    got += drain_all(consumers, 3, timeout=90)
+    assert wait_for(lambda: "joining the group again" in caplog.text, 60), caplog.text[-3000:]
+    time.sleep(6)
+    assert sorted(d.task.model for d in got) == ["early"] * 3 + ["later"] * 3
+    assert caplog.text.count("joining the group again") == 1, caplog.text[-3000:]
+
+
+def put(queue, tasks):
+    assert queue.put_many(tasks) == len(tasks)
+    queue.close()
+
+
+def drain_all(queues, count, timeout=30.0):
+    got, deadline = [], time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        for queue in queues:
+            delivery = queue.get(0.1)
+            if delivery is not None:
+                got.append(delivery)
+                delivery.ack()
+    return got
