@@ -27,7 +27,17 @@ from latigo.secrets import register_secret
 
 log = logging.getLogger(__name__)
 
+CONNECTION_FAILURES = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+"""What requests raises when the connection failed: refused, reset, timed out, DNS, or cut in the middle of
+the answer's body (ChunkedEncodingError, whatever the body's encoding: a reset while reading it)."""
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+def connection_failure(exc: BaseException) -> str:
+    """One of CONNECTION_FAILURES in a word or three: its class name, or what a ChunkedEncodingError means."""
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return "ConnectionError (cut while reading the answer)"
+    return type(exc).__name__
 
 
 @dataclass
@@ -213,18 +223,18 @@ class HttpClient:
             self.requests_sent += 1
             response = self.session.request(method, url, headers=headers,
                                             timeout=(min(self.connect_timeout, timeout), timeout), **kwargs)
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            last = attempt > policy.max_retries
-            if self.peer is not None and self.peer.failed(f"{method} {_path(url)}: {type(exc).__name__}", probe, last):
+        except CONNECTION_FAILURES as exc:
+            last, reason = attempt > policy.max_retries, f"{method} {_path(url)}: {connection_failure(exc)}"
+            if self.peer is not None and self.peer.failed(reason, probe, last):
                 raise self.peer.down_error() from None
             if attempt <= policy.max_retries:
                 delay = policy.delay(attempt)
                 log.warning("%s %s %s failed (%s); retry %d/%d in %.1fs", self.name, method, _path(url),
-                            type(exc).__name__, attempt, policy.max_retries, delay)
+                            connection_failure(exc), attempt, policy.max_retries, delay)
                 self._sleep(delay)
                 return None
             raise TransientError(f"{self.name}: {method} {_path(url)} failed after {attempt} attempts: "
-                                 f"{type(exc).__name__}") from None
+                                 f"{connection_failure(exc)}") from None
         return response
 
     def _report(self, status: int, method: str, url: str, probe: bool, last: bool) -> None:

@@ -33,6 +33,7 @@ from influxdb import InfluxDBClient
 from influxdb.exceptions import InfluxDBClientError, InfluxDBServerError
 
 from latigo.errors import PermanentError, TransientError
+from latigo.http import CONNECTION_FAILURES, connection_failure
 from latigo.interfaces import SensorDataProvider, SensorInformationProvider, check_aggregation
 from latigo.peers import PEERS, CircuitBreaker
 from latigo.sensors.resample import BucketGrid, as_timedelta, frame, resolution_ns, unique
@@ -98,8 +99,8 @@ def _where(settings: InfluxConnectionSettings) -> str:
 def classify_error(exc: Exception, action: str, settings: InfluxConnectionSettings) -> Exception:
     """The latigo error for a failure of the client or the server."""
     where = _where(settings)
-    if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
-        return TransientError(f"{where}: {action} failed: {type(exc).__name__}")
+    if isinstance(exc, CONNECTION_FAILURES):
+        return TransientError(f"{where}: {action} failed: {connection_failure(exc)}")
     if isinstance(exc, InfluxDBServerError):
         detail = _message(exc.args[0] if exc.args else "")
         return TransientError(f"{where}: {action} failed with a server error: {detail}")
@@ -130,8 +131,8 @@ def request(client: InfluxDBClient, settings: InfluxConnectionSettings, action: 
     probe = peer.before_call()
     try:
         response = client.request(*args, **kwargs)
-    except (requests.ConnectionError, requests.Timeout) as exc:
-        if peer.failed(f"{action}: {type(exc).__name__}", probe, last=True):
+    except CONNECTION_FAILURES as exc:
+        if peer.failed(f"{action}: {connection_failure(exc)}", probe, last=True):
             raise peer.down_error() from None
         raise classify_error(exc, action, settings) from None
     except Exception as exc:  # noqa: BLE001 - the server answered: translated, or re-raised as is
