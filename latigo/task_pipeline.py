@@ -29,6 +29,7 @@ from latigo.errors import NoDataError, PermanentError, TransientError, UnknownMo
 from latigo.interfaces import ACK, Delivery, ModelExecutionProvider, Settlement, TaskQueue, UnitOfWork
 from latigo.lifecycle import MAX_NAME_LENGTH, TaskLifecycle
 from latigo.logs import task_context
+from latigo.model_slots import ModelSlots
 from latigo.observability import (
     PREDICTION_ROWS,
     PROVIDER_LATENCY,
@@ -102,7 +103,7 @@ class TaskPipeline:
         self.settings, self.queue, self.execution, self.lifecycle = settings, queue, execution, lifecycle
         self.outputs, self.sinks, self.name = outputs, sinks, name
         self.stopping = stopping or threading.Event()
-        self._model_slots = threading.BoundedSemaphore(settings.concurrency)
+        self._model_slots = ModelSlots(settings.concurrency)
         """At most `concurrency` model calls at once, however many workers claim and store around them."""
         self.stats = ExecutorStats()
         self.faults = DatabaseFaults()
@@ -200,7 +201,7 @@ class TaskPipeline:
     def _model_slot(self) -> Iterator[None]:
         """One of the `concurrency` model slots, waited for while all are busy; raises _Stopping when the
         executor began stopping meanwhile (the task is handed back without running)."""
-        with self._model_slots:
+        with self._model_slots.slot():
             if self.stopping.is_set():
                 raise _Stopping
             yield

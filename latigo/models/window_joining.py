@@ -6,8 +6,9 @@ backfill, the catch-up after a Gordo or sensor outage) an executor's workers hol
 model at the same time; here they go to the server as one request:
 
 - a window that arrives while a request for its model is in flight from this executor waits, and the
-  windows that waited go together when it returns. In steady state (one window per model per cycle)
-  nothing waits and nothing changes;
+  windows that waited go together when it returns. While it waits it holds no model slot
+  (latigo.model_slots): the executor's other workers run meanwhile. In steady state (one window per
+  model per cycle) nothing waits and nothing changes;
 - only consecutive windows are joined (each starts where the one before it ends), at most `limit`;
 - the joined answer is shared out by the buckets that complete in each window, which is what each window
   alone gets (latigo.model_input: a bucket's value is the same in any longer range that holds it);
@@ -24,6 +25,7 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from latigo.model_slots import give_back_slot, take_slot_again
 from latigo.peers import PeerDown
 from latigo.types import PredictionFrame, TimeRange
 
@@ -58,6 +60,8 @@ class WindowJoiner(Generic[K]):
             return self._run(key, window)
         mine = _Waiting(window)
         batch = self._wait_or_lead(key, mine)
+        if batch is not None or mine.alone:
+            take_slot_again()  # to make a request of its own (a no-op when it never waited)
         if batch is not None:
             try:
                 self._serve(key, batch, mine)
@@ -77,6 +81,8 @@ class WindowJoiner(Generic[K]):
         them), which this thread now serves."""
         with self._changed:
             self._waiting.setdefault(key, []).append(mine)
+            if key in self._busy:
+                give_back_slot()
             while not mine.done and key in self._busy:
                 self._changed.wait()
             if mine.done:

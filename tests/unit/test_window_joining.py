@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from latigo.errors import NoDataError, TransientError
+from latigo.model_slots import ModelSlots
 from latigo.models.window_joining import WindowJoiner
 from latigo.peers import PeerDown
 from latigo.types import PredictionFrame, PredictionRow, TimeRange
@@ -149,3 +150,34 @@ def test_a_limit_of_one_window_calls_straight_through(limit):
     joiner = WindowJoiner(model.run, share, limit=limit)
     assert joiner.execute("m", window(0)).rows == rows_for(window(0)).rows
     assert model.calls == [("m", window(0))]
+
+
+def test_a_window_waiting_for_its_models_request_holds_no_model_slot():
+    """Two model slots: one request of model m in flight, two more windows of m waiting behind it. Model
+    n still gets a slot and runs meanwhile; the waiting windows then go together in the slot given back."""
+    slots = ModelSlots(2)
+    model = Model()
+    joiner = WindowJoiner(model.run, share, limit=8)
+    n_ran = threading.Event()
+
+    def call(key: str, index: int) -> object:
+        with slots.slot():
+            frame = joiner.execute(key, window(index))
+            if key == "n":
+                n_ran.set()
+            return frame
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(call, "m", 0)]
+        assert model.first_started.wait(10)
+        futures += [pool.submit(call, "m", i) for i in (1, 2)]
+        time.sleep(0.2)  # both waiting for m's request, each after taking a slot
+        futures.append(pool.submit(call, "n", 0))
+        assert n_ran.wait(5), "model n found no free slot: the waiting windows held theirs"
+        model.release.set()
+        results = [future.result(10) for future in futures]
+    expected = [rows_for(window(i)).rows for i in (0, 1, 2, 0)]
+    assert [frame.rows for frame in results] == expected
+    assert model.calls == [("m", window(0)), ("n", window(0)), ("m", TimeRange(window(1).start, window(2).end))]
+    with slots.slot(), slots.slot():
+        pass  # both free again: nothing was kept or released twice
