@@ -22,9 +22,10 @@ from latigo.interfaces import Delivery, ModelExecutionProvider, TaskQueue
 from latigo.lifecycle import TaskLifecycle
 from latigo.observability import CHECKPOINT_LAG, QUEUE_BACKLOG, QUEUE_LAG, QUEUE_OLDEST_AGE
 from latigo.settings import ExecutorSettings
+from latigo.settlement import ExecutorStats, Outcome, TaskReleased
 from latigo.sinks import SinkSet
 from latigo.storage.faults import is_infrastructure_fault
-from latigo.task_pipeline import ExecutorStats, Outcome, TaskPipeline, TaskReleased
+from latigo.task_pipeline import TaskPipeline
 
 log = logging.getLogger(__name__)
 

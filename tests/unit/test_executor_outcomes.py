@@ -17,9 +17,9 @@ from latigo.executor import Executor, Outcome
 from latigo.lifecycle import TaskLifecycle
 from latigo.peers import PeerDown
 from latigo.settings import DatabaseSettings, ExecutorSettings
+from latigo.settlement import TaskReleased
 from latigo.storage.db import create_engine_for
 from latigo.storage.tables import TaskRecord
-from latigo.task_pipeline import TaskReleased
 from latigo.types import ModelRef, PredictionFrame, Task, TimeRange
 from tests.support.memory_queue import Committed, MemoryQueue, Settlement
 from tests.support.providers import StaticModels
