@@ -11,10 +11,11 @@ What stays a task's own transient failure: one model's 503 while others answer, 
 out. Successes in between keep the count below the threshold, so those keep the bounded retry by
 redelivery.
 
-A call's last failure that does not open the breaker by itself may wait for the verdict (`failed(...,
-wait=)`): when the peer has just gone away, the other calls in flight fail within moments and open it, and
-the waiting call then hands its task back like every later one instead of spending an attempt on the
-outage; a success meanwhile (or no verdict within the wait) makes it the call's own failure.
+A call's last failure that does not open the breaker by itself waits for the verdict (`failed(...,
+last=True)`, up to `verdict_wait`): when the peer has just gone away, the other calls in flight fail
+within moments and open it, and the waiting call then hands its task back like every later one instead
+of spending an attempt on the outage; a success meanwhile (or no verdict within the wait) makes it the
+call's own failure.
 
 Transitions are logged once, exported as `latigo_peer_up{peer}` and `latigo_peer_outage_seconds_total{peer}`,
 and passed to listeners (the executor records them in the database for `latigo status` and the web page).
